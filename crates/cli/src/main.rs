@@ -1,0 +1,155 @@
+//! The `qnllm` command: parses arguments and calls the libraries; nothing else.
+
+mod input;
+mod npy;
+mod output;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use qnllm_engine::{Engine, Model, Params, SpikingEngine};
+
+/// qnllm: a deterministic neural reasoning engine.
+///
+/// Every engine, thread count and machine gives bit-identical results for the same model
+/// and input; the digests printed let you check it.
+#[derive(Debug, Parser)]
+#[command(name = "qnllm", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reason over encodings with the local engine and print one result per encoding.
+    ///
+    /// Encodings come from --random, from --npy, or else as JSON lines on stdin (each line
+    /// an array of numbers, or an object with an "encoding" array).
+    Reason(ReasonArgs),
+    /// Describe a model: name, sizes, version and digest.
+    Info(InfoArgs),
+    /// Write a model to a safetensors file.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelArg {
+    /// The model: `seed:N` draws the weights from seed N; a path loads a safetensors file.
+    #[arg(long, default_value = "seed:1", value_name = "seed:N|FILE")]
+    model: String,
+}
+
+impl ModelArg {
+    fn load(&self) -> Result<Model> {
+        match self.model.strip_prefix("seed:") {
+            Some(seed) => {
+                let seed: u64 = seed.parse().with_context(|| {
+                    format!("`{}`: the seed must be an unsigned integer", self.model)
+                })?;
+                Ok(Model::from_seed(seed, Params::default())?)
+            }
+            None => {
+                let path = PathBuf::from(&self.model);
+                if !path.exists() {
+                    anyhow::bail!(
+                        "model `{}` is neither seed:N nor an existing file",
+                        self.model
+                    );
+                }
+                Model::load(&path).with_context(|| format!("cannot load model `{}`", self.model))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReasonArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Reason over N reference encodings (normal, mean 0, σ 0.1) drawn from --seed.
+    #[arg(long, value_name = "N", conflicts_with = "npy")]
+    random: Option<usize>,
+    /// Seed of the --random encodings.
+    #[arg(long, default_value_t = 0, requires = "random")]
+    seed: u64,
+    /// Read encodings from a .npy file of float32 or float64, shape (N, D) or (D,).
+    #[arg(long, value_name = "FILE")]
+    npy: Option<PathBuf>,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Threads to split the encodings over (results do not depend on it).
+    #[arg(long, default_value = "1")]
+    threads: NonZeroUsize,
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Where to write the safetensors file.
+    #[arg(value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Reason(args) => reason(args),
+        Command::Info(args) => {
+            let engine = SpikingEngine::new(args.model.load()?);
+            output::info(&engine.info(), engine.kernel(), args.json)
+        }
+        Command::Export(args) => {
+            let model = args.model.load()?;
+            model
+                .save(&args.out)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            eprintln!("wrote {} (digest {})", args.out.display(), model.digest());
+            Ok(())
+        }
+    }
+}
+
+fn reason(args: ReasonArgs) -> Result<()> {
+    let engine = SpikingEngine::new(args.model.load()?).with_threads(args.threads);
+    let dim = engine.info().params.inputs as usize;
+    let encodings = match (args.random, &args.npy) {
+        (Some(n), _) => input::random(n, args.seed, dim),
+        (None, Some(path)) => {
+            npy::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        (None, None) => input::json_lines(std::io::stdin().lock())?,
+    };
+    if encodings.is_empty() {
+        anyhow::bail!("no encodings given: use --random N, --npy FILE, or JSON lines on stdin");
+    }
+    let refs: Vec<&[f32]> = encodings.iter().map(Vec::as_slice).collect();
+    let started = std::time::Instant::now();
+    let results = engine.reason_batch(&refs)?;
+    let per_item = started.elapsed() / results.len() as u32;
+    output::results(&engine.info(), &results, per_item, args.json)
+}

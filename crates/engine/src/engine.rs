@@ -1,0 +1,76 @@
+//! The `Engine` trait: what every engine, local, remote or bound from another language, does.
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::EngineError;
+use crate::params::Params;
+use crate::reasoning::Reasoning;
+
+/// A description of the model an engine serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    /// Model name (`seed:N` or the file's name).
+    pub name: String,
+    /// Hyper-parameters.
+    pub params: Params,
+    /// Learning updates applied.
+    pub version: u64,
+    /// Digest of the exact weights and version.
+    pub digest: Digest,
+}
+
+/// The outcome of one learning update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Learned {
+    /// What the model predicted before the update.
+    pub predicted: u32,
+    /// Whether the weights changed (they do only when the prediction was wrong).
+    pub changed: bool,
+    /// Model version after the update.
+    pub version: u64,
+    /// Model digest after the update.
+    pub digest: Digest,
+}
+
+/// A deterministic reasoning engine.
+///
+/// Implementations must give bit-identical [`Reasoning::result_digest`]s for the same model
+/// and input, whatever the batch size, thread count or machine.
+pub trait Engine: Send + Sync {
+    /// The model this engine serves.
+    fn info(&self) -> ModelInfo;
+
+    /// Reasons over one encoding.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WrongLength`] or [`EngineError::NotFinite`] for a bad encoding.
+    fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError>;
+
+    /// Reasons over several encodings; results come back in input order, equal to what
+    /// [`Engine::reason`] gives one by one.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InBatch`] naming the first bad encoding; then nothing is computed.
+    fn reason_batch(&self, encodings: &[&[f32]]) -> Result<Vec<Reasoning>, EngineError> {
+        encodings
+            .iter()
+            .enumerate()
+            .map(|(item, x)| {
+                self.reason(x).map_err(|e| EngineError::InBatch {
+                    item,
+                    reason: Box::new(e),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the learning update for `(encoding, label)` and bumps the model version.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::UnknownLabel`], or the errors of [`Engine::reason`].
+    fn learn(&mut self, encoding: &[f32], label: u32) -> Result<Learned, EngineError>;
+}

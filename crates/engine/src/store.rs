@@ -1,0 +1,176 @@
+//! Loading and saving models as safetensors files.
+//!
+//! A model file holds two tensors, `input_weights` (`I8`, `[hidden, inputs]`) and
+//! `readout_weights` (`I16`, `[labels, hidden]`), and string metadata: `format` =
+//! `qnllm-spiking-v1`, `name`, `version`, and every [`Params`] field by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{EngineError, ModelFileError};
+use crate::model::Model;
+use crate::params::Params;
+
+const FORMAT: &str = "qnllm-spiking-v1";
+
+impl Model {
+    /// Writes the model to `path` as safetensors.
+    ///
+    /// # Errors
+    ///
+    /// [`ModelFileError::Io`] when the file cannot be written.
+    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        let p = self.params();
+        let input: Vec<u8> = self.input_weights().iter().map(|&w| w as u8).collect();
+        let readout: Vec<u8> = self
+            .readout()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let shape = |a: u32, b: u32| vec![a as usize, b as usize];
+        let view = |dtype, shape, data| {
+            TensorView::new(dtype, shape, data)
+                .map_err(|e| EngineError::InvalidParams(e.to_string()))
+        };
+        let tensors = [
+            (
+                "input_weights",
+                view(Dtype::I8, shape(p.hidden, p.inputs), &input[..])?,
+            ),
+            (
+                "readout_weights",
+                view(Dtype::I16, shape(p.labels, p.hidden), &readout[..])?,
+            ),
+        ];
+        let mut meta: HashMap<String, String> = params_to_map(p);
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("name".into(), self.name().into());
+        meta.insert("version".into(), self.version().to_string());
+        let bytes =
+            safetensors::serialize(tensors, &Some(meta)).map_err(|e| ModelFileError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        std::fs::write(path, bytes).map_err(|source| ModelFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Reads a model written by [`Model::save`] (or by any tool that follows the format).
+    ///
+    /// # Errors
+    ///
+    /// [`ModelFileError`] saying what is missing or wrong, or [`EngineError::InvalidParams`]
+    /// when the stored parameters are out of bounds.
+    pub fn load(path: &Path) -> Result<Model, EngineError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let format_error = |reason: String| {
+            EngineError::from(ModelFileError::Format {
+                path: shown.clone(),
+                reason,
+            })
+        };
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ModelFileError::NotSafetensors {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let tensors =
+            SafeTensors::deserialize(&bytes).map_err(|e| ModelFileError::NotSafetensors {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| format_error(format!("metadata has no `{key}`")))
+        };
+        let number = |key: &str| -> Result<i64, EngineError> {
+            field(key)?
+                .parse()
+                .map_err(|_| format_error(format!("metadata `{key}` is not an integer")))
+        };
+        if field("format")? != FORMAT {
+            return Err(format_error(format!(
+                "format is `{}`, expected `{FORMAT}`",
+                field("format")?
+            )));
+        }
+        let unsigned = |key: &str| -> Result<u32, EngineError> {
+            u32::try_from(number(key)?)
+                .map_err(|_| format_error(format!("metadata `{key}` is out of range")))
+        };
+        let signed = |key: &str| -> Result<i32, EngineError> {
+            i32::try_from(number(key)?)
+                .map_err(|_| format_error(format!("metadata `{key}` is out of range")))
+        };
+        let params = Params {
+            inputs: unsigned("inputs")?,
+            hidden: unsigned("hidden")?,
+            steps: unsigned("steps")?,
+            labels: unsigned("labels")?,
+            hidden_leak_shift: unsigned("hidden_leak_shift")?,
+            hidden_threshold: signed("hidden_threshold")?,
+            output_leak_shift: unsigned("output_leak_shift")?,
+            output_threshold: signed("output_threshold")?,
+        };
+        params.validate()?;
+        let version = u64::try_from(number("version")?)
+            .map_err(|_| format_error("metadata `version` is negative".into()))?;
+        let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
+            let view = tensors
+                .tensor(name)
+                .map_err(|_| format_error(format!("no tensor `{name}`")))?;
+            let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            if view.dtype() != dtype || view.shape() != want.as_slice() {
+                return Err(format_error(format!(
+                    "tensor `{name}` is {:?} {:?}, expected {dtype:?} {want:?}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            Ok(view.data().to_vec())
+        };
+        let input = tensor("input_weights", Dtype::I8, [params.hidden, params.inputs])?;
+        let readout = tensor(
+            "readout_weights",
+            Dtype::I16,
+            [params.labels, params.hidden],
+        )?;
+        Model::from_parts(
+            field("name")?.clone(),
+            params,
+            input.into_iter().map(|b| b as i8).collect(),
+            readout
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+            version,
+        )
+    }
+}
+
+fn params_to_map(p: &Params) -> HashMap<String, String> {
+    [
+        ("inputs", i64::from(p.inputs)),
+        ("hidden", i64::from(p.hidden)),
+        ("steps", i64::from(p.steps)),
+        ("labels", i64::from(p.labels)),
+        ("hidden_leak_shift", i64::from(p.hidden_leak_shift)),
+        ("hidden_threshold", i64::from(p.hidden_threshold)),
+        ("output_leak_shift", i64::from(p.output_leak_shift)),
+        ("output_threshold", i64::from(p.output_threshold)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

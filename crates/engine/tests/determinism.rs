@@ -1,0 +1,126 @@
+//! Determinism: the same model and input give the same bits whatever the path taken.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::num::NonZeroUsize;
+
+use proptest::prelude::*;
+use qnllm_engine::{available_kernels, Engine, Model, NormalInputs, Params, SpikingEngine};
+
+fn engine() -> SpikingEngine {
+    SpikingEngine::from_seed(1, Params::default()).unwrap()
+}
+
+fn inputs(n: usize) -> Vec<Vec<f32>> {
+    NormalInputs::new(99, 768).take(n).collect()
+}
+
+#[test]
+fn a_batch_equals_one_by_one() {
+    let engine = engine();
+    let xs = inputs(40);
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    let batch = engine.reason_batch(&refs).unwrap();
+    let single: Vec<_> = xs.iter().map(|x| engine.reason(x).unwrap()).collect();
+    assert_eq!(batch, single);
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let xs = inputs(37);
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    let one = engine().reason_batch(&refs).unwrap();
+    for threads in [2, 3, 4, 8] {
+        let many = engine()
+            .with_threads(NonZeroUsize::new(threads).unwrap())
+            .reason_batch(&refs)
+            .unwrap();
+        assert_eq!(many, one, "{threads} threads");
+    }
+}
+
+#[test]
+fn every_kernel_gives_the_same_bits() {
+    let kernels = available_kernels();
+    let xs = inputs(30);
+    let reference: Vec<_> = xs
+        .iter()
+        .map(|x| engine().with_kernel(kernels[0]).reason(x).unwrap())
+        .collect();
+    for &kernel in &kernels[1..] {
+        let engine = engine().with_kernel(kernel);
+        assert_eq!(engine.kernel(), kernel);
+        for (x, want) in xs.iter().zip(&reference) {
+            assert_eq!(&engine.reason(x).unwrap(), want, "{}", kernel.name());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Extreme inputs (saturating the quantiser, all one sign) stress the integer bounds.
+    #[test]
+    fn kernels_agree_on_arbitrary_finite_inputs(x in proptest::collection::vec(-4.0f32..4.0, 768)) {
+        let kernels = available_kernels();
+        let want = engine().with_kernel(kernels[0]).reason(&x).unwrap();
+        for &kernel in &kernels[1..] {
+            prop_assert_eq!(&engine().with_kernel(kernel).reason(&x).unwrap(), &want);
+        }
+    }
+}
+
+#[test]
+fn save_then_load_keeps_the_digest_and_the_answers() {
+    let dir = std::env::temp_dir().join(format!("qnllm-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let mut engine = engine();
+    for (step, x) in inputs(5).iter().enumerate() {
+        engine.learn(x, step as u32).unwrap();
+    }
+    engine.model().save(&path).unwrap();
+    let loaded = SpikingEngine::new(Model::load(&path).unwrap());
+    assert_eq!(loaded.info(), engine.info());
+    assert_eq!(loaded.model(), engine.model());
+    let x = &inputs(6)[5];
+    assert_eq!(loaded.reason(x).unwrap(), engine.reason(x).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn replicas_that_learn_the_same_sequence_stay_identical() {
+    let (mut a, mut b) = (engine(), engine());
+    let mut digests = std::collections::HashSet::new();
+    let mut changed = 0;
+    for (step, x) in NormalInputs::new(5, 768).take(60).enumerate() {
+        let label = (step * 7 % 10) as u32;
+        let la = a.learn(&x, label).unwrap();
+        let lb = b.learn(&x, label).unwrap();
+        assert_eq!(la, lb);
+        assert_eq!(la.version, step as u64 + 1);
+        digests.insert(la.digest);
+        changed += usize::from(la.changed);
+    }
+    assert_eq!(digests.len(), 60, "every update gives a new digest");
+    assert!(
+        changed > 10,
+        "most random labels disagree with the prediction: {changed}"
+    );
+    assert_eq!(a.model(), b.model());
+}
+
+#[test]
+fn learning_moves_the_model_toward_the_taught_label() {
+    let mut engine = engine();
+    let x = inputs(1).remove(0);
+    let before = engine.reason(&x).unwrap();
+    let target = (before.label + 1) % 10;
+    let mut steps = 0;
+    while engine.reason(&x).unwrap().label != target {
+        engine.learn(&x, target).unwrap();
+        steps += 1;
+        assert!(steps < 100, "the update never reached the taught label");
+    }
+    assert!(steps >= 1);
+}
