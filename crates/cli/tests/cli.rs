@@ -139,7 +139,7 @@ fn a_nan_in_an_npy_file_is_named_by_index() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("x.npy");
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 768), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -7,6 +7,9 @@
 use crate::params::{Params, INPUT_LIMIT, INPUT_SCALE};
 
 /// A compiled variant of the inner loops.
+///
+/// The input-current dot products dominate (`hidden × inputs` multiply-adds); the AVX2
+/// kernel does them with explicit intrinsics, 16 weights per `vpmaddwd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Kernel {
@@ -14,6 +17,8 @@ pub enum Kernel {
     Portable,
     /// The same loops compiled for AVX2 (x86-64 only, when the CPU has it).
     Avx2,
+    /// AVX-512 VNNI: 64 multiply-adds per `vpdpbusd` (x86-64 only, when the CPU has it).
+    Avx512Vnni,
 }
 
 impl Kernel {
@@ -30,13 +35,16 @@ impl Kernel {
         match self {
             Kernel::Portable => "portable",
             Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512-vnni",
         }
     }
 
     /// Runs the network's integer pipeline for one validated encoding.
     pub(crate) fn forward(self, net: Net<'_>, encoding: &[f32], out: &mut Activity) {
         match self {
-            Kernel::Portable => forward(net, encoding, out),
+            Kernel::Portable => forward(net, encoding, out, |n, q, o| {
+                currents_portable(n.input_weights, q, o)
+            }),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => {
                 debug_assert!(std::arch::is_x86_feature_detected!("avx2"));
@@ -44,8 +52,17 @@ impl Kernel {
                 // checks at run time that the CPU supports AVX2.
                 unsafe { forward_avx2(net, encoding, out) }
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                debug_assert!(std::arch::is_x86_feature_detected!("avx512vnni"));
+                // SAFETY: `Kernel::Avx512Vnni` is only handed out by `available_kernels`,
+                // which checks at run time that the CPU supports AVX-512 F, BW and VNNI.
+                unsafe { forward_avx512_vnni(net, encoding, out) }
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => forward(net, encoding, out),
+            Kernel::Avx2 | Kernel::Avx512Vnni => forward(net, encoding, out, |n, q, o| {
+                currents_portable(n.input_weights, q, o)
+            }),
         }
     }
 }
@@ -56,6 +73,13 @@ pub fn available_kernels() -> Vec<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         kernels.push(Kernel::Avx2);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+    {
+        kernels.push(Kernel::Avx512Vnni);
     }
     kernels
 }
@@ -68,6 +92,8 @@ pub(crate) struct Net<'a> {
     pub(crate) input_weights: &'a [i8],
     /// `labels × hidden`, row-major.
     pub(crate) readout: &'a [i16],
+    /// `Σᵢ W[j][i]` per hidden neuron, for kernels that shift inputs to unsigned.
+    pub(crate) input_row_sums: &'a [i32],
 }
 
 /// Everything one forward pass produces, reusable across calls to avoid allocation.
@@ -126,22 +152,71 @@ fn dot(row: &[i8], q: &[i16]) -> i32 {
         .sum()
 }
 
+/// `out[j] = Σᵢ W[j][i] · q[i]`, the plain way.
 #[inline(always)]
-fn forward(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
+fn currents_portable(weights: &[i8], q: &[i16], out: &mut [i32]) {
+    for (current, row) in out.iter_mut().zip(weights.chunks_exact(q.len())) {
+        *current = dot(row, q);
+    }
+}
+
+/// `out[j] = Σᵢ W[j][i] · q[i]` with AVX2: sign-extend 16 weights to `i16`, multiply
+/// with 16 inputs and add adjacent pairs into 8 `i32` lanes (`vpmaddwd`). Each pair sum is at
+/// most 2 · 128 · 127, and a row's total is bounded by `Params::validate`, so nothing wraps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn currents_avx2(weights: &[i8], q: &[i16], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = 64; // four independent 16-lane multiply-adds per iteration
+    let inputs = q.len();
+    let whole = inputs / BLOCK * BLOCK;
+    for (current, row) in out.iter_mut().zip(weights.chunks_exact(inputs)) {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for (w, x) in row[..whole]
+            .chunks_exact(BLOCK)
+            .zip(q[..whole].chunks_exact(BLOCK))
+        {
+            for (lane, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `w` holds 64 bytes and `x` 64 values, so the 16 bytes and 16 values
+                // at `lane * 16` are in bounds; unaligned loads accept any address.
+                let (w16, x16) = unsafe {
+                    (
+                        _mm_loadu_si128(w.as_ptr().add(lane * 16).cast::<__m128i>()),
+                        _mm256_loadu_si256(x.as_ptr().add(lane * 16).cast::<__m256i>()),
+                    )
+                };
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_cvtepi8_epi16(w16), x16));
+            }
+        }
+        let acc = _mm256_add_epi32(
+            _mm256_add_epi32(acc[0], acc[1]),
+            _mm256_add_epi32(acc[2], acc[3]),
+        );
+        let halves = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256::<1>(acc),
+        );
+        let pairs = _mm_add_epi32(halves, _mm_shuffle_epi32::<0b01_00_11_10>(halves));
+        let one = _mm_add_epi32(pairs, _mm_shuffle_epi32::<0b10_11_00_01>(pairs));
+        *current = _mm_cvtsi128_si32(one) + dot(&row[whole..], &q[whole..]);
+    }
+}
+
+#[inline(always)]
+fn forward(
+    net: Net<'_>,
+    encoding: &[f32],
+    out: &mut Activity,
+    currents: impl FnOnce(Net<'_>, &[i16], &mut [i32]),
+) {
     let p = net.params;
     out.reset(p);
-    let (inputs, hidden) = (p.inputs as usize, p.hidden as usize);
+    let hidden = p.hidden as usize;
 
     for (q, &x) in out.quantised.iter_mut().zip(encoding) {
         *q = quantise(x);
     }
-    for (current, row) in out
-        .currents
-        .iter_mut()
-        .zip(net.input_weights.chunks_exact(inputs))
-    {
-        *current = dot(row, &out.quantised);
-    }
+    currents(net, &out.quantised, &mut out.currents);
 
     for _ in 0..p.steps {
         let mut step_spikes = 0u32;
@@ -176,7 +251,57 @@ fn forward(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn forward_avx2(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
-    forward(net, encoding, out);
+    // SAFETY: this function only runs on CPUs with AVX2 (see `Kernel::forward`).
+    forward(net, encoding, out, |n, q, o| {
+        currents_avx2(n.input_weights, q, o)
+    });
+}
+
+/// `out[j] = Σᵢ W[j][i] · q[i]` with AVX-512 VNNI. `vpdpbusd` multiplies unsigned by signed
+/// bytes, so the inputs are shifted to `q + 128 ∈ [1, 255]` and the shift taken back out
+/// exactly: `Σ W·q = Σ W·(q + 128) − 128 · Σ W`. Four products are summed into each `i32`
+/// lane without saturation, so the result equals the other kernels' bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn currents_avx512_vnni(net: Net<'_>, q: &[i16], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = 64;
+    let inputs = q.len();
+    let whole = inputs / BLOCK * BLOCK;
+    let shifted: Vec<u8> = q.iter().map(|&x| (x + 128) as u8).collect();
+    let rows = net
+        .input_weights
+        .chunks_exact(inputs)
+        .zip(net.input_row_sums);
+    for (current, (row, &row_sum)) in out.iter_mut().zip(rows) {
+        let mut acc = _mm512_setzero_si512();
+        for (w, x) in row[..whole]
+            .chunks_exact(BLOCK)
+            .zip(shifted[..whole].chunks_exact(BLOCK))
+        {
+            // SAFETY: `w` and `x` each hold exactly 64 bytes; unaligned loads accept any
+            // address.
+            let (w, x) = unsafe {
+                (
+                    _mm512_loadu_si512(w.as_ptr().cast()),
+                    _mm512_loadu_si512(x.as_ptr().cast()),
+                )
+            };
+            acc = _mm512_dpbusd_epi32(acc, x, w);
+        }
+        let tail: i32 = row[whole..]
+            .iter()
+            .zip(&shifted[whole..])
+            .map(|(&w, &x)| i32::from(w) * i32::from(x))
+            .sum();
+        *current = _mm512_reduce_add_epi32(acc) + tail - 128 * row_sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn forward_avx512_vnni(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
+    forward(net, encoding, out, |n, q, o| currents_avx512_vnni(n, q, o));
 }
 
 #[cfg(test)]

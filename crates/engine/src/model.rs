@@ -19,6 +19,8 @@ pub struct Model {
     params: Params,
     input_weights: Vec<i8>,
     readout: Vec<i16>,
+    /// `Σᵢ W[j][i]` per hidden neuron, derived from the input weights.
+    input_row_sums: Vec<i32>,
     version: u64,
     input_digest: [u8; 32],
     digest: Digest,
@@ -99,11 +101,17 @@ impl Model {
         }
         let input_digest: [u8; 32] =
             Sha256::digest(input_weights.iter().map(|&w| w as u8).collect::<Vec<u8>>()).into();
+        let inputs = params.inputs as usize;
+        let input_row_sums = input_weights
+            .chunks_exact(inputs)
+            .map(|row| row.iter().map(|&w| i32::from(w)).sum())
+            .collect();
         let mut model = Model {
             name,
             params,
             input_weights,
             readout,
+            input_row_sums,
             version,
             input_digest,
             digest: Digest::default(),
@@ -169,6 +177,7 @@ impl Model {
             params: &self.params,
             input_weights: &self.input_weights,
             readout: &self.readout,
+            input_row_sums: &self.input_row_sums,
         }
     }
 

@@ -63,7 +63,7 @@ impl Params {
         if self.inputs == 0 || self.steps == 0 {
             return bad("inputs and steps must be at least 1".into());
         }
-        if self.hidden < 2 || self.hidden % 2 != 0 {
+        if self.hidden < 2 || !self.hidden.is_multiple_of(2) {
             return bad(format!(
                 "hidden must be even and at least 2, got {}",
                 self.hidden

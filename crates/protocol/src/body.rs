@@ -47,7 +47,7 @@ impl Encoding {
     }
 
     pub(crate) fn read(kind: MessageKind, bytes: &[u8]) -> Result<Encoding, ProtocolError> {
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(ProtocolError::malformed(
                 kind,
                 format!(
@@ -309,7 +309,7 @@ impl Batch {
     /// A batch of `values.len() / dim` encodings; `None` unless `values` splits evenly
     /// into at most `u32::MAX` encodings of `dim` values (with `dim > 0`).
     pub fn new(dim: u32, values: Vec<f32>) -> Option<Batch> {
-        if dim == 0 || values.len() % dim as usize != 0 {
+        if dim == 0 || !values.len().is_multiple_of(dim as usize) {
             return None;
         }
         let count = u32::try_from(values.len() / dim as usize).ok()?;
