@@ -97,7 +97,7 @@ fn main() {
         });
         let p50 = quantile(&times, 0.5);
         println!(
-            "reason, {:<8} kernel:          p50 {:>8.2} µs  p99 {:>8.2} µs  = {:.2} × memory floor",
+            "reason, {:<11} kernel:       p50 {:>8.2} µs  p99 {:>8.2} µs  = {:.2} × memory floor",
             kernel.name(),
             us(p50),
             us(quantile(&times, 0.99)),

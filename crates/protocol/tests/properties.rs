@@ -242,12 +242,6 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
-fn same(a: &Message, b: &Message) -> bool {
-    // ResultBody compares its f32 confidence by value; the generators never make it NaN,
-    // and Encoding compares bits, so plain equality is exact here.
-    a == b
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
@@ -262,7 +256,8 @@ proptest! {
         prop_assert_eq!(frame.header.request_id, id);
         prop_assert_eq!(frame.header.deadline.as_micros(), deadline);
         let decoded = frame.message().unwrap();
-        prop_assert!(same(&decoded, &message), "{:?} != {:?}", decoded, message);
+        // Encoding compares bits and confidences are never NaN here, so `==` is exact.
+        prop_assert_eq!(&decoded, &message);
         let mut again = BytesMut::new();
         encode_frame(&decoded, id, Deadline::from_micros(deadline), &mut again);
         prop_assert_eq!(again, copy);
@@ -307,7 +302,7 @@ proptest! {
         }
         prop_assert_eq!(decoded.len(), messages.len());
         for (a, b) in decoded.iter().zip(&messages) {
-            prop_assert!(same(a, b));
+            prop_assert_eq!(a, b);
         }
     }
 
