@@ -1,15 +1,18 @@
 //! The integer inner loops: quantisation, input currents, and the time-stepped LIF update.
 //!
-//! Each loop is written once, in plain Rust shaped so the compiler vectorises it; the AVX2
-//! kernel is the same code compiled with AVX2 enabled, chosen at run time. Integer sums do
-//! not depend on order, so every kernel gives the same bits (a test checks it).
+//! The time-stepped update is written once, in plain Rust shaped so the compiler vectorises
+//! it, and compiled per kernel with that kernel's instruction set. The input currents, which
+//! dominate, have one function per kernel: plain Rust, AVX2 and AVX-512 VNNI intrinsics.
+//! The kernel is chosen at run time. Integer sums do not depend on order, so every kernel
+//! gives the same bits (a test checks it).
 
 use crate::params::{Params, INPUT_LIMIT, INPUT_SCALE};
 
 /// A compiled variant of the inner loops.
 ///
-/// The input-current dot products dominate (`hidden × inputs` multiply-adds); the AVX2
-/// kernel does them with explicit intrinsics, 16 weights per `vpmaddwd`.
+/// The kernels differ in how they compute the input currents (`hidden × inputs`
+/// multiply-adds, most of the work): one at a time, 16 per `vpmaddwd` (AVX2), or 64 per
+/// `vpdpbusd` (AVX-512 VNNI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Kernel {
@@ -42,7 +45,7 @@ impl Kernel {
     /// Runs the network's integer pipeline for one validated encoding.
     pub(crate) fn forward(self, net: Net<'_>, encoding: &[f32], out: &mut Activity) {
         match self {
-            Kernel::Portable => forward(net, encoding, out, |n, q, o| {
+            Kernel::Portable => forward(net, encoding, out, |n, q, _, o| {
                 currents_portable(n.input_weights, q, o)
             }),
             #[cfg(target_arch = "x86_64")]
@@ -60,7 +63,7 @@ impl Kernel {
                 unsafe { forward_avx512_vnni(net, encoding, out) }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 | Kernel::Avx512Vnni => forward(net, encoding, out, |n, q, o| {
+            Kernel::Avx2 | Kernel::Avx512Vnni => forward(net, encoding, out, |n, q, _, o| {
                 currents_portable(n.input_weights, q, o)
             }),
         }
@@ -100,6 +103,8 @@ pub(crate) struct Net<'a> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Activity {
     quantised: Vec<i16>,
+    /// `quantised + 128`, as `u8`, for kernels that multiply unsigned by signed bytes.
+    shifted: Vec<u8>,
     currents: Vec<i32>,
     membrane: Vec<i32>,
     fired: Vec<i32>,
@@ -130,6 +135,8 @@ impl Activity {
         }
         self.quantised.clear();
         self.quantised.resize(inputs, 0);
+        self.shifted.clear();
+        self.shifted.resize(inputs, 0);
         self.label_spikes.clear();
         self.label_spikes.resize(labels, 0);
         self.total_spikes = 0;
@@ -207,16 +214,18 @@ fn forward(
     net: Net<'_>,
     encoding: &[f32],
     out: &mut Activity,
-    currents: impl FnOnce(Net<'_>, &[i16], &mut [i32]),
+    currents: impl FnOnce(Net<'_>, &[i16], &[u8], &mut [i32]),
 ) {
     let p = net.params;
     out.reset(p);
     let hidden = p.hidden as usize;
 
-    for (q, &x) in out.quantised.iter_mut().zip(encoding) {
+    let quantised = out.quantised.iter_mut().zip(out.shifted.iter_mut());
+    for ((q, shifted), &x) in quantised.zip(encoding) {
         *q = quantise(x);
+        *shifted = (*q + 128) as u8; // q ∈ [−127, 127], so this lies in [1, 255]
     }
-    currents(net, &out.quantised, &mut out.currents);
+    currents(net, &out.quantised, &out.shifted, &mut out.currents);
 
     for _ in 0..p.steps {
         let mut step_spikes = 0u32;
@@ -251,8 +260,7 @@ fn forward(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn forward_avx2(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
-    // SAFETY: this function only runs on CPUs with AVX2 (see `Kernel::forward`).
-    forward(net, encoding, out, |n, q, o| {
+    forward(net, encoding, out, |n, q, _, o| {
         currents_avx2(n.input_weights, q, o)
     });
 }
@@ -263,12 +271,11 @@ fn forward_avx2(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
 /// lane without saturation, so the result equals the other kernels' bit for bit.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn currents_avx512_vnni(net: Net<'_>, q: &[i16], out: &mut [i32]) {
+fn currents_avx512_vnni(net: Net<'_>, shifted: &[u8], out: &mut [i32]) {
     use std::arch::x86_64::*;
     const BLOCK: usize = 64;
-    let inputs = q.len();
+    let inputs = shifted.len();
     let whole = inputs / BLOCK * BLOCK;
-    let shifted: Vec<u8> = q.iter().map(|&x| (x + 128) as u8).collect();
     let rows = net
         .input_weights
         .chunks_exact(inputs)
@@ -301,7 +308,9 @@ fn currents_avx512_vnni(net: Net<'_>, q: &[i16], out: &mut [i32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn forward_avx512_vnni(net: Net<'_>, encoding: &[f32], out: &mut Activity) {
-    forward(net, encoding, out, |n, q, o| currents_avx512_vnni(n, q, o));
+    forward(net, encoding, out, |n, _, shifted, o| {
+        currents_avx512_vnni(n, shifted, o)
+    });
 }
 
 #[cfg(test)]
