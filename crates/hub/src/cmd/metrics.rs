@@ -1,0 +1,30 @@
+//! `metrics_query`: a JSON snapshot of engines, connections and counters.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::hub::Shared;
+
+pub(crate) fn snapshot(shared: &Shared) -> Value {
+    let c = &shared.counters;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    json!({
+        "engines": shared.registry.describe(),
+        "connections": {
+            "open": shared.open_connections(),
+            "total": load(&c.connections_total),
+            "refused": load(&c.refused),
+            "max": shared.config.max_connections,
+        },
+        "frames_in": load(&c.frames_in),
+        "bytes_in": load(&c.bytes_in),
+        "requests": load(&c.requests),
+        "errors": load(&c.errors),
+        "protocol_errors": load(&c.protocol_errors),
+        "engines_joined": load(&c.engines_joined),
+        "engines_lost": load(&c.engines_lost),
+        "failed_over": load(&c.failed_over),
+        "requests_in_flight": shared.requests.len(),
+    })
+}

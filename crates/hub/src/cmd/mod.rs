@@ -1,0 +1,147 @@
+//! What the hub does with each message a client sends: one file per verb.
+
+pub(crate) mod broadcast;
+pub mod call;
+pub(crate) mod metrics;
+pub(crate) mod reason;
+pub(crate) mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use qnllm_protocol::{Deadline, ErrorCode, Frame, Message};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::FrameSender;
+use crate::hub::{Counters, Shared};
+use crate::session::fail;
+
+/// Whether the connection goes on after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// Per-connection state of a client: where replies go, what is in flight, when it ends.
+#[derive(Debug)]
+pub(crate) struct ClientSession {
+    pub(crate) sender: FrameSender,
+    in_flight: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    pub(crate) ended: CancellationToken,
+}
+
+impl ClientSession {
+    pub(crate) fn new(sender: FrameSender) -> ClientSession {
+        ClientSession {
+            sender,
+            in_flight: Arc::default(),
+            ended: CancellationToken::new(),
+        }
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
+        // Single inserts and removes only: a poisoned map is still consistent.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `work` as a tracked request task that a `cancel` with the same id can abort.
+    pub(crate) fn spawn(
+        &self,
+        shared: &Shared,
+        request_id: u64,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let in_flight = self.in_flight.clone();
+        let task = shared.requests.spawn(async move {
+            work.await;
+            in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&request_id);
+        });
+        self.in_flight().insert(request_id, task.abort_handle());
+    }
+
+    /// Aborts the request `request_id`; whether it was still running.
+    fn cancel(&self, request_id: u64) -> bool {
+        match self.in_flight().remove(&request_id) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection is over: stop its helpers (subscriptions).
+    pub(crate) fn end(&self) {
+        self.ended.cancel();
+    }
+}
+
+/// Handles one frame from a client.
+pub(crate) async fn dispatch(shared: &Arc<Shared>, session: &ClientSession, frame: Frame) -> Flow {
+    let id = frame.header.request_id;
+    let message = match frame.message() {
+        Ok(message) => message,
+        Err(err) => {
+            Counters::add(&shared.counters.protocol_errors, 1);
+            fail(&session.sender, id, err.code(), err.to_string()).await;
+            return Flow::Close;
+        }
+    };
+    let deadline = frame
+        .header
+        .deadline
+        .remaining()
+        .unwrap_or(shared.config.default_deadline());
+    match message {
+        Message::Ping => {
+            session
+                .sender
+                .send(&Message::Pong, id, Deadline::NONE)
+                .await;
+        }
+        Message::Reason(encoding) => reason::one(shared, session, id, encoding.0, deadline),
+        Message::Batch(batch) => reason::batch(shared, session, id, batch, deadline),
+        Message::Cancel => {
+            if session.cancel(id) {
+                fail(
+                    &session.sender,
+                    id,
+                    ErrorCode::Cancelled,
+                    "cancelled by the client",
+                )
+                .await;
+            }
+        }
+        Message::Call(call) => call::handle(shared, session, id, call).await,
+        Message::Subscribe(subscribe) => {
+            subscribe::start(shared, session, id, subscribe.topics).await
+        }
+        Message::Broadcast(topic) => broadcast::deliver(shared, topic).await,
+        Message::MetricsQuery => {
+            session
+                .sender
+                .send(
+                    &Message::Metrics(metrics::snapshot(shared)),
+                    id,
+                    Deadline::NONE,
+                )
+                .await;
+        }
+        Message::Goodbye(_) => return Flow::Close,
+        other => {
+            let message = format!(
+                "{} is not something a client sends to the hub",
+                other.kind()
+            );
+            fail(&session.sender, id, ErrorCode::UnexpectedMessage, message).await;
+        }
+    }
+    Flow::Continue
+}

@@ -1,0 +1,77 @@
+//! `reason` and `batch`: route through the router, answer with `result` or `batch_result`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qnllm_protocol::{Batch, BatchResult, Deadline, ErrorCode, Message};
+use qnllm_router::RouterError;
+
+use crate::cmd::ClientSession;
+use crate::convert::result_body;
+use crate::hub::{Counters, Shared};
+use crate::session::fail;
+
+fn code(err: &RouterError) -> ErrorCode {
+    match err {
+        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
+        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+        _ => ErrorCode::NoEngineAvailable,
+    }
+}
+
+pub(crate) fn one(
+    shared: &Arc<Shared>,
+    session: &ClientSession,
+    id: u64,
+    encoding: Vec<f32>,
+    deadline: Duration,
+) {
+    Counters::add(&shared.counters.requests, 1);
+    let (shared_, sender) = (shared.clone(), session.sender.clone());
+    session.spawn(shared, id, async move {
+        match shared_.router.reason(&encoding, deadline).await {
+            Ok(answer) => {
+                sender
+                    .send(&Message::Result(result_body(&answer)), id, Deadline::NONE)
+                    .await;
+            }
+            Err(err) => {
+                Counters::add(&shared_.counters.errors, 1);
+                fail(&sender, id, code(&err), err.to_string()).await;
+            }
+        }
+    });
+}
+
+pub(crate) fn batch(
+    shared: &Arc<Shared>,
+    session: &ClientSession,
+    id: u64,
+    batch: Batch,
+    deadline: Duration,
+) {
+    Counters::add(&shared.counters.requests, 1);
+    let (shared_, sender) = (shared.clone(), session.sender.clone());
+    session.spawn(shared, id, async move {
+        match shared_
+            .router
+            .reason_batch(batch.values(), batch.dim() as usize, deadline)
+            .await
+        {
+            Ok(answers) => {
+                let results = answers.iter().map(result_body).collect();
+                sender
+                    .send(
+                        &Message::BatchResult(BatchResult { results }),
+                        id,
+                        Deadline::NONE,
+                    )
+                    .await;
+            }
+            Err(err) => {
+                Counters::add(&shared_.counters.errors, 1);
+                fail(&sender, id, code(&err), err.to_string()).await;
+            }
+        }
+    });
+}

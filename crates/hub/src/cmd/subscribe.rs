@@ -1,0 +1,48 @@
+//! `subscribe`: forward hub events on the chosen topics to this client until it leaves.
+
+use std::sync::Arc;
+
+use qnllm_protocol::{Deadline, Event, Message};
+use serde_json::json;
+
+use crate::cmd::ClientSession;
+use crate::hub::Shared;
+
+/// Subscribes; `*` means every topic. Confirms with an event on topic `subscribed`.
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    session: &ClientSession,
+    id: u64,
+    topics: Vec<String>,
+) {
+    let mut events = shared.events.subscribe();
+    let confirm = Event {
+        topic: "subscribed".into(),
+        data: json!(topics),
+    };
+    session
+        .sender
+        .send(&Message::Event(confirm), id, Deadline::NONE)
+        .await;
+    let (sender, ended) = (session.sender.clone(), session.ended.clone());
+    tokio::spawn(async move {
+        loop {
+            let (topic, data) = tokio::select! {
+                () = ended.cancelled() => return,
+                event = events.recv() => match event {
+                    Ok(event) => event,
+                    // A slow subscriber misses events rather than slowing the hub.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+            };
+            if topics.iter().any(|t| t == "*" || *t == topic)
+                && !sender
+                    .send(&Message::Event(Event { topic, data }), id, Deadline::NONE)
+                    .await
+            {
+                return;
+            }
+        }
+    });
+}

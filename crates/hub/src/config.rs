@@ -1,0 +1,194 @@
+//! `HubConfig`: every setting of a hub, with safe defaults, readable from TOML.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A setting is out of range or unsafe.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of a hub. Every field has a default; a TOML file may set any of them by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// TCP address to listen on; `None` for no TCP listener.
+    pub listen: Option<String>,
+    /// Unix socket path to listen on (created with mode 0600).
+    pub unix: Option<PathBuf>,
+    /// Shared token every hello must carry. Required to listen beyond loopback.
+    pub token: Option<String>,
+    /// Most open connections; more are refused with `TooManyConnections`.
+    pub max_connections: usize,
+    /// Largest frame payload accepted, in bytes.
+    pub max_frame_bytes: u32,
+    /// How long a new connection has to say hello, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// How long a client connection may stay silent, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// How often workers send heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for longer than this is declared dead, in milliseconds.
+    pub heartbeat_timeout_ms: u64,
+    /// Deadline for requests that carry none, in milliseconds.
+    pub default_deadline_ms: u64,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    pub grace_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            listen: Some("127.0.0.1:9999".into()),
+            unix: None,
+            token: None,
+            max_connections: 1_024,
+            max_frame_bytes: qnllm_protocol::DEFAULT_MAX_FRAME_BYTES,
+            hello_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            heartbeat_interval_ms: 500,
+            heartbeat_timeout_ms: 1_500,
+            default_deadline_ms: 5_000,
+            grace_ms: 10_000,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Reads a TOML file; unset fields keep their defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<HubConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Checks ranges and the loopback rule: a listener beyond loopback needs a token.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] saying what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_none() && self.unix.is_none() {
+            return Err(ConfigError::Invalid(
+                "nothing to listen on: set `listen` or `unix`".into(),
+            ));
+        }
+        if self.max_connections == 0
+            || self.heartbeat_interval_ms == 0
+            || self.hello_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "max_connections, heartbeat_interval_ms and hello_timeout_ms must be positive"
+                    .into(),
+            ));
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(
+                "heartbeat_timeout_ms must exceed heartbeat_interval_ms".into(),
+            ));
+        }
+        if let Some(listen) = &self.listen {
+            let loopback = match listen.parse::<SocketAddr>() {
+                Ok(addr) => addr.ip().is_loopback(),
+                Err(_) => listen.starts_with("localhost:"),
+            };
+            if !loopback && self.token.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to listen on {listen} without an auth token: set `token` in the config file, \
+                     pass --token, or set QNLLM_TOKEN (or listen on 127.0.0.1)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+    pub(crate) fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+    pub(crate) fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        HubConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_public_address_needs_a_token() {
+        let open = HubConfig {
+            listen: Some("0.0.0.0:9999".into()),
+            ..HubConfig::default()
+        };
+        let err = open.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("without an auth token") && err.contains("QNLLM_TOKEN"),
+            "{err}"
+        );
+        let guarded = HubConfig {
+            token: Some("s3cret".into()),
+            ..open
+        };
+        guarded.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_sets_fields_by_name_and_rejects_unknown_ones() {
+        let config: HubConfig =
+            toml::from_str("max_connections = 3\nunix = \"/tmp/q.sock\"").unwrap();
+        assert_eq!(config.max_connections, 3);
+        assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9999"));
+        assert!(toml::from_str::<HubConfig>("max_conections = 3").is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! Frames over a byte stream: a reader that decodes, and a writer task that batches.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use qnllm_protocol::{encode_frame, Deadline, Frame, FrameDecoder, Message, ProtocolError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Frames queued per connection before senders wait: bounds memory per slow peer.
+const QUEUE_FRAMES: usize = 4_096;
+/// Most bytes gathered into one write.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The peer broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+}
+
+/// Reads whole frames from a stream.
+#[derive(Debug)]
+pub(crate) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(io: R, max_frame_bytes: u32) -> FrameReader<R> {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(8 * 1024),
+            decoder: FrameDecoder::new(max_frame_bytes),
+        }
+    }
+
+    /// The next frame, or `None` when the peer closed cleanly between frames.
+    pub(crate) async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// [`FrameReader::read_frame`] with a time limit; `Ok(None)` also on timeout's expiry is
+    /// not wanted, so expiry is its own outcome.
+    pub(crate) async fn read_frame_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Result<Option<Frame>, ReadError>, Elapsed> {
+        tokio::time::timeout(limit, self.read_frame())
+            .await
+            .map_err(|_| Elapsed)
+    }
+}
+
+/// A time limit passed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Elapsed;
+
+/// Queues encoded frames for a connection's writer task. Cloning it is cheap.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameSender {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl FrameSender {
+    /// Encodes and queues `message`; `false` if the connection is gone.
+    pub(crate) async fn send(
+        &self,
+        message: &Message,
+        request_id: u64,
+        deadline: Deadline,
+    ) -> bool {
+        let mut out = BytesMut::new();
+        encode_frame(message, request_id, deadline, &mut out);
+        self.tx.send(out.freeze()).await.is_ok()
+    }
+}
+
+/// Starts the writer task for `io`. It ends when every sender is dropped (after writing
+/// what was queued) or the socket fails.
+pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    mut io: W,
+) -> (FrameSender, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_FRAMES);
+    let handle = tokio::spawn(async move {
+        let mut batch = BytesMut::with_capacity(16 * 1024);
+        while let Some(first) = rx.recv().await {
+            batch.extend_from_slice(&first);
+            // Gather whatever else is already queued: one syscall for many frames.
+            while batch.len() < WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if io.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+        let _ = io.shutdown().await;
+    });
+    (FrameSender { tx }, handle)
+}

@@ -1,0 +1,280 @@
+//! `Hub`: shared state, the listeners, and start/stop of the whole server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use qnllm_router::{LocalBackend, Router};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::call::{Handler, Handlers};
+use crate::config::{ConfigError, HubConfig};
+use crate::endpoint::Io;
+use crate::registry::{Event, Registry};
+use crate::session;
+
+/// Why a hub could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be opened.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// The address or path.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters over all connections.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) engines_joined: AtomicU64,
+    pub(crate) engines_lost: AtomicU64,
+    /// Requests that were waiting on an engine when it went, and were failed over.
+    pub(crate) failed_over: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Everything the sessions share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: HubConfig,
+    pub(crate) router: Arc<Router>,
+    pub(crate) registry: Registry,
+    pub(crate) handlers: Handlers,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) counters: Counters,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) next_session: AtomicU64,
+    /// Held while a broadcast is delivered, so every engine sees broadcasts in one order.
+    pub(crate) broadcast_order: tokio::sync::Mutex<()>,
+    pub(crate) shutdown: CancellationToken,
+    /// Request tasks, waited for (within the grace period) at shutdown.
+    pub(crate) requests: TaskTracker,
+    /// Connection tasks, waited for at shutdown so goodbyes are flushed before exit.
+    pub(crate) sessions: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn open_connections(&self) -> usize {
+        self.config.max_connections - self.connections.available_permits()
+    }
+}
+
+/// A hub, configured but not yet listening.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Hub {
+    /// A hub with `config`, not yet listening.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Config`] when `config` fails [`HubConfig::validate`].
+    pub fn new(config: HubConfig) -> Result<Hub, HubError> {
+        config.validate()?;
+        let router = Arc::new(Router::new());
+        let (events, _) = broadcast::channel(1_024);
+        let shared = Shared {
+            registry: Registry::new(router.clone(), events.clone()),
+            handlers: Handlers::with_builtins(),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            router,
+            events,
+            counters: Counters::default(),
+            next_session: AtomicU64::new(1),
+            broadcast_order: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            requests: TaskTracker::new(),
+            sessions: TaskTracker::new(),
+        };
+        Ok(Hub {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The router every client request goes through.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.shared.router
+    }
+
+    /// Adds an in-process engine.
+    pub fn add_local(&self, backend: LocalBackend) {
+        tracing::info!(engine = %qnllm_router::Backend::name(&backend), "local engine added");
+        self.shared.router.add(Arc::new(backend));
+    }
+
+    /// Registers a named handler that clients reach with `call`.
+    pub fn register_handler(&self, name: impl Into<String>, handler: Handler) {
+        self.shared.handlers.register(name.into(), handler);
+    }
+
+    /// A JSON snapshot of engines, connections and counters.
+    pub fn metrics(&self) -> serde_json::Value {
+        crate::cmd::metrics::snapshot(&self.shared)
+    }
+
+    /// Opens the listeners and serves until `shutdown` is cancelled; then stops accepting,
+    /// lets in-flight requests finish within the grace period, says goodbye and returns.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Listen`] when an address or path cannot be bound.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<RunningHub, HubError> {
+        let shared = self.shared.clone();
+        let mut tcp_addr = None;
+        let mut unix_path = None;
+        let accepting = TaskTracker::new();
+        if let Some(listen) = &shared.config.listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| HubError::Listen {
+                    what: listen.clone(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| HubError::Listen {
+                what: listen.clone(),
+                source,
+            })?;
+            tracing::info!(%addr, "listening on tcp");
+            tcp_addr = Some(addr);
+            let shared = shared.clone();
+            accepting.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
+                                spawn_session(&shared, Box::new(stream), peer.to_string());
+                            }
+                            Err(e) => tracing::warn!(error = %e, "accept failed"),
+                        },
+                    }
+                }
+            });
+        }
+        #[cfg(unix)]
+        if let Some(path) = &shared.config.unix {
+            let what = path.display().to_string();
+            // A stale socket file from a previous run would make bind fail.
+            if path.exists() {
+                let _ = std::fs::remove_file(path);
+            }
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|source| HubError::Listen {
+                    what: what.clone(),
+                    source,
+                })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| HubError::Listen {
+                    what: what.clone(),
+                    source,
+                },
+            )?;
+            tracing::info!(path = %what, "listening on unix socket");
+            unix_path = Some(path.clone());
+            let shared = shared.clone();
+            accepting.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => spawn_session(&shared, Box::new(stream), "unix".into()),
+                            Err(e) => tracing::warn!(error = %e, "accept failed"),
+                        },
+                    }
+                }
+            });
+        }
+        accepting.close();
+        let inner = shared.shutdown.clone();
+        let done = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: no new connections, draining in-flight requests");
+            inner.cancel();
+            accepting.wait().await;
+            shared.requests.close();
+            shared.sessions.close();
+            let drained = async {
+                shared.requests.wait().await;
+                shared.sessions.wait().await;
+            };
+            if tokio::time::timeout(shared.config.grace(), drained)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    requests = shared.requests.len(),
+                    connections = shared.sessions.len(),
+                    "grace period over; cutting what is still in flight"
+                );
+            }
+            if let Some(path) = &shared.config.unix {
+                let _ = std::fs::remove_file(path);
+            }
+            tracing::info!("hub stopped");
+        });
+        Ok(RunningHub {
+            tcp: tcp_addr,
+            unix: unix_path,
+            hub: self,
+            done,
+        })
+    }
+}
+
+fn spawn_session(shared: &Arc<Shared>, io: Box<dyn Io>, peer: String) {
+    Counters::add(&shared.counters.connections_total, 1);
+    shared
+        .sessions
+        .spawn(session::run(shared.clone(), io, peer));
+}
+
+/// A hub that is listening.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// The TCP address bound (useful with port 0).
+    pub tcp: Option<SocketAddr>,
+    /// The Unix socket path bound.
+    pub unix: Option<PathBuf>,
+    hub: Hub,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHub {
+    /// The hub, for handlers, local engines and metrics.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Waits until shutdown has finished.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}

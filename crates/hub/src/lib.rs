@@ -1,0 +1,23 @@
+//! The qnllm hub and its two kinds of peer. The hub listens on TCP and Unix sockets,
+//! welcomes clients and workers, keeps a registry of the engines workers offer, and routes
+//! client requests through the router, to which a worker is just another backend. The same
+//! crate holds the worker side (serve an engine, reconnect) and the client side.
+
+mod config;
+mod connection;
+mod convert;
+mod endpoint;
+mod hub;
+mod registry;
+mod remote;
+mod session;
+
+pub mod client;
+pub mod cmd;
+pub mod worker;
+
+pub use client::{Client, ClientError};
+pub use config::{ConfigError, HubConfig};
+pub use endpoint::Endpoint;
+pub use hub::{Hub, HubError, RunningHub};
+pub use worker::{WorkerConfig, WorkerError};

@@ -1,0 +1,254 @@
+//! `RemoteEngine`: a worker's engine as a router backend. It sends frames on the worker's
+//! connection and matches replies by request id; when the worker goes, every request it
+//! held fails at once with `Gone`, so the router can fail over and nothing hangs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use qnllm_engine::Digest;
+use qnllm_protocol::{Batch, Deadline, ErrorCode, Frame, Message, Register};
+use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo};
+use tokio::sync::oneshot;
+
+use crate::connection::FrameSender;
+use crate::convert;
+
+/// Requests waiting for a reply from one worker.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Set once the worker is gone: why. No request is accepted after that.
+    closed: Option<String>,
+    waiting: HashMap<u64, oneshot::Sender<Frame>>,
+}
+
+/// One worker's engine.
+#[derive(Debug)]
+pub(crate) struct RemoteEngine {
+    pub(crate) id: u64,
+    info: EngineInfo,
+    sender: FrameSender,
+    pending: Mutex<Pending>,
+    next_request: AtomicU64,
+    last_heard: Mutex<Instant>,
+    pub(crate) served: AtomicU64,
+}
+
+impl RemoteEngine {
+    pub(crate) fn new(
+        id: u64,
+        name: String,
+        register: &Register,
+        sender: FrameSender,
+    ) -> RemoteEngine {
+        RemoteEngine {
+            id,
+            info: EngineInfo {
+                name,
+                kind: "remote",
+                input_size: register.input_size,
+                labels: register.labels,
+                model_version: register.model_version,
+                model_digest: Digest::from_hex(&register.model_digest).unwrap_or_default(),
+            },
+            sender,
+            pending: Mutex::new(Pending::default()),
+            next_request: AtomicU64::new(1),
+            last_heard: Mutex::new(Instant::now()),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // The map stays consistent whatever panicked while holding it: every operation on
+        // it is a single insert or remove.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a sign of life (any frame, heartbeats included).
+    pub(crate) fn heard(&self) {
+        *self
+            .last_heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Time since the worker last sent anything.
+    pub(crate) fn silence(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// Queues a message that expects no reply (broadcast, drain).
+    pub(crate) async fn notify(&self, message: &Message) -> bool {
+        self.sender.send(message, 0, Deadline::NONE).await
+    }
+
+    /// Requests sent and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.pending().waiting.len()
+    }
+
+    /// Hands a reply to the request waiting for it; replies to forgotten requests (timed
+    /// out, cancelled) are dropped.
+    pub(crate) fn complete(&self, frame: Frame) {
+        if let Some(waiter) = self.pending().waiting.remove(&frame.header.request_id) {
+            let _ = waiter.send(frame);
+        }
+    }
+
+    /// Fails every waiting request with `Gone` and refuses new ones.
+    pub(crate) fn close(&self, reason: &str) -> usize {
+        let mut pending = self.pending();
+        pending.closed.get_or_insert_with(|| reason.to_string());
+        let failed = pending.waiting.len();
+        pending.waiting.clear(); // dropping the senders wakes every waiter with an error
+        failed
+    }
+
+    fn gone(&self) -> BackendError {
+        let reason = self
+            .pending()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "connection closed".into());
+        BackendError::Gone {
+            engine: self.info.name.clone(),
+            reason,
+        }
+    }
+
+    async fn call(&self, message: &Message, budget: Duration) -> Result<Frame, BackendError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let reply = {
+            let mut pending = self.pending();
+            if pending.closed.is_some() {
+                drop(pending);
+                return Err(self.gone());
+            }
+            let (tx, rx) = oneshot::channel();
+            pending.waiting.insert(id, tx);
+            rx
+        };
+        // Forget the request however this future ends: answered, timed out or dropped.
+        let _forget = Forget { engine: self, id };
+        let exchange = async {
+            if !self
+                .sender
+                .send(message, id, Deadline::from_remaining(budget))
+                .await
+            {
+                return Err(self.gone());
+            }
+            reply.await.map_err(|_| self.gone())
+        };
+        match tokio::time::timeout(budget, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let _ = self.sender.send(&Message::Cancel, id, Deadline::NONE).await;
+                Err(BackendError::Timeout {
+                    engine: self.info.name.clone(),
+                    budget,
+                })
+            }
+        }
+    }
+
+    fn failure(&self, frame: &Frame) -> BackendError {
+        let engine = self.info.name.clone();
+        match frame.message() {
+            Ok(Message::Error(error)) if error.code == ErrorCode::InvalidInput => {
+                BackendError::InvalidInput(error.message)
+            }
+            Ok(Message::Error(error)) => BackendError::Failed {
+                engine,
+                reason: format!("{}: {}", error.code, error.message),
+            },
+            Ok(other) => BackendError::Failed {
+                engine,
+                reason: format!("unexpected {} in reply", other.kind()),
+            },
+            Err(e) => BackendError::Failed {
+                engine,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Removes a request from the pending map when its caller stops waiting.
+struct Forget<'a> {
+    engine: &'a RemoteEngine,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.engine.pending().waiting.remove(&self.id);
+    }
+}
+
+impl Backend for RemoteEngine {
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    fn describe(&self) -> EngineInfo {
+        self.info.clone()
+    }
+
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        Box::pin(async move {
+            let frame = self
+                .call(&Message::Reason(encoding.to_vec().into()), budget)
+                .await?;
+            match frame.message() {
+                Ok(Message::Result(body)) => {
+                    self.served.fetch_add(1, Ordering::Relaxed);
+                    Ok(convert::answer(body))
+                }
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        Box::pin(async move {
+            let batch = u32::try_from(dim)
+                .ok()
+                .and_then(|dim| Batch::new(dim, values.to_vec()))
+                .ok_or_else(|| {
+                    BackendError::InvalidInput(format!(
+                        "{} values do not split into encodings of {dim}",
+                        values.len()
+                    ))
+                })?;
+            let frame = self.call(&Message::Batch(batch), budget).await?;
+            match frame.message() {
+                Ok(Message::BatchResult(body)) => {
+                    self.served
+                        .fetch_add(body.results.len() as u64, Ordering::Relaxed);
+                    Ok(body.results.into_iter().map(convert::answer).collect())
+                }
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+}
+
+/// Shared handle type.
+pub(crate) type Remote = Arc<RemoteEngine>;

@@ -1,0 +1,395 @@
+//! The worker side: connect to a hub, register an engine, serve requests concurrently,
+//! send heartbeats, reconnect with jittered exponential backoff, and leave cleanly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qnllm_protocol::{
+    BatchResult, Deadline, ErrorCode, Frame, Goodbye, Heartbeat, Hello, Learned, Message, Register,
+    WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use qnllm_router::{BackendError, LocalBackend};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{spawn_writer, FrameReader, FrameSender};
+use crate::convert::result_body;
+use crate::endpoint::Endpoint;
+
+/// How a worker connects and behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The hub.
+    pub endpoint: Endpoint,
+    /// Engine name offered to the hub.
+    pub name: String,
+    /// Auth token, if the hub requires one.
+    pub token: Option<String>,
+    /// Requests handled at once.
+    pub max_in_flight: u32,
+    /// Give up after this many failed connection attempts in a row; `None` retries forever.
+    pub max_retries: Option<u32>,
+    /// First reconnect delay; it doubles per failure up to `backoff_max`, with jitter.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `endpoint`: name `worker-PID`, 64 in flight, retry forever, 50 ms → 5 s.
+    pub fn new(endpoint: Endpoint) -> WorkerConfig {
+        WorkerConfig {
+            endpoint,
+            name: format!("worker-{}", std::process::id()),
+            token: None,
+            max_in_flight: 64,
+            max_retries: None,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a worker stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The hub refused the worker in a way retrying cannot fix (token, version).
+    #[error("the hub refused this worker: {code}: {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The hub's message.
+        message: String,
+    },
+    /// `max_retries` connection attempts failed in a row.
+    #[error("gave up after {attempts} failed attempts to reach {endpoint}: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The hub.
+        endpoint: String,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// How one session with the hub ended.
+enum SessionEnd {
+    /// We were asked to stop and left cleanly.
+    Stopped,
+    /// The hub went away after we had registered: reconnect at once.
+    HubLeft(String),
+}
+
+/// Serves `engine` to the hub until `shutdown` is cancelled (then drains and leaves), or a
+/// fatal refusal, or `max_retries` failures in a row.
+///
+/// # Errors
+///
+/// [`WorkerError`].
+pub async fn run(
+    config: WorkerConfig,
+    engine: LocalBackend,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let served = Arc::new(AtomicU64::new(0));
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let delay = match session(&config, &engine, &shutdown, &served).await {
+            Ok(SessionEnd::Stopped) => return Ok(()),
+            Ok(SessionEnd::HubLeft(reason)) => {
+                tracing::warn!(hub = %config.endpoint, %reason, "lost the hub; reconnecting");
+                failures = 0;
+                config.backoff_initial
+            }
+            Err(Failure::Fatal(err)) => return Err(err),
+            Err(Failure::Retry(reason)) => {
+                failures += 1;
+                if config.max_retries.is_some_and(|max| failures > max) {
+                    return Err(WorkerError::GaveUp {
+                        attempts: failures,
+                        endpoint: config.endpoint.to_string(),
+                        last: reason,
+                    });
+                }
+                let exp = config
+                    .backoff_initial
+                    .saturating_mul(1 << failures.min(16))
+                    .min(config.backoff_max);
+                tracing::warn!(hub = %config.endpoint, %reason, attempt = failures, "cannot reach the hub; retrying");
+                exp
+            }
+        };
+        // Full jitter in [delay/2, delay): workers restarted together do not reconnect in step.
+        let jittered = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(jittered) => {}
+        }
+    }
+}
+
+enum Failure {
+    Fatal(WorkerError),
+    Retry(String),
+}
+
+async fn session(
+    config: &WorkerConfig,
+    engine: &LocalBackend,
+    shutdown: &CancellationToken,
+    served: &Arc<AtomicU64>,
+) -> Result<SessionEnd, Failure> {
+    let io = config
+        .endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Retry(e.to_string()))?;
+    let (read, write) = tokio::io::split(io);
+    let (sender, writer) = spawn_writer(write);
+    let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        role: "worker".into(),
+        name: config.name.clone(),
+        token: config.token.clone(),
+    };
+    sender.send(&Message::Hello(hello), 0, Deadline::NONE).await;
+    let welcome = match expect(&mut reader).await? {
+        Message::Welcome(welcome) => welcome,
+        other => {
+            return Err(Failure::Retry(format!(
+                "{} instead of welcome",
+                other.kind()
+            )))
+        }
+    };
+    let info = engine.info();
+    let register = Register {
+        name: config.name.clone(),
+        model_digest: info.digest.to_hex(),
+        model_version: info.version,
+        input_size: info.params.inputs,
+        labels: info.params.labels,
+        max_in_flight: config.max_in_flight,
+    };
+    sender
+        .send(&Message::Register(register), 0, Deadline::NONE)
+        .await;
+    let registered = match expect(&mut reader).await? {
+        Message::Registered(registered) => registered,
+        other => {
+            return Err(Failure::Retry(format!(
+                "{} instead of registered",
+                other.kind()
+            )))
+        }
+    };
+    tracing::info!(hub = %config.endpoint, engine_id = registered.engine_id, name = %config.name, "registered");
+
+    let requests = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(10)));
+    let mut draining = false;
+    let end = loop {
+        tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                // Stop new work, finish what is in flight, then say goodbye.
+                draining = true;
+                let leaving = Message::Unregister(Goodbye { reason: "worker stopping".into() });
+                sender.send(&leaving, 0, Deadline::NONE).await;
+                requests.close();
+            }
+            () = requests.wait(), if draining => {
+                sender.send(&Message::Goodbye(Goodbye { reason: "worker stopped".into() }), 0, Deadline::NONE).await;
+                break SessionEnd::Stopped;
+            }
+            _ = heartbeat.tick() => {
+                let beat = Heartbeat { in_flight: (requests.len()) as u32, served: served.load(Ordering::Relaxed) };
+                sender.send(&Message::Heartbeat(beat), 0, Deadline::NONE).await;
+            }
+            read = reader.read_frame() => match read {
+                Ok(Some(frame)) => {
+                    if let Some(end) = handle(frame, engine, &sender, &requests, &permits, served, shutdown).await {
+                        break end;
+                    }
+                }
+                Ok(None) => break SessionEnd::HubLeft("connection closed".into()),
+                Err(err) => break SessionEnd::HubLeft(err.to_string()),
+            },
+        }
+    };
+    drop(sender);
+    let _ = writer.await;
+    Ok(end)
+}
+
+/// Reads the next frame during the handshake; an error frame is a refusal.
+async fn expect<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+) -> Result<Message, Failure> {
+    let read = reader
+        .read_frame_within(Duration::from_secs(10))
+        .await
+        .map_err(|_| Failure::Retry("no answer to hello".into()))?;
+    let frame = read
+        .map_err(|e| Failure::Retry(e.to_string()))?
+        .ok_or_else(|| Failure::Retry("hub closed the connection".into()))?;
+    match frame.message() {
+        Ok(Message::Error(e))
+            if matches!(
+                e.code,
+                ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion
+            ) =>
+        {
+            Err(Failure::Fatal(WorkerError::Refused {
+                code: e.code,
+                message: e.message,
+            }))
+        }
+        Ok(Message::Error(e)) => Err(Failure::Retry(format!("{}: {}", e.code, e.message))),
+        Ok(message) => Ok(message),
+        Err(e) => Err(Failure::Retry(e.to_string())),
+    }
+}
+
+fn error_message(err: &BackendError) -> Message {
+    let code = if matches!(err, BackendError::InvalidInput(_)) {
+        ErrorCode::InvalidInput
+    } else {
+        ErrorCode::EngineFailed
+    };
+    Message::Error(WireError::new(code, err.to_string()))
+}
+
+/// Runs `job` on the blocking pool as a tracked request and sends its reply. Waiting for a
+/// permit first applies backpressure to the hub when `max_in_flight` are running.
+async fn serve(
+    id: u64,
+    job: impl FnOnce() -> Result<Message, BackendError> + Send + 'static,
+    sender: &FrameSender,
+    requests: &TaskTracker,
+    permits: &Arc<Semaphore>,
+    served: &Arc<AtomicU64>,
+) {
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return;
+    };
+    let (sender, served) = (sender.clone(), served.clone());
+    requests.spawn(async move {
+        let reply = match tokio::task::spawn_blocking(job).await {
+            Ok(Ok(reply)) => {
+                served.fetch_add(1, Ordering::Relaxed);
+                reply
+            }
+            Ok(Err(err)) => error_message(&err),
+            Err(join) => Message::Error(WireError::new(ErrorCode::Internal, join.to_string())),
+        };
+        sender.send(&reply, id, Deadline::NONE).await;
+        drop(permit);
+    });
+}
+
+/// Handles one frame from the hub; `Some` ends the session.
+async fn handle(
+    frame: Frame,
+    engine: &LocalBackend,
+    sender: &FrameSender,
+    requests: &TaskTracker,
+    permits: &Arc<Semaphore>,
+    served: &Arc<AtomicU64>,
+    shutdown: &CancellationToken,
+) -> Option<SessionEnd> {
+    let id = frame.header.request_id;
+    let message = match frame.message() {
+        Ok(message) => message,
+        Err(err) => {
+            sender
+                .send(
+                    &Message::Error(WireError::new(err.code(), err.to_string())),
+                    id,
+                    Deadline::NONE,
+                )
+                .await;
+            return Some(SessionEnd::HubLeft(format!("hub sent a bad frame: {err}")));
+        }
+    };
+    match message {
+        Message::Reason(encoding) => {
+            let engine = engine.clone();
+            let job = move || {
+                engine
+                    .reason_now(encoding.as_slice())
+                    .map(|a| Message::Result(result_body(&a)))
+            };
+            serve(id, job, sender, requests, permits, served).await;
+        }
+        Message::Batch(batch) => {
+            let engine = engine.clone();
+            let job = move || {
+                let answers = engine.reason_batch_now(batch.values(), batch.dim() as usize)?;
+                Ok(Message::BatchResult(BatchResult {
+                    results: answers.iter().map(result_body).collect(),
+                }))
+            };
+            serve(id, job, sender, requests, permits, served).await;
+        }
+        Message::Learn(learn) => {
+            let info = engine.info();
+            let reply = if learn.base_version != info.version {
+                let message = format!(
+                    "update is for model version {}, this engine is at {}",
+                    learn.base_version, info.version
+                );
+                Message::Error(WireError::new(ErrorCode::VersionConflict, message))
+            } else {
+                match engine.learn(learn.encoding.as_slice(), learn.label) {
+                    Ok(learned) => Message::Learned(Learned {
+                        model_version: learned.version,
+                        model_digest: learned.digest.0,
+                    }),
+                    Err(err) => {
+                        Message::Error(WireError::new(ErrorCode::InvalidInput, err.to_string()))
+                    }
+                }
+            };
+            sender.send(&reply, id, Deadline::NONE).await;
+        }
+        Message::Ping => {
+            sender.send(&Message::Pong, id, Deadline::NONE).await;
+        }
+        Message::Shutdown(_) => shutdown.cancel(),
+        Message::Goodbye(goodbye) => {
+            return Some(SessionEnd::HubLeft(format!(
+                "hub said goodbye: {}",
+                goodbye.reason
+            )))
+        }
+        // Answers take microseconds, so a cancel almost always arrives after the answer.
+        Message::Cancel | Message::Pong | Message::Drain(_) => {}
+        Message::Broadcast(topic) => {
+            tracing::debug!(topic = %topic.topic, bytes = topic.payload.len(), "broadcast received")
+        }
+        Message::Error(error) => {
+            tracing::warn!(code = %error.code, message = %error.message, "hub reported an error")
+        }
+        other => {
+            let message = format!("{} is not something the hub sends a worker", other.kind());
+            sender
+                .send(
+                    &Message::Error(WireError::new(ErrorCode::UnexpectedMessage, message)),
+                    id,
+                    Deadline::NONE,
+                )
+                .await;
+        }
+    }
+    None
+}

@@ -1,0 +1,451 @@
+//! The hub's sessions over real sockets on 127.0.0.1:0 and a temporary Unix path, with
+//! in-process workers: routing, handshake refusals, limits, raw-socket abuse.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
+use qnllm_hub::{Client, ClientError, Endpoint, HubConfig};
+use qnllm_protocol::{encode_frame, Deadline, ErrorCode, FrameDecoder, Hello, Message};
+
+/// Reads frames from a blocking socket until EOF; returns the messages.
+fn read_all(stream: &mut std::net::TcpStream) -> Vec<Message> {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut decoder = FrameDecoder::default();
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+        out.push(frame.message().unwrap());
+    }
+    out
+}
+
+fn frame(message: &Message) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(message, 9, Deadline::NONE, &mut out);
+    out.to_vec()
+}
+
+fn hello(token: Option<&str>) -> Vec<u8> {
+    frame(&Message::Hello(Hello {
+        protocol: 1,
+        role: "client".into(),
+        name: "raw".into(),
+        token: token.map(str::to_string),
+    }))
+}
+
+fn error_code(messages: &[Message]) -> Option<ErrorCode> {
+    messages.iter().find_map(|m| match m {
+        Message::Error(e) => Some(e.code),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_to_two_workers_over_tcp_and_unix_matches_the_local_engine() {
+    let dir = std::env::temp_dir().join(format!("qnllm-hub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hub.sock");
+    let (running, stop) = start(HubConfig {
+        unix: Some(path.clone()),
+        ..config()
+    })
+    .await;
+    let unix = Endpoint::Unix(path.clone());
+    let w1 = worker(tcp(&running), "w1", None);
+    let w2 = worker(unix.clone(), "w2", None);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the Unix socket must be private to its owner");
+    }
+    let local = SpikingEngine::from_seed(1, Params::default()).unwrap();
+    for endpoint in [tcp(&running), unix] {
+        let client = Client::connect(&endpoint, "test", None).await.unwrap();
+        wait_for_engines(&client, 2).await;
+        let mut engines = std::collections::BTreeSet::new();
+        for x in NormalInputs::new(7, 768).take(10) {
+            let answer = client.reason(&x, WAIT).await.unwrap();
+            assert_eq!(answer.reasoning, local.reason(&x).unwrap());
+            engines.insert(answer.engine);
+        }
+        assert_eq!(
+            engines.into_iter().collect::<Vec<_>>(),
+            ["w1", "w2"],
+            "round-robin reaches both workers"
+        );
+        let batch: Vec<Vec<f32>> = NormalInputs::new(8, 768).take(5).collect();
+        let answers = client.reason_batch(&batch, WAIT).await.unwrap();
+        for (x, a) in batch.iter().zip(&answers) {
+            assert_eq!(a.reasoning, local.reason(x).unwrap());
+        }
+    }
+    w1.cancel();
+    w2.cancel();
+    stop.cancel();
+    running.wait().await;
+    assert!(!path.exists(), "the socket file is removed at shutdown");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_an_error_and_the_hub_keeps_serving() {
+    let (running, stop) = start(config()).await;
+    let w = worker(tcp(&running), "w", None);
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 1).await;
+    let err = client.reason(&[0.0; 767], WAIT).await.unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Remote {
+            code: ErrorCode::InvalidInput,
+            message: "encoding has 767 values, the model takes 768".into()
+        }
+    );
+    let mut nan = vec![0.0; 768];
+    nan[5] = f32::NAN;
+    let err = client.reason(&nan, WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { code: ErrorCode::InvalidInput, message } if message.contains("index 5 is NaN")),
+        "{err}"
+    );
+    assert!(client.reason(&[0.0; 768], WAIT).await.is_ok());
+    w.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_engine_is_a_clear_error_naming_what_to_start() {
+    let (running, stop) = start(config()).await;
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    let err = client.reason(&[0.0; 768], WAIT).await.unwrap_err();
+    match err {
+        ClientError::Remote {
+            code: ErrorCode::NoEngineAvailable,
+            message,
+        } => assert!(message.contains("qnllm worker --connect"), "{message}"),
+        other => panic!("{other}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_answer_calls_and_unknown_ones_are_named() {
+    let (running, stop) = start(config()).await;
+    running.hub().register_handler(
+        "double",
+        std::sync::Arc::new(|_, args: &[u8]| Ok(args.iter().map(|b| b.wrapping_mul(2)).collect())),
+    );
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    assert_eq!(
+        client.call("echo", b"\x00\xffbinary", WAIT).await.unwrap(),
+        b"\x00\xffbinary"
+    );
+    assert_eq!(
+        client.call("double", &[1, 2, 3], WAIT).await.unwrap(),
+        [2, 4, 6]
+    );
+    let engines: serde_json::Value =
+        serde_json::from_slice(&client.call("engines", b"", WAIT).await.unwrap()).unwrap();
+    assert_eq!(engines, serde_json::json!([]));
+    match client.call("nope", b"", WAIT).await.unwrap_err() {
+        ClientError::Remote {
+            code: ErrorCode::UnknownHandler,
+            message,
+        } => assert!(message.contains("double, echo, engines"), "{message}"),
+        other => panic!("{other}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
+    let (running, stop) = start(HubConfig {
+        token: Some("s3cret".into()),
+        ..config()
+    })
+    .await;
+    for token in [None, Some("wrong"), Some("s3cret-but-longer")] {
+        match Client::connect(&tcp(&running), "test", token)
+            .await
+            .unwrap_err()
+        {
+            ClientError::Remote { code, .. } => assert_eq!(code, ErrorCode::Unauthorized),
+            other => panic!("{other}"),
+        }
+    }
+    let client = Client::connect(&tcp(&running), "test", Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(client.call("echo", b"in", WAIT).await.unwrap(), b"in");
+    // A worker with the wrong token stops at once instead of retrying forever.
+    let mut config = qnllm_hub::WorkerConfig::new(tcp(&running));
+    config.token = Some("wrong".into());
+    let err = qnllm_hub::worker::run(
+        config,
+        engine("w"),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_after_connecting_is_refused_with_hello_timeout() {
+    let (running, stop) = start(HubConfig {
+        hello_timeout_ms: 200,
+        ..config()
+    })
+    .await;
+    let addr = addr(&running);
+    let messages = tokio::task::spawn_blocking(move || {
+        read_all(&mut std::net::TcpStream::connect(addr).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(error_code(&messages), Some(ErrorCode::HelloTimeout));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_refused_cleanly() {
+    let (running, stop) = start(HubConfig {
+        max_connections: 3,
+        ..config()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect(&tcp(&running), "test", None).await.unwrap());
+    }
+    match Client::connect(&tcp(&running), "extra", None)
+        .await
+        .unwrap_err()
+    {
+        ClientError::Remote {
+            code: ErrorCode::TooManyConnections,
+            message,
+        } => assert!(message.contains("cap of 3"), "{message}"),
+        other => panic!("{other}"),
+    }
+    // The ones inside still work, and a slot frees when one leaves.
+    assert_eq!(clients[0].call("echo", b"x", WAIT).await.unwrap(), b"x");
+    let metrics = clients[0].metrics(WAIT).await.unwrap();
+    assert_eq!(metrics["connections"]["refused"], 1);
+    drop(clients.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Client::connect(&tcp(&running), "again", None).await {
+            Ok(client) => {
+                assert_eq!(client.call("echo", b"y", WAIT).await.unwrap(), b"y");
+                break;
+            }
+            Err(ClientError::Remote {
+                code: ErrorCode::TooManyConnections,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                // The closed connection's slot is released when the hub notices the close.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_socket_abuse_gets_an_error_frame_and_a_close_while_others_are_served() {
+    let (running, stop) = start(HubConfig {
+        max_frame_bytes: 1 << 20,
+        ..config()
+    })
+    .await;
+    let w = worker(tcp(&running), "w", None);
+    let client = Client::connect(&tcp(&running), "good", None).await.unwrap();
+    wait_for_engines(&client, 1).await;
+    let rss_before = rss_kib();
+
+    let mut bad_version = hello(None);
+    bad_version[4] = 2;
+    let mut unknown_kind = frame(&Message::Ping);
+    unknown_kind[5] = 0xee;
+    let mut huge = frame(&Message::Reason(vec![0.0; 4].into()));
+    huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    let truncated_body = {
+        let mut f = frame(&Message::Ping);
+        f[5] = 0x21; // a result header with an empty body
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, ErrorCode)> = vec![
+        (
+            "bad magic",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            vec![],
+            ErrorCode::BadMagic,
+        ),
+        (
+            "wrong version",
+            bad_version,
+            vec![],
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            "unknown kind after hello",
+            hello(None),
+            unknown_kind,
+            ErrorCode::UnknownKind,
+        ),
+        (
+            "4 GiB header after hello",
+            hello(None),
+            huge,
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "truncated body after hello",
+            hello(None),
+            truncated_body,
+            ErrorCode::TruncatedBody,
+        ),
+        (
+            "hello with an empty JSON body",
+            frame(&Message::Ping)[..5]
+                .to_vec()
+                .into_iter()
+                .chain([1u8, 0, 0])
+                .chain([0; 16])
+                .collect(),
+            vec![],
+            ErrorCode::MalformedBody,
+        ),
+        (
+            "reason before hello",
+            frame(&Message::Reason(vec![0.0; 768].into())),
+            vec![],
+            ErrorCode::UnexpectedMessage,
+        ),
+    ];
+    let addr = addr(&running);
+    for (name, first, second, want) in cases {
+        let messages = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(&first).unwrap();
+            stream.write_all(&second).unwrap();
+            read_all(&mut stream) // returns at EOF: the hub closed the connection
+        })
+        .await
+        .unwrap();
+        assert_eq!(error_code(&messages), Some(want), "{name}: {messages:?}");
+        // Other clients are unaffected.
+        assert!(client.reason(&[0.0; 768], WAIT).await.is_ok(), "{name}");
+    }
+    // An unknown request on a good connection is answered and the connection goes on.
+    let err = client
+        .request(&Message::CacheClear, WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Remote {
+                code: ErrorCode::UnexpectedMessage,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(client.reason(&[0.0; 768], WAIT).await.is_ok());
+    let metrics = client.metrics(WAIT).await.unwrap();
+    assert!(
+        metrics["protocol_errors"].as_u64().unwrap() >= 5,
+        "{metrics}"
+    );
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024,
+        "memory grew by {grown} KiB after a 4 GiB header"
+    );
+    w.cancel();
+    stop.cancel();
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients_each_with_requests_in_flight() {
+    let (running, stop) = start(config()).await;
+    let w1 = worker(tcp(&running), "w1", None);
+    let w2 = worker(tcp(&running), "w2", None);
+    let probe = Client::connect(&tcp(&running), "probe", None)
+        .await
+        .unwrap();
+    wait_for_engines(&probe, 2).await;
+    let endpoint = tcp(&running);
+    let mut tasks = Vec::new();
+    for c in 0..200u64 {
+        let endpoint = endpoint.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&endpoint, "many", None).await.unwrap();
+            let inputs: Vec<Vec<f32>> = NormalInputs::new(c, 768).take(5).collect();
+            // All five are sent before any answer comes back: the client multiplexes them.
+            let answers =
+                futures::future::join_all(inputs.iter().map(|x| client.reason(x, WAIT))).await;
+            answers.into_iter().filter(Result::is_ok).count()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += task.await.unwrap();
+    }
+    assert_eq!(ok, 1_000);
+    let metrics = probe.metrics(WAIT).await.unwrap();
+    assert!(
+        metrics["connections"]["total"].as_u64().unwrap() >= 203,
+        "{metrics}"
+    );
+    w1.cancel();
+    w2.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_work_and_says_goodbye() {
+    let (running, stop) = start(config()).await;
+    let w = worker(tcp(&running), "w", None);
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 1).await;
+    let batch: Vec<Vec<f32>> = NormalInputs::new(3, 768).take(2_000).collect();
+    let hub = running.hub().clone();
+    let (answers, ()) = tokio::join!(client.reason_batch(&batch, WAIT), async {
+        // Ask the hub to stop only once the batch is in flight on it.
+        while hub.metrics()["requests_in_flight"] == 0 {
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
+    });
+    assert_eq!(
+        answers.unwrap().len(),
+        2_000,
+        "the in-flight batch was answered during shutdown"
+    );
+    running.wait().await;
+    w.cancel();
+}

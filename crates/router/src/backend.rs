@@ -1,0 +1,104 @@
+//! `Backend`: one engine as the router sees it, whatever process it lives in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use qnllm_engine::{Digest, Reasoning};
+use serde::Serialize;
+
+/// A boxed future returned by [`Backend`] methods, so backends can live in one list.
+pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A reasoning and who produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The engine's output.
+    pub reasoning: Reasoning,
+    /// Name of the engine that answered.
+    pub engine: String,
+    /// Time the engine spent computing.
+    pub compute: Duration,
+}
+
+/// What the router knows of an engine: enough to route to it and to list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineInfo {
+    /// Unique name.
+    pub name: String,
+    /// `local` or `remote`.
+    pub kind: &'static str,
+    /// Values per encoding.
+    pub input_size: u32,
+    /// Number of labels.
+    pub labels: u32,
+    /// Model version.
+    pub model_version: u64,
+    /// Model digest.
+    pub model_digest: Digest,
+}
+
+/// Why a backend did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The request itself is bad (wrong length, NaN, unknown label): no engine would take it.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The engine went away (process died, connection closed) before answering.
+    #[error("engine {engine} is gone: {reason}")]
+    Gone {
+        /// Engine name.
+        engine: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The engine did not answer within the time allowed.
+    #[error("engine {engine} did not answer within {budget:?}")]
+    Timeout {
+        /// Engine name.
+        engine: String,
+        /// The budget it had.
+        budget: Duration,
+    },
+    /// The engine answered with a failure of its own.
+    #[error("engine {engine} failed: {reason}")]
+    Failed {
+        /// Engine name.
+        engine: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+impl BackendError {
+    /// Whether another engine might succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, BackendError::InvalidInput(_))
+    }
+}
+
+/// One engine, local or remote.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// A stable name for logs, metrics and results.
+    fn name(&self) -> &str;
+
+    /// What it serves.
+    fn describe(&self) -> EngineInfo;
+
+    /// Reasons over one encoding within `budget`.
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>>;
+
+    /// Reasons over several encodings of one dimension (`values.len() / dim` of them) within
+    /// `budget`; answers come back in input order.
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>>;
+}

@@ -1,0 +1,145 @@
+//! `LocalBackend`: an engine in this process, behind the same trait as a remote one.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use qnllm_engine::{Engine, EngineError, Learned, ModelInfo, SpikingEngine};
+
+use crate::backend::EngineInfo;
+
+use crate::backend::{Answer, Backend, BackendError, BackendFuture};
+
+/// An in-process engine. Reasoning takes a read lock; learning a write lock.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    name: String,
+    engine: Arc<RwLock<SpikingEngine>>,
+}
+
+impl LocalBackend {
+    /// Wraps `engine` under `name`.
+    pub fn new(name: impl Into<String>, engine: SpikingEngine) -> LocalBackend {
+        LocalBackend {
+            name: name.into(),
+            engine: Arc::new(RwLock::new(engine)),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SpikingEngine> {
+        // A panic while holding the lock cannot leave the engine half-updated: learning
+        // computes the update before it writes, so a poisoned lock is still consistent.
+        self.engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The model this engine serves.
+    pub fn info(&self) -> ModelInfo {
+        self.read().info()
+    }
+
+    /// Applies a learning update.
+    ///
+    /// # Errors
+    ///
+    /// The engine's refusal (unknown label, bad encoding).
+    pub fn learn(&self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
+        self.engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .learn(encoding, label)
+    }
+
+    /// Reasons synchronously: what a worker process runs for each request.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] for a bad encoding.
+    pub fn reason_now(&self, encoding: &[f32]) -> Result<Answer, BackendError> {
+        let started = Instant::now();
+        let reasoning = self
+            .read()
+            .reason(encoding)
+            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        Ok(Answer {
+            reasoning,
+            engine: self.name.clone(),
+            compute: started.elapsed(),
+        })
+    }
+
+    /// Reasons over a flat batch synchronously.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] naming the first bad encoding.
+    pub fn reason_batch_now(
+        &self,
+        values: &[f32],
+        dim: usize,
+    ) -> Result<Vec<Answer>, BackendError> {
+        let started = Instant::now();
+        let encodings: Vec<&[f32]> = values.chunks(dim.max(1)).collect();
+        let results = self
+            .read()
+            .reason_batch(&encodings)
+            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let each = started.elapsed() / results.len().max(1) as u32;
+        Ok(results
+            .into_iter()
+            .map(|reasoning| Answer {
+                reasoning,
+                engine: self.name.clone(),
+                compute: each,
+            })
+            .collect())
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> EngineInfo {
+        let info = self.info();
+        EngineInfo {
+            name: self.name.clone(),
+            kind: "local",
+            input_size: info.params.inputs,
+            labels: info.params.labels,
+            model_version: info.version,
+            model_digest: info.digest,
+        }
+    }
+
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        _budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        // One reasoning takes microseconds: running it inline is cheaper than a thread hop.
+        Box::pin(std::future::ready(self.reason_now(encoding)))
+    }
+
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        _budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        let this = self.clone();
+        let values = values.to_vec();
+        Box::pin(async move {
+            // A batch can take milliseconds: keep it off the async worker threads.
+            tokio::task::spawn_blocking(move || this.reason_batch_now(&values, dim))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(BackendError::Failed {
+                        engine: "local".into(),
+                        reason: e.to_string(),
+                    })
+                })
+        })
+    }
+}
