@@ -1,6 +1,7 @@
 //! The `qnllm` command: parses arguments and calls the libraries; nothing else.
 
 mod input;
+mod net;
 mod npy;
 mod output;
 
@@ -32,19 +33,23 @@ enum Command {
     Reason(ReasonArgs),
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
+    /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
+    Serve(net::ServeArgs),
+    /// Serve an engine to a hub; reconnects when the hub goes away, drains on SIGTERM.
+    Worker(net::WorkerArgs),
     /// Write a model to a safetensors file.
     Export(ExportArgs),
 }
 
-#[derive(Debug, Args)]
-struct ModelArg {
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ModelArg {
     /// The model: `seed:N` draws the weights from seed N; a path loads a safetensors file.
     #[arg(long, default_value = "seed:1", value_name = "seed:N|FILE")]
     model: String,
 }
 
 impl ModelArg {
-    fn load(&self) -> Result<Model> {
+    pub(crate) fn load(&self) -> Result<Model> {
         match self.model.strip_prefix("seed:") {
             Some(seed) => {
                 let seed: u64 = seed.parse().with_context(|| {
@@ -85,6 +90,15 @@ struct ReasonArgs {
     /// Threads to split the encodings over (results do not depend on it).
     #[arg(long, default_value = "1")]
     threads: NonZeroUsize,
+    /// Send the encodings to a hub (`HOST:PORT` or `unix:PATH`) instead of the local engine.
+    #[arg(long, value_name = "ADDR")]
+    connect: Option<String>,
+    /// Auth token for --connect (also read from QNLLM_TOKEN).
+    #[arg(long, env = "QNLLM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Time allowed per request with --connect, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +121,13 @@ struct ExportArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -119,6 +140,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Reason(args) => reason(args),
+        Command::Serve(args) => net::serve(args),
+        Command::Worker(args) => net::worker(args),
         Command::Info(args) => {
             let engine = SpikingEngine::new(args.model.load()?);
             output::info(&engine.info(), engine.kernel(), args.json)
@@ -137,6 +160,39 @@ fn run(cli: Cli) -> Result<()> {
 fn reason(args: ReasonArgs) -> Result<()> {
     let engine = SpikingEngine::new(args.model.load()?).with_threads(args.threads);
     let dim = engine.info().params.inputs as usize;
+    let encodings = read_encodings(&args, dim)?;
+    if let Some(addr) = &args.connect {
+        return net::reason(
+            addr,
+            args.token.as_deref(),
+            &encodings,
+            std::time::Duration::from_millis(args.timeout_ms),
+            args.json,
+        );
+    }
+    let refs: Vec<&[f32]> = encodings.iter().map(Vec::as_slice).collect();
+    let started = std::time::Instant::now();
+    let results = engine.reason_batch(&refs)?;
+    let per_item = started.elapsed() / results.len() as u32;
+    let info = engine.info();
+    let answers: Vec<qnllm_router::Answer> = results
+        .into_iter()
+        .map(|reasoning| qnllm_router::Answer {
+            reasoning,
+            engine: "local".into(),
+            compute: per_item,
+        })
+        .collect();
+    let title = format!(
+        "model {} v{} digest {}",
+        info.name,
+        info.version,
+        info.digest.short()
+    );
+    output::results(&title, &answers, per_item, args.json)
+}
+
+fn read_encodings(args: &ReasonArgs, dim: usize) -> Result<Vec<Vec<f32>>> {
     let encodings = match (args.random, &args.npy) {
         (Some(n), _) => input::random(n, args.seed, dim),
         (None, Some(path)) => {
@@ -147,9 +203,5 @@ fn reason(args: ReasonArgs) -> Result<()> {
     if encodings.is_empty() {
         anyhow::bail!("no encodings given: use --random N, --npy FILE, or JSON lines on stdin");
     }
-    let refs: Vec<&[f32]> = encodings.iter().map(Vec::as_slice).collect();
-    let started = std::time::Instant::now();
-    let results = engine.reason_batch(&refs)?;
-    let per_item = started.elapsed() / results.len() as u32;
-    output::results(&engine.info(), &results, per_item, args.json)
+    Ok(encodings)
 }

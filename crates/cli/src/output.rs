@@ -4,18 +4,21 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use qnllm_engine::{Kernel, ModelInfo, Reasoning};
+use qnllm_engine::{Kernel, ModelInfo};
+use qnllm_router::Answer;
 use serde_json::json;
 
+/// Prints one row (or JSON line) per answer; `title` heads the table.
 pub(crate) fn results(
-    info: &ModelInfo,
-    results: &[Reasoning],
+    title: &str,
+    answers: &[Answer],
     per_item: Duration,
     as_json: bool,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if as_json {
-        for (index, r) in results.iter().enumerate() {
+        for (index, a) in answers.iter().enumerate() {
+            let r = &a.reasoning;
             let line = json!({
                 "index": index,
                 "label": r.label,
@@ -23,8 +26,8 @@ pub(crate) fn results(
                 "scores": r.scores,
                 "total_spikes": r.total_spikes,
                 "label_spikes": r.label_spikes,
-                "engine": "local",
-                "model": info.name,
+                "engine": a.engine,
+                "compute_us": a.compute.as_secs_f64() * 1e6,
                 "model_version": r.model_version,
                 "model_digest": r.model_digest,
                 "result_digest": r.result_digest,
@@ -33,34 +36,30 @@ pub(crate) fn results(
         }
         return Ok(());
     }
+    writeln!(out, "{title}")?;
     writeln!(
         out,
-        "model {} v{} digest {}",
-        info.name,
-        info.version,
-        info.digest.short()
+        "{:>5}  {:>5}  {:>10}  {:>6}  {:<29}  {:<16}  engine",
+        "#", "label", "confidence", "spikes", "label spikes", "result digest"
     )?;
-    writeln!(
-        out,
-        "{:>5}  {:>5}  {:>10}  {:>6}  {:<29}  result digest",
-        "#", "label", "confidence", "spikes", "label spikes"
-    )?;
-    for (index, r) in results.iter().enumerate() {
+    for (index, a) in answers.iter().enumerate() {
+        let r = &a.reasoning;
         let label_spikes: Vec<String> = r.label_spikes.iter().map(u32::to_string).collect();
         writeln!(
             out,
-            "{index:>5}  {:>5}  {:>10.4}  {:>6}  {:<29}  {}",
+            "{index:>5}  {:>5}  {:>10.4}  {:>6}  {:<29}  {:<16}  {}",
             r.label,
             r.confidence,
             r.total_spikes,
             label_spikes.join(" "),
-            r.result_digest.short()
+            r.result_digest.short(),
+            a.engine
         )?;
     }
     writeln!(
         out,
-        "{} encodings, {:.1} µs each on the local engine",
-        results.len(),
+        "{} encodings, {:.1} µs each",
+        answers.len(),
         per_item.as_secs_f64() * 1e6
     )?;
     Ok(())

@@ -1,0 +1,200 @@
+//! The networked commands: `serve` (a hub), `worker`, and `reason --connect`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use qnllm_engine::SpikingEngine;
+use qnllm_hub::{Client, Endpoint, Hub, HubConfig, WorkerConfig};
+use qnllm_router::LocalBackend;
+use tokio_util::sync::CancellationToken;
+
+use crate::{output, ModelArg};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TCP address to listen on [default: 127.0.0.1:9999].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Also listen on this Unix socket (created with mode 0600).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Only listen on the Unix socket.
+    #[arg(long, requires = "unix")]
+    no_tcp: bool,
+    /// Add N in-process engines.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    local: usize,
+    #[command(flatten)]
+    model: ModelArg,
+    /// Settings file (TOML, field names as in docs/hub.md); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Auth token every hello must carry (also read from QNLLM_TOKEN).
+    #[arg(long, env = "QNLLM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Most open connections.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How often workers send heartbeats, in milliseconds.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// A worker silent this long is declared dead, in milliseconds.
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u64>,
+    /// Time a new connection has to say hello, in milliseconds.
+    #[arg(long)]
+    hello_timeout_ms: Option<u64>,
+    /// Time a client connection may stay silent, in milliseconds.
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// Time shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long)]
+    grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The hub: `HOST:PORT` or `unix:PATH`.
+    #[arg(long, default_value = "127.0.0.1:9999", value_name = "ADDR")]
+    connect: String,
+    #[command(flatten)]
+    model: ModelArg,
+    /// Engine name shown by the hub [default: worker-PID].
+    #[arg(long)]
+    name: Option<String>,
+    /// Auth token (also read from QNLLM_TOKEN).
+    #[arg(long, env = "QNLLM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Give up after this many failed connection attempts in a row [default: never].
+    #[arg(long)]
+    max_retries: Option<u32>,
+    /// Requests handled at once.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: u32,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A token cancelled by SIGINT or SIGTERM.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        cancel.cancel();
+    });
+    token
+}
+
+pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => HubConfig::from_file(path)?,
+        None => HubConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = Some(listen);
+    }
+    if args.no_tcp {
+        config.listen = None;
+    }
+    config.unix = args.unix.or(config.unix);
+    config.token = args.token.or(config.token);
+    config.max_connections = args.max_connections.unwrap_or(config.max_connections);
+    config.heartbeat_interval_ms = args
+        .heartbeat_interval_ms
+        .unwrap_or(config.heartbeat_interval_ms);
+    config.heartbeat_timeout_ms = args
+        .heartbeat_timeout_ms
+        .unwrap_or(config.heartbeat_timeout_ms);
+    config.hello_timeout_ms = args.hello_timeout_ms.unwrap_or(config.hello_timeout_ms);
+    config.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(config.idle_timeout_ms);
+    config.grace_ms = args.grace_ms.unwrap_or(config.grace_ms);
+    let hub = Hub::new(config)?;
+    if args.local > 0 {
+        let model = args.model.load()?;
+        for i in 0..args.local {
+            hub.add_local(LocalBackend::new(
+                format!("local-{i}"),
+                SpikingEngine::new(model.clone()),
+            ));
+        }
+    }
+    runtime()?.block_on(async move {
+        let shutdown = on_signal();
+        let running = hub.start(shutdown).await?;
+        // One line per listener on stdout, so scripts (and tests) can find the address.
+        if let Some(addr) = running.tcp {
+            println!("qnllm hub listening on tcp {addr}");
+        }
+        if let Some(path) = &running.unix {
+            println!("qnllm hub listening on unix {}", path.display());
+        }
+        running.wait().await;
+        Ok(())
+    })
+}
+
+pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let mut config = WorkerConfig::new(Endpoint::parse(&args.connect));
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    config.token = args.token;
+    config.max_retries = args.max_retries;
+    config.max_in_flight = args.max_in_flight;
+    let engine = LocalBackend::new(config.name.clone(), SpikingEngine::new(model));
+    runtime()?.block_on(async move {
+        let shutdown = on_signal();
+        qnllm_hub::worker::run(config, engine, shutdown).await?;
+        tracing::info!("worker stopped");
+        Ok(())
+    })
+}
+
+pub(crate) fn reason(
+    addr: &str,
+    token: Option<&str>,
+    encodings: &[Vec<f32>],
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    runtime()?.block_on(async move {
+        let endpoint = Endpoint::parse(addr);
+        let client = Client::connect(&endpoint, "qnllm-cli", token).await?;
+        let started = Instant::now();
+        // Every request in flight at once; the hub matches replies by id.
+        let answers =
+            futures::future::join_all(encodings.iter().map(|x| client.reason(x, timeout))).await;
+        let per_item = started.elapsed() / encodings.len().max(1) as u32;
+        let answers = answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.with_context(|| format!("encoding {i}")))
+            .collect::<Result<Vec<_>>>()?;
+        output::results(&format!("hub {endpoint}"), &answers, per_item, json)
+    })
+}

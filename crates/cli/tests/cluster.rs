@@ -1,0 +1,337 @@
+//! A real hub and real worker processes on 127.0.0.1:0, with real signals: failover under
+//! SIGKILL, death by SIGSTOP, restarts, and clean exits on SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use qnllm_engine::NormalInputs;
+use qnllm_hub::{Client, Endpoint};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A child process that is killed when the test ends, however it ends.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (pipe, log) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        (Proc { child, stderr }, rx)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit by itself (bounded by `WAIT`).
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `qnllm serve` and returns it with its TCP address, read from its stdout.
+fn hub(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    if !args.contains(&"--listen") {
+        all.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let (proc, lines) = Proc::spawn(&all);
+    let line = lines
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("hub did not start:\n{}", proc.log()));
+    let addr = line
+        .strip_prefix("qnllm hub listening on tcp ")
+        .unwrap_or_else(|| panic!("unexpected line {line}"))
+        .to_string();
+    (proc, addr)
+}
+
+fn worker(addr: &str, name: &str) -> Proc {
+    Proc::spawn(&["worker", "--connect", addr, "--name", name]).0
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(addr: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Client::connect(&Endpoint::parse(addr), "test", None).await {
+            Ok(client) => return client,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cannot connect to {addr}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Polls the hub until its engine names are exactly `names` (sorted).
+async fn wait_for_engines(client: &Client, names: &[&str]) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = client.metrics(WAIT).await.unwrap();
+        let mut have: Vec<String> = metrics["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        have.sort();
+        if have == names {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engines {have:?}, expected {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(out.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn reason_through_the_hub_reaches_both_workers_with_the_local_digests() {
+    let (_hub, addr) = hub(&[]);
+    let (_w1, _w2) = (worker(&addr, "w1"), worker(&addr, "w2"));
+    runtime().block_on(async { wait_for_engines(&client(&addr).await, &["w1", "w2"]).await });
+    let qnllm = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_qnllm"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let remote = qnllm(&["reason", "--connect", &addr, "--random", "10", "--json"]);
+    assert!(
+        remote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let local = qnllm(&["reason", "--random", "10", "--json"]);
+    let (remote, local) = (json_lines(&remote.stdout), json_lines(&local.stdout));
+    assert_eq!(remote.len(), 10);
+    for (r, l) in remote.iter().zip(&local) {
+        assert_eq!(r["result_digest"], l["result_digest"]);
+    }
+    let engines: std::collections::BTreeSet<&str> = remote
+        .iter()
+        .map(|r| r["engine"].as_str().unwrap())
+        .collect();
+    assert_eq!(engines.into_iter().collect::<Vec<_>>(), ["w1", "w2"]);
+}
+
+#[test]
+fn sigkill_of_a_worker_with_1000_requests_in_flight_loses_none() {
+    let (_hub, addr) = hub(&[]);
+    let (w1, _w2) = (worker(&addr, "w1"), worker(&addr, "w2"));
+    runtime().block_on(async {
+        let client = Arc::new(client(&addr).await);
+        wait_for_engines(&client, &["w1", "w2"]).await;
+        let inputs: Vec<Vec<f32>> = NormalInputs::new(11, 768).take(1_000).collect();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for x in inputs {
+            let (client, done) = (client.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let outcome = client.reason(&x, WAIT).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                outcome
+            }));
+        }
+        // Kill one worker while most requests are still in flight.
+        while done.load(Ordering::Relaxed) < 50 {
+            tokio::task::yield_now().await;
+        }
+        w1.signal("KILL");
+        let mut ok = 0;
+        let mut engines = std::collections::BTreeMap::<String, usize>::new();
+        for task in tasks {
+            // Every request ends with exactly one outcome; the join cannot hang past WAIT.
+            if let Ok(answer) = task.await.unwrap() {
+                ok += 1;
+                *engines.entry(answer.engine).or_default() += 1;
+            }
+        }
+        assert_eq!(ok, 1_000, "failover answered every request: {engines:?}");
+        assert!(engines.get("w2").copied().unwrap_or(0) > 0);
+        let metrics = wait_for_engines(&client, &["w2"]).await;
+        assert_eq!(metrics["engines_lost"], 1, "{metrics}");
+        assert!(
+            metrics["failed_over"].as_u64().unwrap() > 0,
+            "requests were in flight on the killed worker: {metrics}"
+        );
+        assert!(
+            client.reason(&[0.0; 768], WAIT).await.is_ok(),
+            "the hub keeps serving"
+        );
+    });
+}
+
+#[test]
+fn a_stopped_worker_is_declared_dead_and_comes_back_when_continued() {
+    let (hub, addr) = hub(&[
+        "--heartbeat-interval-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "400",
+    ]);
+    let w = worker(&addr, "w");
+    runtime().block_on(async {
+        let client = client(&addr).await;
+        wait_for_engines(&client, &["w"]).await;
+        w.signal("STOP");
+        wait_for_engines(&client, &[]).await;
+        assert!(hub.log().contains("missed heartbeats"), "{}", hub.log());
+        w.signal("CONT");
+        // The hub closed the dead session, so the worker reconnects and registers again.
+        wait_for_engines(&client, &["w"]).await;
+        assert!(client.reason(&[0.0; 768], WAIT).await.is_ok());
+    });
+}
+
+#[test]
+fn workers_come_back_by_themselves_when_the_hub_restarts() {
+    let (mut first, addr) = hub(&[]);
+    let (_w1, _w2) = (worker(&addr, "w1"), worker(&addr, "w2"));
+    let rt = runtime();
+    rt.block_on(async { wait_for_engines(&client(&addr).await, &["w1", "w2"]).await });
+    first.signal("TERM");
+    assert_eq!(
+        first.exit_code(),
+        Some(0),
+        "graceful shutdown exits 0:\n{}",
+        first.log()
+    );
+    assert!(first.log().contains("hub stopped"));
+    let (_second, again) = hub(&["--listen", &addr]);
+    assert_eq!(again, addr);
+    rt.block_on(async {
+        let client = client(&addr).await;
+        wait_for_engines(&client, &["w1", "w2"]).await;
+        assert!(client.reason(&[0.0; 768], WAIT).await.is_ok());
+    });
+}
+
+#[test]
+fn sigterm_makes_a_worker_drain_and_leave_cleanly() {
+    let (hub, addr) = hub(&[]);
+    let mut w = worker(&addr, "w");
+    runtime().block_on(async { wait_for_engines(&client(&addr).await, &["w"]).await });
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), Some(0), "{}", w.log());
+    runtime().block_on(async { wait_for_engines(&client(&addr).await, &[]).await });
+    assert!(hub.log().contains("worker said goodbye"), "{}", hub.log());
+}
+
+#[test]
+fn a_worker_that_cannot_reach_a_hub_gives_up_after_max_retries() {
+    // Bind and drop a listener to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut w, _) = Proc::spawn(&[
+        "worker",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--max-retries",
+        "2",
+    ]);
+    assert_eq!(w.exit_code(), Some(1));
+    assert!(
+        w.log().contains("gave up after 3 failed attempts"),
+        "{}",
+        w.log()
+    );
+}
+
+#[test]
+fn serving_beyond_loopback_without_a_token_is_refused_with_the_fix() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("QNLLM_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without an auth token") && err.contains("--token"),
+        "{err}"
+    );
+}
