@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use qnllm_router::{LocalBackend, Router};
@@ -15,6 +15,7 @@ use crate::config::{ConfigError, HubConfig};
 use crate::endpoint::Io;
 use crate::registry::{Event, Registry};
 use crate::session;
+use crate::stats::{Connections, Counters};
 
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,28 +35,6 @@ pub enum HubError {
     },
 }
 
-/// Counters over all connections.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections_total: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) frames_in: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) protocol_errors: AtomicU64,
-    pub(crate) engines_joined: AtomicU64,
-    pub(crate) engines_lost: AtomicU64,
-    /// Requests that were waiting on an engine when it went, and were failed over.
-    pub(crate) failed_over: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// Everything the sessions share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -65,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) counters: Counters,
+    /// Per-connection counters of the open connections.
+    pub(crate) open: Connections,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) next_session: AtomicU64,
     /// Held while a broadcast is delivered, so every engine sees broadcasts in one order.
@@ -106,6 +87,7 @@ impl Hub {
             router,
             events,
             counters: Counters::default(),
+            open: Connections::default(),
             next_session: AtomicU64::new(1),
             broadcast_order: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),

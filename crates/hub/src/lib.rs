@@ -11,6 +11,7 @@ mod hub;
 mod registry;
 mod remote;
 mod session;
+mod stats;
 
 pub mod client;
 pub mod cmd;

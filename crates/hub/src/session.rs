@@ -15,7 +15,8 @@ use tokio::io::ReadHalf;
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
 use crate::endpoint::Io;
-use crate::hub::{Counters, Shared};
+use crate::hub::Shared;
+use crate::stats::{ConnectionStats, Counters};
 
 type Reader = FrameReader<ReadHalf<Box<dyn Io>>>;
 
@@ -31,6 +32,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Box<dyn Io>, peer: String) {
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(session, %peer, role = %hello.role, name = %hello.name, "session opened");
+                let open = shared.open.open(session, &peer, &hello.role, &hello.name);
                 let welcome = Welcome {
                     session,
                     server: concat!("qnllm/", env!("CARGO_PKG_VERSION")).into(),
@@ -41,9 +43,9 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Box<dyn Io>, peer: String) {
                     .send(&Message::Welcome(welcome), 0, Deadline::NONE)
                     .await;
                 if hello.role == "worker" {
-                    worker_loop(&shared, &mut reader, &sender, &peer).await;
+                    worker_loop(&shared, &mut reader, &sender, &open.stats).await;
                 } else {
-                    client_loop(&shared, &mut reader, &sender).await;
+                    client_loop(&shared, &mut reader, &sender, &open.stats).await;
                 }
                 tracing::debug!(session, %peer, "session closed");
             }
@@ -168,8 +170,13 @@ async fn handshake(shared: &Shared, reader: &mut Reader, sender: &FrameSender) -
     Some(hello)
 }
 
-async fn client_loop(shared: &Arc<Shared>, reader: &mut Reader, sender: &FrameSender) {
-    let session = cmd::ClientSession::new(sender.clone());
+async fn client_loop(
+    shared: &Arc<Shared>,
+    reader: &mut Reader,
+    sender: &FrameSender,
+    stats: &Arc<ConnectionStats>,
+) {
+    let session = cmd::ClientSession::new(sender.clone(), stats.clone());
     loop {
         let frame = tokio::select! {
             () = shared.shutdown.cancelled() => {
@@ -192,7 +199,7 @@ async fn client_loop(shared: &Arc<Shared>, reader: &mut Reader, sender: &FrameSe
                 Ok(Err(_)) => break,
             },
         };
-        count_in(shared, &frame);
+        count_in(shared, stats, &frame);
         if let Flow::Close = cmd::dispatch(shared, &session, frame).await {
             break;
         }
@@ -200,15 +207,21 @@ async fn client_loop(shared: &Arc<Shared>, reader: &mut Reader, sender: &FrameSe
     session.end();
 }
 
-fn count_in(shared: &Shared, frame: &Frame) {
+fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {
+    let bytes = (qnllm_protocol::HEADER_BYTES + frame.payload.len()) as u64;
     Counters::add(&shared.counters.frames_in, 1);
-    Counters::add(
-        &shared.counters.bytes_in,
-        (qnllm_protocol::HEADER_BYTES + frame.payload.len()) as u64,
-    );
+    Counters::add(&shared.counters.bytes_in, bytes);
+    Counters::add(&stats.frames_in, 1);
+    Counters::add(&stats.bytes_in, bytes);
 }
 
-async fn worker_loop(shared: &Arc<Shared>, reader: &mut Reader, sender: &FrameSender, peer: &str) {
+async fn worker_loop(
+    shared: &Arc<Shared>,
+    reader: &mut Reader,
+    sender: &FrameSender,
+    stats: &ConnectionStats,
+) {
+    let peer = stats.peer();
     let register = match reader
         .read_frame_within(shared.config.hello_timeout())
         .await
@@ -275,7 +288,7 @@ async fn worker_loop(shared: &Arc<Shared>, reader: &mut Reader, sender: &FrameSe
             }
             read = reader.read_frame() => match read {
                 Ok(Some(frame)) => {
-                    count_in(shared, &frame);
+                    count_in(shared, stats, &frame);
                     engine.heard();
                     match frame.kind {
                         qnllm_protocol::MessageKind::Result

@@ -449,3 +449,178 @@ async fn shutdown_finishes_in_flight_work_and_says_goodbye() {
     running.wait().await;
     w.cancel();
 }
+
+/// A peer speaking the protocol by hand, to see exactly what the hub sends.
+struct RawPeer {
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl RawPeer {
+    async fn connect(addr: std::net::SocketAddr, role: &str, name: &str) -> RawPeer {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut peer = RawPeer {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::default(),
+        };
+        peer.send(&Message::Hello(Hello {
+            protocol: 1,
+            role: role.into(),
+            name: name.into(),
+            token: None,
+        }))
+        .await;
+        assert!(matches!(peer.recv().await, Message::Welcome(_)));
+        peer
+    }
+
+    async fn send(&mut self, message: &Message) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&frame(message)).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Message {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+                return frame.message().unwrap();
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "the hub closed the connection");
+        }
+    }
+
+    /// Receives until a message of the wanted kind, skipping heartbeat-driven noise.
+    async fn recv_broadcast(&mut self) -> Vec<u8> {
+        loop {
+            if let Message::Broadcast(topic) = self.recv().await {
+                return topic.payload;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_every_worker_in_one_order_and_subscribers_hear_of_engines() {
+    let (running, stop) = start(config()).await;
+    let addr = addr(&running);
+    let mut watcher = RawPeer::connect(addr, "client", "watcher").await;
+    watcher
+        .send(&Message::Subscribe(qnllm_protocol::Subscribe {
+            topics: vec!["engines".into()],
+        }))
+        .await;
+    assert!(matches!(watcher.recv().await, Message::Event(e) if e.topic == "subscribed"));
+
+    let register = |name: &str| {
+        Message::Register(qnllm_protocol::Register {
+            name: name.into(),
+            model_digest: "00".repeat(32),
+            model_version: 0,
+            input_size: 768,
+            labels: 10,
+            max_in_flight: 1,
+        })
+    };
+    let mut workers = Vec::new();
+    for name in ["raw1", "raw2"] {
+        let mut w = RawPeer::connect(addr, "worker", name).await;
+        w.send(&register(name)).await;
+        assert!(matches!(w.recv().await, Message::Registered(_)));
+        match watcher.recv().await {
+            Message::Event(e) => assert_eq!(e.data["joined"], name),
+            other => panic!("{other:?}"),
+        }
+        workers.push(w);
+    }
+    // Two clients broadcast 50 messages each, concurrently.
+    let mut senders = Vec::new();
+    for c in 0..2u8 {
+        senders.push(tokio::spawn(async move {
+            let mut client = RawPeer::connect(addr, "client", "b").await;
+            for i in 0..50u8 {
+                client
+                    .send(&Message::Broadcast(qnllm_protocol::Topic {
+                        topic: "sync".into(),
+                        payload: vec![c, i],
+                    }))
+                    .await;
+            }
+            client // keep the connection open until all are sent
+        }));
+    }
+    let mut orders = Vec::new();
+    for w in &mut workers {
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen.push(w.recv_broadcast().await);
+        }
+        orders.push(seen);
+    }
+    for s in senders {
+        drop(s.await.unwrap());
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "both workers saw the broadcasts in the same order"
+    );
+    for c in 0..2u8 {
+        let from_c: Vec<u8> = orders[0]
+            .iter()
+            .filter(|p| p[0] == c)
+            .map(|p| p[1])
+            .collect();
+        assert_eq!(
+            from_c,
+            (0..50).collect::<Vec<u8>>(),
+            "each sender's order is kept"
+        );
+    }
+    drop(workers.pop());
+    match watcher.recv().await {
+        Message::Event(e) => assert_eq!(e.data["left"], "raw2"),
+        other => panic!("{other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_closed_with_idle_timeout() {
+    let (running, stop) = start(HubConfig {
+        idle_timeout_ms: 200,
+        ..config()
+    })
+    .await;
+    let mut peer = RawPeer::connect(addr(&running), "client", "idle").await;
+    match peer.recv().await {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::IdleTimeout),
+        other => panic!("{other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_frames_and_bytes_per_connection() {
+    let (running, stop) = start(config()).await;
+    let client = Client::connect(&tcp(&running), "counted", None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client.call("echo", &[0; 100], WAIT).await.unwrap();
+    }
+    let metrics = client.metrics(WAIT).await.unwrap();
+    let list = metrics["connections"]["list"].as_array().unwrap();
+    let me = list.iter().find(|c| c["name"] == "counted").unwrap();
+    assert_eq!(me["role"], "client");
+    // Counted after the handshake: three calls and the metrics query itself.
+    assert_eq!(me["frames_in"], 4, "{me}");
+    let call_bytes = 24 + 2 + "echo".len() + 100;
+    assert_eq!(me["bytes_in"], 3 * call_bytes + 24, "{me}");
+    assert_eq!(me["in_flight"], 0);
+    stop.cancel();
+}

@@ -3,29 +3,37 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use qnllm_engine::{Engine, EngineError, Learned, ModelInfo, SpikingEngine};
+use qnllm_engine::{Engine, EngineError, Learned, ModelInfo};
 
 use crate::backend::EngineInfo;
 
 use crate::backend::{Answer, Backend, BackendError, BackendFuture};
 
-/// An in-process engine. Reasoning takes a read lock; learning a write lock.
-#[derive(Debug, Clone)]
+/// Any [`Engine`] in this process. Reasoning takes a read lock; learning a write lock.
+#[derive(Clone)]
 pub struct LocalBackend {
     name: String,
-    engine: Arc<RwLock<SpikingEngine>>,
+    engine: Arc<RwLock<dyn Engine>>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalBackend {
     /// Wraps `engine` under `name`.
-    pub fn new(name: impl Into<String>, engine: SpikingEngine) -> LocalBackend {
+    pub fn new(name: impl Into<String>, engine: impl Engine + 'static) -> LocalBackend {
         LocalBackend {
             name: name.into(),
             engine: Arc::new(RwLock::new(engine)),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, SpikingEngine> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, dyn Engine> {
         // A panic while holding the lock cannot leave the engine half-updated: learning
         // computes the update before it writes, so a poisoned lock is still consistent.
         self.engine

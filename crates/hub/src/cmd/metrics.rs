@@ -16,6 +16,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
             "total": load(&c.connections_total),
             "refused": load(&c.refused),
             "max": shared.config.max_connections,
+            "list": shared.open.describe(),
         },
         "frames_in": load(&c.frames_in),
         "bytes_in": load(&c.bytes_in),

@@ -7,6 +7,7 @@ pub(crate) mod reason;
 pub(crate) mod subscribe;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qnllm_protocol::{Deadline, ErrorCode, Frame, Message};
@@ -14,8 +15,9 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::FrameSender;
-use crate::hub::{Counters, Shared};
+use crate::hub::Shared;
 use crate::session::fail;
+use crate::stats::{ConnectionStats, Counters};
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +31,16 @@ pub(crate) enum Flow {
 pub(crate) struct ClientSession {
     pub(crate) sender: FrameSender,
     in_flight: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    stats: Arc<ConnectionStats>,
     pub(crate) ended: CancellationToken,
 }
 
 impl ClientSession {
-    pub(crate) fn new(sender: FrameSender) -> ClientSession {
+    pub(crate) fn new(sender: FrameSender, stats: Arc<ConnectionStats>) -> ClientSession {
         ClientSession {
             sender,
             in_flight: Arc::default(),
+            stats,
             ended: CancellationToken::new(),
         }
     }
@@ -55,15 +59,20 @@ impl ClientSession {
         request_id: u64,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let in_flight = self.in_flight.clone();
+        let (in_flight, stats) = (self.in_flight.clone(), self.stats.clone());
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Insert under the lock the task needs to remove itself: the insert comes first
+        // even if the task finishes at once.
+        let mut map = self.in_flight();
         let task = shared.requests.spawn(async move {
+            let _done = InFlight(stats); // counts down however the task ends, abort included
             work.await;
             in_flight
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&request_id);
         });
-        self.in_flight().insert(request_id, task.abort_handle());
+        map.insert(request_id, task.abort_handle());
     }
 
     /// Aborts the request `request_id`; whether it was still running.
@@ -80,6 +89,15 @@ impl ClientSession {
     /// The connection is over: stop its helpers (subscriptions).
     pub(crate) fn end(&self) {
         self.ended.cancel();
+    }
+}
+
+/// Decrements a connection's in-flight count when a request task ends.
+struct InFlight(Arc<ConnectionStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,8 +8,9 @@ use qnllm_router::RouterError;
 
 use crate::cmd::ClientSession;
 use crate::convert::result_body;
-use crate::hub::{Counters, Shared};
+use crate::hub::Shared;
 use crate::session::fail;
+use crate::stats::Counters;
 
 fn code(err: &RouterError) -> ErrorCode {
     match err {
