@@ -177,11 +177,7 @@ fn reason(args: ReasonArgs) -> Result<()> {
     let info = engine.info();
     let answers: Vec<qnllm_router::Answer> = results
         .into_iter()
-        .map(|reasoning| qnllm_router::Answer {
-            reasoning,
-            engine: "local".into(),
-            compute: per_item,
-        })
+        .map(|reasoning| qnllm_router::Answer::new(reasoning, "local", per_item))
         .collect();
     let title = format!(
         "model {} v{} digest {}",

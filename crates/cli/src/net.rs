@@ -52,6 +52,18 @@ pub(crate) struct ServeArgs {
     /// Time shutdown waits for in-flight requests, in milliseconds.
     #[arg(long)]
     grace_ms: Option<u64>,
+    /// How engines are chosen: round-robin, local-first, remote-first, performance.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// How a request runs: single, hedged, redundant.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Engines per request in redundant mode.
+    #[arg(long)]
+    redundancy: Option<usize>,
+    /// Result cache entries (0 = off).
+    #[arg(long)]
+    cache: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +144,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     config.hello_timeout_ms = args.hello_timeout_ms.unwrap_or(config.hello_timeout_ms);
     config.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(config.idle_timeout_ms);
     config.grace_ms = args.grace_ms.unwrap_or(config.grace_ms);
+    config.strategy = args.strategy.unwrap_or(config.strategy);
+    config.mode = args.mode.unwrap_or(config.mode);
+    config.redundancy = args.redundancy.unwrap_or(config.redundancy);
+    config.cache_capacity = args.cache.unwrap_or(config.cache_capacity);
     let hub = Hub::new(config)?;
     if args.local > 0 {
         let model = args.model.load()?;

@@ -64,6 +64,20 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (bounded by `WAIT`) until the process has logged `needle`: the log is read by
+    /// another thread, so a line may arrive just after the event it reports.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the process to exit by itself (bounded by `WAIT`).
     fn exit_code(&mut self) -> Option<i32> {
         let deadline = std::time::Instant::now() + WAIT;
@@ -256,7 +270,7 @@ fn a_stopped_worker_is_declared_dead_and_comes_back_when_continued() {
         wait_for_engines(&client, &["w"]).await;
         w.signal("STOP");
         wait_for_engines(&client, &[]).await;
-        assert!(hub.log().contains("missed heartbeats"), "{}", hub.log());
+        hub.wait_for_log("missed heartbeats");
         w.signal("CONT");
         // The hub closed the dead session, so the worker reconnects and registers again.
         wait_for_engines(&client, &["w"]).await;
@@ -277,7 +291,7 @@ fn workers_come_back_by_themselves_when_the_hub_restarts() {
         "graceful shutdown exits 0:\n{}",
         first.log()
     );
-    assert!(first.log().contains("hub stopped"));
+    first.wait_for_log("hub stopped");
     let (_second, again) = hub(&["--listen", &addr]);
     assert_eq!(again, addr);
     rt.block_on(async {
@@ -295,7 +309,7 @@ fn sigterm_makes_a_worker_drain_and_leave_cleanly() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), Some(0), "{}", w.log());
     runtime().block_on(async { wait_for_engines(&client(&addr).await, &[]).await });
-    assert!(hub.log().contains("worker said goodbye"), "{}", hub.log());
+    hub.wait_for_log("worker said goodbye");
 }
 
 #[test]

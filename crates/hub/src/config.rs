@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use qnllm_router::strategy::{Performance, Preferred, RoundRobin, Strategy};
+use qnllm_router::{Mode, RouterConfig};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -33,7 +35,7 @@ pub enum ConfigError {
 }
 
 /// Settings of a hub. Every field has a default; a TOML file may set any of them by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// TCP address to listen on; `None` for no TCP listener.
@@ -58,6 +60,19 @@ pub struct HubConfig {
     pub default_deadline_ms: u64,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     pub grace_ms: u64,
+    /// How engines are chosen: `round-robin`, `local-first`, `remote-first`, `performance`.
+    pub strategy: String,
+    /// Share of requests `local-first` / `remote-first` send to the preferred kind.
+    pub prefer_share: f64,
+    /// How a request runs: `single` (with failover), `hedged`, or `redundant`.
+    pub mode: String,
+    /// Engines per request in `redundant` mode (at least 2).
+    pub redundancy: usize,
+    /// Result cache entries; 0 turns the cache off.
+    pub cache_capacity: usize,
+    /// Longest single try, in milliseconds; 0 means half of what is left while another
+    /// engine could still be tried.
+    pub per_try_timeout_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -74,6 +89,12 @@ impl Default for HubConfig {
             heartbeat_timeout_ms: 1_500,
             default_deadline_ms: 5_000,
             grace_ms: 10_000,
+            strategy: "round-robin".into(),
+            prefer_share: 0.8,
+            mode: "single".into(),
+            redundancy: 3,
+            cache_capacity: 0,
+            per_try_timeout_ms: 0,
         }
     }
 }
@@ -121,6 +142,7 @@ impl HubConfig {
                 "heartbeat_timeout_ms must exceed heartbeat_interval_ms".into(),
             ));
         }
+        self.router_config()?;
         if let Some(listen) = &self.listen {
             let loopback = match listen.parse::<SocketAddr>() {
                 Ok(addr) => addr.ip().is_loopback(),
@@ -134,6 +156,54 @@ impl HubConfig {
             }
         }
         Ok(())
+    }
+
+    /// The router settings these name.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for an unknown strategy or mode, or a share outside `[0, 1]`.
+    pub fn router_config(&self) -> Result<RouterConfig, ConfigError> {
+        if !(0.0..=1.0).contains(&self.prefer_share) {
+            return Err(ConfigError::Invalid(format!(
+                "prefer_share must lie in [0, 1], got {}",
+                self.prefer_share
+            )));
+        }
+        let strategy: Box<dyn Strategy> = match self.strategy.as_str() {
+            "round-robin" => Box::new(RoundRobin::default()),
+            "local-first" => Box::new(Preferred::local(self.prefer_share)),
+            "remote-first" => Box::new(Preferred::remote(self.prefer_share)),
+            "performance" => Box::new(Performance),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown strategy `{other}`: use round-robin, local-first, remote-first or performance"
+                )))
+            }
+        };
+        let mode = match self.mode.as_str() {
+            "single" => Mode::Single,
+            "hedged" => Mode::Hedged,
+            "redundant" if self.redundancy >= 2 => Mode::Redundant {
+                copies: self.redundancy,
+            },
+            "redundant" => {
+                return Err(ConfigError::Invalid("redundancy must be at least 2".into()))
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown mode `{other}`: use single, hedged or redundant"
+                )))
+            }
+        };
+        Ok(RouterConfig {
+            strategy,
+            mode,
+            cache_capacity: (self.cache_capacity > 0).then_some(self.cache_capacity),
+            per_try_timeout: (self.per_try_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.per_try_timeout_ms)),
+            ..RouterConfig::default()
+        })
     }
 
     pub(crate) fn hello_timeout(&self) -> Duration {
@@ -190,5 +260,35 @@ mod tests {
         assert_eq!(config.max_connections, 3);
         assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9999"));
         assert!(toml::from_str::<HubConfig>("max_conections = 3").is_err());
+    }
+
+    #[test]
+    fn unknown_strategies_and_modes_are_refused_with_the_choices() {
+        let bad = HubConfig {
+            strategy: "fastest".into(),
+            ..HubConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("round-robin, local-first"));
+        let bad = HubConfig {
+            mode: "redundant".into(),
+            redundancy: 1,
+            ..HubConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2"));
+        let good = HubConfig {
+            strategy: "performance".into(),
+            mode: "hedged".into(),
+            cache_capacity: 10,
+            ..HubConfig::default()
+        };
+        good.validate().unwrap();
     }
 }

@@ -23,18 +23,19 @@ pub(crate) fn result_body(answer: &Answer) -> ResultBody {
 }
 
 pub(crate) fn answer(body: ResultBody) -> Answer {
-    Answer {
-        reasoning: Reasoning {
-            label: body.label,
-            confidence: body.confidence,
-            scores: body.scores,
-            total_spikes: body.total_spikes,
-            label_spikes: body.label_spikes,
-            model_version: body.model_version,
-            model_digest: Digest(body.model_digest),
-            result_digest: Digest(body.result_digest),
-        },
-        engine: body.engine,
-        compute: Duration::from_nanos(body.compute_ns),
-    }
+    let reasoning = Reasoning {
+        label: body.label,
+        confidence: body.confidence,
+        scores: body.scores,
+        total_spikes: body.total_spikes,
+        label_spikes: body.label_spikes,
+        model_version: body.model_version,
+        model_digest: Digest(body.model_digest),
+        result_digest: Digest(body.result_digest),
+    };
+    Answer::new(
+        reasoning,
+        body.engine,
+        Duration::from_nanos(body.compute_ns),
+    )
 }

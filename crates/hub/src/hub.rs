@@ -77,7 +77,7 @@ impl Hub {
     /// [`HubError::Config`] when `config` fails [`HubConfig::validate`].
     pub fn new(config: HubConfig) -> Result<Hub, HubError> {
         config.validate()?;
-        let router = Arc::new(Router::new());
+        let router = Arc::new(Router::with_config(config.router_config()?));
         let (events, _) = broadcast::channel(1_024);
         let shared = Shared {
             registry: Registry::new(router.clone(), events.clone()),

@@ -350,11 +350,12 @@ async fn raw_socket_abuse_gets_an_error_frame_and_a_close_while_others_are_serve
         // Other clients are unaffected.
         assert!(client.reason(&[0.0; 768], WAIT).await.is_ok(), "{name}");
     }
-    // An unknown request on a good connection is answered and the connection goes on.
-    let err = client
-        .request(&Message::CacheClear, WAIT)
-        .await
-        .unwrap_err();
+    // A message a client may not send is answered with an error and the connection goes on.
+    let registered = Message::Registered(qnllm_protocol::Registered {
+        engine_id: 1,
+        heartbeat_interval_ms: 1,
+    });
+    let err = client.request(&registered, WAIT).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -622,5 +623,67 @@ async fn metrics_count_frames_and_bytes_per_connection() {
     let call_bytes = 24 + 2 + "echo".len() + 100;
     assert_eq!(me["bytes_in"], 3 * call_bytes + 24, "{me}");
     assert_eq!(me["in_flight"], 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_mode_catches_a_worker_serving_the_wrong_model() {
+    let cfg = HubConfig {
+        mode: "redundant".into(),
+        redundancy: 3,
+        ..config()
+    };
+    let (running, stop) = start(cfg).await;
+    let good: Vec<_> = ["g1", "g2", "g3"]
+        .iter()
+        .map(|n| worker(tcp(&running), n, None))
+        .collect();
+    let faulty = worker_serving(tcp(&running), "faulty", None, engine_with_seed("faulty", 2));
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 4).await;
+    let local = SpikingEngine::from_seed(1, Params::default()).unwrap();
+    for x in NormalInputs::new(5, 768).take(30) {
+        let answer = client.reason(&x, WAIT).await.unwrap();
+        assert_eq!(
+            answer.reasoning,
+            local.reason(&x).unwrap(),
+            "the majority (right model) wins"
+        );
+        assert_ne!(answer.engine, "faulty");
+    }
+    let router = &client.metrics(WAIT).await.unwrap()["router"];
+    assert!(router["disagreements"].as_u64().unwrap() >= 1, "{router}");
+    assert_eq!(router["ejections"], 1, "{router}");
+    for token in good.into_iter().chain([faulty]) {
+        token.cancel();
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_cache_answers_repeats_and_reports_its_statistics() {
+    let (running, stop) = start(HubConfig {
+        cache_capacity: 100,
+        ..config()
+    })
+    .await;
+    let w = worker(tcp(&running), "w", None);
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 1).await;
+    let x = NormalInputs::new(1, 768).next().unwrap();
+    let first = client.reason(&x, WAIT).await.unwrap();
+    let second = client.reason(&x, WAIT).await.unwrap();
+    assert_eq!(first.reasoning, second.reasoning);
+    let stats = client.request(&Message::CacheQuery, WAIT).await.unwrap();
+    assert!(
+        matches!(&stats, Message::CacheStats(s) if s.hits == 1 && s.misses == 1 && s.entries == 1),
+        "{stats:?}"
+    );
+    let cleared = client.request(&Message::CacheClear, WAIT).await.unwrap();
+    assert!(
+        matches!(&cleared, Message::CacheStats(s) if s.entries == 0),
+        "{cleared:?}"
+    );
+    w.cancel();
     stop.cancel();
 }

@@ -19,6 +19,23 @@ pub struct Answer {
     pub engine: String,
     /// Time the engine spent computing.
     pub compute: Duration,
+    /// Time from the router receiving the request to the answer (zero until routed).
+    pub latency: Duration,
+    /// Whether the answer came from the result cache.
+    pub cached: bool,
+}
+
+impl Answer {
+    /// An answer just computed by `engine`.
+    pub fn new(reasoning: Reasoning, engine: impl Into<String>, compute: Duration) -> Answer {
+        Answer {
+            reasoning,
+            engine: engine.into(),
+            compute,
+            latency: Duration::ZERO,
+            cached: false,
+        }
+    }
 }
 
 /// What the router knows of an engine: enough to route to it and to list it.

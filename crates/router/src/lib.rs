@@ -1,12 +1,19 @@
 //! The router: the [`Backend`] abstraction every engine hides behind (in-process or a
-//! worker across a socket), strategies that pick one, and failover when a pick fails.
-//! It never sees a socket.
+//! worker across a socket), strategies that order them, and the ways of running a request
+//! (failover, hedging, redundancy with a vote), with a result cache, a retry budget,
+//! outlier ejection and metrics. It never sees a socket.
 
 mod backend;
+mod budget;
+mod cache;
+mod health;
 mod local;
 mod router;
 pub mod strategy;
 
 pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo};
+pub use budget::RetryBudget;
+pub use cache::{CacheStats, ResultCache};
+pub use health::HealthSnapshot;
 pub use local::LocalBackend;
-pub use router::{Router, RouterError};
+pub use router::{EngineMetrics, Mode, Router, RouterConfig, RouterError, RouterMetrics};

@@ -69,11 +69,7 @@ impl LocalBackend {
             .read()
             .reason(encoding)
             .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
-        Ok(Answer {
-            reasoning,
-            engine: self.name.clone(),
-            compute: started.elapsed(),
-        })
+        Ok(Answer::new(reasoning, self.name.clone(), started.elapsed()))
     }
 
     /// Reasons over a flat batch synchronously.
@@ -95,11 +91,7 @@ impl LocalBackend {
         let each = started.elapsed() / results.len().max(1) as u32;
         Ok(results
             .into_iter()
-            .map(|reasoning| Answer {
-                reasoning,
-                engine: self.name.clone(),
-                compute: each,
-            })
+            .map(|reasoning| Answer::new(reasoning, self.name.clone(), each))
             .collect())
     }
 }

@@ -27,5 +27,6 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
         "engines_lost": load(&c.engines_lost),
         "failed_over": load(&c.failed_over),
         "requests_in_flight": shared.requests.len(),
+        "router": shared.router.metrics(),
     })
 }

@@ -152,6 +152,34 @@ pub(crate) async fn dispatch(shared: &Arc<Shared>, session: &ClientSession, fram
                 )
                 .await;
         }
+        Message::CacheQuery | Message::CacheClear => {
+            if matches!(message, Message::CacheClear) {
+                shared.router.clear_cache();
+            }
+            let stats = shared
+                .router
+                .metrics()
+                .cache
+                .unwrap_or(qnllm_router::CacheStats {
+                    entries: 0,
+                    capacity: 0,
+                    hits: 0,
+                    misses: 0,
+                    evictions: 0,
+                    hit_ratio: 0.0,
+                });
+            let body = qnllm_protocol::CacheStats {
+                entries: stats.entries,
+                capacity: stats.capacity,
+                hits: stats.hits,
+                misses: stats.misses,
+                evictions: stats.evictions,
+            };
+            session
+                .sender
+                .send(&Message::CacheStats(body), id, Deadline::NONE)
+                .await;
+        }
         Message::Goodbye(_) => return Flow::Close,
         other => {
             let message = format!(

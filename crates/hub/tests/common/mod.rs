@@ -34,19 +34,32 @@ pub(crate) fn addr(running: &RunningHub) -> SocketAddr {
 }
 
 pub(crate) fn engine(name: &str) -> LocalBackend {
+    engine_with_seed(name, 1)
+}
+
+pub(crate) fn engine_with_seed(name: &str, seed: u64) -> LocalBackend {
     LocalBackend::new(
         name,
-        SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        SpikingEngine::from_seed(seed, Params::default()).unwrap(),
     )
 }
 
 /// Starts an in-process worker; cancel the token to stop it.
 pub(crate) fn worker(endpoint: Endpoint, name: &str, token: Option<&str>) -> CancellationToken {
+    worker_serving(endpoint, name, token, engine(name))
+}
+
+/// Starts an in-process worker serving `engine`.
+pub(crate) fn worker_serving(
+    endpoint: Endpoint,
+    name: &str,
+    token: Option<&str>,
+    engine: LocalBackend,
+) -> CancellationToken {
     let stop = CancellationToken::new();
     let mut config = WorkerConfig::new(endpoint);
     config.name = name.into();
     config.token = token.map(str::to_string);
-    let engine = engine(name);
     let stop_ = stop.clone();
     tokio::spawn(async move {
         let _ = qnllm_hub::worker::run(config, engine, stop_).await;

@@ -2,16 +2,25 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Hands out starting positions 0, 1, 2, … modulo the number of engines.
+use super::{Candidate, Strategy};
+
+/// Starts each request one engine further along; fails over in list order.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
 }
 
-impl RoundRobin {
-    /// The position to start at among `len` engines (`len > 0`).
-    pub fn start(&self, len: usize) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % len.max(1)
+impl Strategy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round-robin"
+    }
+
+    fn order(&self, candidates: &[Candidate], _rng: &mut fastrand::Rng) -> Vec<usize> {
+        let n = candidates.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..candidates.len())
+            .map(|i| candidates[(start + i) % n].index)
+            .collect()
     }
 }
 
@@ -19,16 +28,38 @@ impl RoundRobin {
 mod tests {
     use super::*;
 
+    fn candidates(n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|index| Candidate {
+                index,
+                local: false,
+                cost: 0.0,
+            })
+            .collect()
+    }
+
     #[test]
-    fn alternates_exactly() {
-        let rr = RoundRobin::default();
-        let picks: Vec<usize> = (0..1_000).map(|_| rr.start(2)).collect();
-        assert!(picks.chunks(2).all(|pair| pair == [0, 1]));
-        let rr = RoundRobin::default();
+    fn alternates_exactly_over_1000_calls() {
+        let (rr, mut rng) = (RoundRobin::default(), fastrand::Rng::with_seed(1));
+        let firsts: Vec<usize> = (0..1_000)
+            .map(|_| rr.order(&candidates(2), &mut rng)[0])
+            .collect();
+        assert!(
+            firsts.chunks(2).all(|pair| pair == [0, 1]),
+            "strict alternation"
+        );
         let mut counts = [0; 3];
         for _ in 0..999 {
-            counts[rr.start(3)] += 1;
+            counts[rr.order(&candidates(3), &mut rng)[0]] += 1;
         }
         assert_eq!(counts, [333, 333, 333]);
+    }
+
+    #[test]
+    fn failover_order_covers_every_engine_once() {
+        let (rr, mut rng) = (RoundRobin::default(), fastrand::Rng::with_seed(1));
+        let mut order = rr.order(&candidates(4), &mut rng);
+        order.sort_unstable();
+        assert_eq!(order, [0, 1, 2, 3]);
     }
 }

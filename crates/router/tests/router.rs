@@ -1,0 +1,551 @@
+//! Router behaviour against mock backends in paused tokio time: strategies, failover,
+//! deadlines, retry budget, ejection, redundancy, hedging and the cache.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qnllm_engine::{Digest, Reasoning};
+use qnllm_router::strategy::{Performance, Preferred, RoundRobin};
+use qnllm_router::{
+    Answer, Backend, BackendError, BackendFuture, EngineInfo, Mode, Router, RouterConfig,
+    RouterError,
+};
+
+const RIGHT: Digest = Digest([1; 32]);
+const WRONG: Digest = Digest([2; 32]);
+const BUDGET: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Mock {
+    name: String,
+    local: bool,
+    latency: Mutex<Duration>,
+    failing: AtomicBool,
+    lying: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl Mock {
+    fn new(name: &str, local: bool) -> Arc<Mock> {
+        Arc::new(Mock {
+            name: name.into(),
+            local,
+            latency: Mutex::new(Duration::from_millis(1)),
+            failing: AtomicBool::new(false),
+            lying: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+        })
+    }
+    fn set_latency(&self, latency: Duration) {
+        *self.latency.lock().unwrap() = latency;
+    }
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+fn reasoning(digest: Digest) -> Reasoning {
+    Reasoning {
+        label: 1,
+        confidence: 0.5,
+        scores: vec![0, 1],
+        total_spikes: 10,
+        label_spikes: vec![0, 1],
+        model_version: 0,
+        model_digest: Digest([9; 32]),
+        result_digest: digest,
+    }
+}
+
+impl Backend for Mock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn describe(&self) -> EngineInfo {
+        EngineInfo {
+            name: self.name.clone(),
+            kind: if self.local { "local" } else { "remote" },
+            input_size: 2,
+            labels: 2,
+            model_version: 0,
+            model_digest: Digest([9; 32]),
+        }
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if encoding.iter().any(|x| x.is_nan()) {
+                return Err(BackendError::InvalidInput("value at index 0 is NaN".into()));
+            }
+            let latency = *self.latency.lock().unwrap();
+            if latency > budget {
+                tokio::time::sleep(budget).await;
+                return Err(BackendError::Timeout {
+                    engine: self.name.clone(),
+                    budget,
+                });
+            }
+            tokio::time::sleep(latency).await;
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(BackendError::Failed {
+                    engine: self.name.clone(),
+                    reason: "injected".into(),
+                });
+            }
+            let digest = if self.lying.load(Ordering::Relaxed) {
+                WRONG
+            } else {
+                RIGHT
+            };
+            Ok(Answer::new(reasoning(digest), self.name.clone(), latency))
+        })
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for x in values.chunks(dim) {
+                out.push(self.reason(x, budget).await?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn router(config: RouterConfig, mocks: &[Arc<Mock>]) -> Router {
+    let router = Router::with_config(config);
+    for m in mocks {
+        router.add(m.clone());
+    }
+    router
+}
+
+fn config(strategy: Box<dyn qnllm_router::strategy::Strategy>, mode: Mode) -> RouterConfig {
+    RouterConfig {
+        strategy,
+        mode,
+        ..RouterConfig::default()
+    }
+}
+
+async fn engines_answering(router: &Router, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+        *counts.entry(answer.engine).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_alternates_exactly_over_1000_calls() {
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = router(
+        config(Box::new(RoundRobin::default()), Mode::Single),
+        &[a, b],
+    );
+    let mut previous = String::new();
+    for _ in 0..1_000 {
+        let engine = router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine;
+        assert_ne!(engine, previous);
+        previous = engine;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_first_holds_its_share_and_spills_to_remote_when_local_is_down() {
+    let (local, r1, r2) = (
+        Mock::new("local", true),
+        Mock::new("r1", false),
+        Mock::new("r2", false),
+    );
+    let router = router(
+        config(Box::new(Preferred::local(0.8)), Mode::Single),
+        &[local.clone(), r1, r2],
+    );
+    let counts = engines_answering(&router, 10_000).await;
+    let share = counts["local"] as f64 / 10_000.0;
+    assert!(
+        (share - 0.8).abs() <= 0.01,
+        "local share {share}: {counts:?}"
+    );
+    local.failing.store(true, Ordering::Relaxed);
+    let counts = engines_answering(&router, 1_000).await;
+    assert!(
+        !counts.contains_key("local"),
+        "every request spilled to remote: {counts:?}"
+    );
+    assert!(
+        router.metrics().ejections >= 1,
+        "five failures in a row ejected the local engine"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_first_is_the_mirror() {
+    let (local, remote) = (Mock::new("local", true), Mock::new("remote", false));
+    let router = router(
+        config(Box::new(Preferred::remote(0.8)), Mode::Single),
+        &[local, remote],
+    );
+    let counts = engines_answering(&router, 10_000).await;
+    let share = counts["remote"] as f64 / 10_000.0;
+    assert!((share - 0.8).abs() <= 0.01, "remote share {share}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn performance_sends_less_to_a_slow_engine_and_recovers_when_it_speeds_up() {
+    let mocks = [
+        Mock::new("a", false),
+        Mock::new("b", false),
+        Mock::new("c", false),
+    ];
+    let router = router(config(Box::new(Performance), Mode::Single), &mocks);
+    let even = engines_answering(&router, 300).await;
+    assert!(
+        even.values().all(|&n| n > 50),
+        "equal engines share the load: {even:?}"
+    );
+    mocks[2].set_latency(Duration::from_millis(20));
+    let slowed = engines_answering(&router, 300).await;
+    assert!(
+        slowed.get("c").copied().unwrap_or(0) < 10,
+        "the slow engine is avoided: {slowed:?}"
+    );
+    mocks[2].set_latency(Duration::from_millis(1));
+    // Traffic goes on for a minute; the slow engine's unused estimate decays until it is
+    // tried again, and its fresh samples show it has recovered.
+    let mut late = BTreeMap::<String, usize>::new();
+    for i in 0..600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let engine = router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine;
+        if i >= 450 {
+            *late.entry(engine).or_default() += 1;
+        }
+    }
+    assert!(
+        late.get("c").copied().unwrap_or(0) > 25,
+        "it gets traffic again: {late:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_try_is_retried_on_another_engine() {
+    let (bad, good) = (Mock::new("bad", false), Mock::new("good", false));
+    bad.failing.store(true, Ordering::Relaxed);
+    let router = router(RouterConfig::default(), &[bad.clone(), good]);
+    for _ in 0..4 {
+        assert_eq!(
+            router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine,
+            "good"
+        );
+    }
+    let m = router.metrics();
+    assert_eq!(
+        m.retries, 2,
+        "only requests that started on the bad engine were retried"
+    );
+    assert_eq!(bad.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_input_is_not_retried() {
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = router(RouterConfig::default(), &[a.clone(), b.clone()]);
+    let err = router.reason(&[f32::NAN, 0.0], BUDGET).await.unwrap_err();
+    assert_eq!(
+        err,
+        RouterError::InvalidInput("value at index 0 is NaN".into())
+    );
+    assert_eq!(a.calls() + b.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_engine_times_out_within_the_deadline_and_the_next_answers() {
+    let (slow, fast) = (Mock::new("slow", false), Mock::new("fast", false));
+    slow.set_latency(Duration::from_secs(60));
+    let router = router(RouterConfig::default(), &[slow, fast]);
+    let started = tokio::time::Instant::now();
+    let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    assert_eq!(answer.engine, "fast");
+    assert!(
+        started.elapsed() <= BUDGET,
+        "virtual time: the whole request stayed within its deadline"
+    );
+    // With only slow engines, the caller gets DeadlineExceeded, not a hang.
+    let only_slow = Mock::new("slow", false);
+    only_slow.set_latency(Duration::from_secs(60));
+    let router = router_with(&[only_slow]);
+    let err = router
+        .reason(&[0.0, 0.0], Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RouterError::DeadlineExceeded { .. }), "{err}");
+}
+
+fn router_with(mocks: &[Arc<Mock>]) -> Router {
+    router(RouterConfig::default(), mocks)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stay_within_the_budget_when_the_fleet_is_sick() {
+    let mocks: Vec<Arc<Mock>> = (0..4).map(|i| Mock::new(&format!("m{i}"), false)).collect();
+    for m in &mocks {
+        m.failing.store(true, Ordering::Relaxed);
+    }
+    let cfg = RouterConfig {
+        retry_ratio: 0.2,
+        retry_min_per_second: 0.0,
+        ..RouterConfig::default()
+    };
+    let router = router(cfg, &mocks);
+    for _ in 0..100 {
+        assert!(router.reason(&[0.0, 0.0], BUDGET).await.is_err());
+    }
+    let m = router.metrics();
+    assert!(m.retries <= 20, "at most 20 % extra tries: {}", m.retries);
+    assert!(m.budget_exhausted > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_eject_for_a_growing_period_then_probation() {
+    let (flaky, steady) = (Mock::new("flaky", false), Mock::new("steady", false));
+    flaky.failing.store(true, Ordering::Relaxed);
+    let router = router_with(&[flaky.clone(), steady]);
+    // Round-robin starts half the requests on `flaky`; it fails 5 in a row within 10.
+    for _ in 0..10 {
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    }
+    assert_eq!(flaky.calls(), 5);
+    assert_eq!(router.metrics().ejections, 1);
+    for _ in 0..10 {
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    }
+    assert_eq!(flaky.calls(), 5, "ejected: no traffic");
+    // After the first period (1 s) it is back on probation: one failure ejects it again, for longer.
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    for _ in 0..2 {
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    }
+    assert_eq!(flaky.calls(), 6);
+    assert_eq!(router.metrics().ejections, 2);
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    for _ in 0..4 {
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    }
+    assert_eq!(flaky.calls(), 6, "the second ejection lasts 2 s");
+    // Healed and back after the period: a success ends probation.
+    flaky.failing.store(false, Ordering::Relaxed);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let counts = engines_answering(&router, 10).await;
+    assert_eq!(counts.get("flaky"), Some(&5));
+    assert!(!router.metrics().engines[0].health.ejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn redundant_mode_catches_a_lying_engine_every_time_and_ejects_it() {
+    let mocks: Vec<Arc<Mock>> = ["a", "b", "c", "liar"]
+        .iter()
+        .map(|n| Mock::new(n, false))
+        .collect();
+    mocks[3].lying.store(true, Ordering::Relaxed);
+    let router = router(
+        config(
+            Box::new(RoundRobin::default()),
+            Mode::Redundant { copies: 3 },
+        ),
+        &mocks,
+    );
+    for _ in 0..50 {
+        let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+        assert_eq!(
+            answer.reasoning.result_digest, RIGHT,
+            "the majority answer wins"
+        );
+        assert_ne!(answer.engine, "liar");
+    }
+    let m = router.metrics();
+    let liar_calls = mocks[3].calls();
+    assert!(liar_calls >= 1);
+    assert_eq!(
+        m.disagreements, liar_calls,
+        "every wrong answer was caught and counted"
+    );
+    assert_eq!(m.ejections, 1, "and the liar was ejected");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_two_copies_a_disagreement_is_an_error_never_a_silent_pick() {
+    let (a, liar) = (Mock::new("a", false), Mock::new("liar", false));
+    liar.lying.store(true, Ordering::Relaxed);
+    let router = router(
+        config(
+            Box::new(RoundRobin::default()),
+            Mode::Redundant { copies: 2 },
+        ),
+        &[a, liar],
+    );
+    let err = router.reason(&[0.0, 0.0], BUDGET).await.unwrap_err();
+    match err {
+        RouterError::Disagreement { detail } => assert!(
+            detail.contains("liar") && detail.contains("a →"),
+            "{detail}"
+        ),
+        other => panic!("{other}"),
+    }
+    assert_eq!(router.metrics().disagreements, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_cuts_the_tail_when_one_engine_stalls() {
+    async fn worst(mode: Mode) -> Duration {
+        let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+        let router = router(
+            config(Box::new(RoundRobin::default()), mode),
+            &[a.clone(), b],
+        );
+        engines_answering(&router, 100).await; // a latency history: p95 = 1 ms
+        a.set_latency(Duration::from_millis(500));
+        let mut worst = Duration::ZERO;
+        for _ in 0..20 {
+            worst = worst.max(router.reason(&[0.0, 0.0], BUDGET).await.unwrap().latency);
+        }
+        if mode == Mode::Hedged {
+            assert!(router.metrics().hedges > 0 && router.metrics().hedge_wins > 0);
+        }
+        worst
+    }
+    let single = worst(Mode::Single).await;
+    let hedged = worst(Mode::Hedged).await;
+    // Virtual time: these are exact, not measurements of a noisy machine.
+    assert_eq!(single, Duration::from_millis(500));
+    assert!(
+        hedged <= Duration::from_millis(3),
+        "hedged worst case {hedged:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_answers_repeats_and_runs_concurrent_misses_once() {
+    let a = Mock::new("a", false);
+    let cfg = RouterConfig {
+        cache_capacity: Some(100),
+        ..RouterConfig::default()
+    };
+    let router = Arc::new(router(cfg, std::slice::from_ref(&a)));
+    let first = router.reason(&[0.5, 0.25], BUDGET).await.unwrap();
+    assert!(!first.cached);
+    let again = router.reason(&[0.5, 0.25], BUDGET).await.unwrap();
+    assert!(again.cached);
+    assert_eq!(again.reasoning, first.reasoning);
+    // -0.0 and 0.0 are different bytes: a different key.
+    assert!(!router.reason(&[-0.0, 0.25], BUDGET).await.unwrap().cached);
+    let calls = a.calls();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { router.reason(&[0.75, 0.75], BUDGET).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        a.calls() - calls,
+        1,
+        "ten concurrent identical misses ran the engine once"
+    );
+    let stats = router.metrics().cache.unwrap();
+    assert_eq!((stats.entries, stats.misses), (3, 3));
+    assert_eq!(stats.hits, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_is_bounded_and_counts_evictions() {
+    let a = Mock::new("a", false);
+    let router = router(
+        RouterConfig {
+            cache_capacity: Some(10),
+            ..RouterConfig::default()
+        },
+        &[a],
+    );
+    for i in 0..100 {
+        router.reason(&[i as f32, 0.0], BUDGET).await.unwrap();
+    }
+    let stats = router.metrics().cache.unwrap();
+    assert!(stats.entries <= 10, "{stats:?}");
+    assert!(stats.evictions >= 80, "{stats:?}");
+}
+
+#[derive(Debug)]
+struct Vanishing(Arc<Mock>);
+
+impl Backend for Vanishing {
+    fn name(&self) -> &str {
+        "vanishing"
+    }
+    fn describe(&self) -> EngineInfo {
+        EngineInfo {
+            name: "vanishing".into(),
+            ..self.0.describe()
+        }
+    }
+    fn reason<'a>(
+        &'a self,
+        _: &'a [f32],
+        _: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::Gone {
+                engine: "vanishing".into(),
+                reason: "killed".into(),
+            })
+        })
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        _: &'a [f32],
+        _: usize,
+        _: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::Gone {
+                engine: "vanishing".into(),
+                reason: "killed".into(),
+            })
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_from_a_vanished_engine_is_not_limited_by_the_retry_budget() {
+    let good = Mock::new("good", false);
+    let cfg = RouterConfig {
+        retry_ratio: 0.0,
+        retry_min_per_second: 0.0,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_config(cfg);
+    router.add(Arc::new(Vanishing(good.clone())));
+    router.add(good);
+    for _ in 0..100 {
+        assert_eq!(
+            router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine,
+            "good"
+        );
+    }
+    assert_eq!(router.metrics().budget_exhausted, 0);
+}
