@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use qnllm_engine::Digest;
-use qnllm_protocol::{Batch, Deadline, ErrorCode, Frame, Message, Register};
-use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo};
+use qnllm_protocol::{Batch, Deadline, ErrorCode, Frame, Learn, Message, Register};
+use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 use tokio::sync::oneshot;
 
 use crate::connection::FrameSender;
@@ -27,7 +27,9 @@ struct Pending {
 #[derive(Debug)]
 pub(crate) struct RemoteEngine {
     pub(crate) id: u64,
-    info: EngineInfo,
+    name: String,
+    /// Updated when the engine learns, so the router's view of its model stays current.
+    info: Mutex<EngineInfo>,
     sender: FrameSender,
     pending: Mutex<Pending>,
     next_request: AtomicU64,
@@ -44,14 +46,15 @@ impl RemoteEngine {
     ) -> RemoteEngine {
         RemoteEngine {
             id,
-            info: EngineInfo {
+            name: name.clone(),
+            info: Mutex::new(EngineInfo {
                 name,
                 kind: "remote",
                 input_size: register.input_size,
                 labels: register.labels,
                 model_version: register.model_version,
                 model_digest: Digest::from_hex(&register.model_digest).unwrap_or_default(),
-            },
+            }),
             sender,
             pending: Mutex::new(Pending::default()),
             next_request: AtomicU64::new(1),
@@ -118,7 +121,7 @@ impl RemoteEngine {
             .clone()
             .unwrap_or_else(|| "connection closed".into());
         BackendError::Gone {
-            engine: self.info.name.clone(),
+            engine: self.name.clone(),
             reason,
         }
     }
@@ -152,7 +155,7 @@ impl RemoteEngine {
             Err(_) => {
                 let _ = self.sender.send(&Message::Cancel, id, Deadline::NONE).await;
                 Err(BackendError::Timeout {
-                    engine: self.info.name.clone(),
+                    engine: self.name.clone(),
                     budget,
                 })
             }
@@ -160,7 +163,7 @@ impl RemoteEngine {
     }
 
     fn failure(&self, frame: &Frame) -> BackendError {
-        let engine = self.info.name.clone();
+        let engine = self.name.clone();
         match frame.message() {
             Ok(Message::Error(error)) if error.code == ErrorCode::InvalidInput => {
                 BackendError::InvalidInput(error.message)
@@ -194,12 +197,48 @@ impl Drop for Forget<'_> {
 }
 
 impl Backend for RemoteEngine {
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
+        Box::pin(async move {
+            let learn = Learn {
+                label,
+                base_version,
+                encoding: encoding.to_vec().into(),
+            };
+            let frame = self.call(&Message::Learn(learn), budget).await?;
+            match frame.message() {
+                Ok(Message::Learned(learned)) => {
+                    let state = ModelState {
+                        version: learned.model_version,
+                        digest: Digest(learned.model_digest),
+                    };
+                    let mut info = self
+                        .info
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    info.model_version = state.version;
+                    info.model_digest = state.digest;
+                    Ok(state)
+                }
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+
     fn name(&self) -> &str {
-        &self.info.name
+        &self.name
     }
 
     fn describe(&self) -> EngineInfo {
-        self.info.clone()
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn reason<'a>(

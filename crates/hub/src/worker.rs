@@ -342,24 +342,23 @@ async fn handle(
             serve(id, job, sender, requests, permits, served).await;
         }
         Message::Learn(learn) => {
-            let info = engine.info();
-            let reply = if learn.base_version != info.version {
-                let message = format!(
-                    "update is for model version {}, this engine is at {}",
-                    learn.base_version, info.version
-                );
-                Message::Error(WireError::new(ErrorCode::VersionConflict, message))
-            } else {
-                match engine.learn(learn.encoding.as_slice(), learn.label) {
-                    Ok(learned) => Message::Learned(Learned {
-                        model_version: learned.version,
-                        model_digest: learned.digest.0,
+            // Applied in arrival order, on this task: updates must not overtake each other.
+            let reply =
+                match engine.learn_at(learn.encoding.as_slice(), learn.label, learn.base_version) {
+                    Ok(state) => Message::Learned(Learned {
+                        model_version: state.version,
+                        model_digest: state.digest.0,
                     }),
-                    Err(err) => {
-                        Message::Error(WireError::new(ErrorCode::InvalidInput, err.to_string()))
+                    Err(BackendError::VersionConflict {
+                        expected, actual, ..
+                    }) => {
+                        let message = format!(
+                            "update is for model version {expected}, this engine is at {actual}"
+                        );
+                        Message::Error(WireError::new(ErrorCode::VersionConflict, message))
                     }
-                }
-            };
+                    Err(err) => error_message(&err),
+                };
             sender.send(&reply, id, Deadline::NONE).await;
         }
         Message::Ping => {

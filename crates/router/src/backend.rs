@@ -55,6 +55,15 @@ pub struct EngineInfo {
     pub model_digest: Digest,
 }
 
+/// A model's state after a learning update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelState {
+    /// Version (updates applied).
+    pub version: u64,
+    /// Digest of weights and version.
+    pub digest: Digest,
+}
+
 /// Why a backend did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -77,6 +86,16 @@ pub enum BackendError {
         engine: String,
         /// The budget it had.
         budget: Duration,
+    },
+    /// A learning update named a model version other than the engine's.
+    #[error("engine {engine} is at model version {actual}, the update was for {expected}")]
+    VersionConflict {
+        /// Engine name.
+        engine: String,
+        /// The version the update was for.
+        expected: u64,
+        /// The engine's version.
+        actual: u64,
     },
     /// The engine answered with a failure of its own.
     #[error("engine {engine} failed: {reason}")]
@@ -118,4 +137,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         dim: usize,
         budget: Duration,
     ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>>;
+
+    /// Applies the learning update for `(encoding, label)` if the model is at
+    /// `base_version`; replicas that apply one ordered stream of updates stay identical.
+    /// Engines that do not learn refuse.
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
+        let _ = (encoding, label, base_version, budget);
+        let engine = self.name().to_string();
+        Box::pin(async move {
+            Err(BackendError::Failed {
+                engine,
+                reason: "this engine does not learn".into(),
+            })
+        })
+    }
 }

@@ -6,14 +6,18 @@
 mod backend;
 mod budget;
 mod cache;
+mod coordinate;
 mod health;
 mod local;
 mod router;
 pub mod strategy;
 
-pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo};
+pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
+pub use coordinate::{
+    Coordination, CoordinationMetrics, Coordinator, TeacherVote, AGREEMENT_WINDOW,
+};
 pub use health::HealthSnapshot;
 pub use local::LocalBackend;
 pub use router::{EngineMetrics, Mode, Router, RouterConfig, RouterError, RouterMetrics};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use qnllm_engine::{Engine, EngineError, Learned, ModelInfo};
 
-use crate::backend::EngineInfo;
+use crate::backend::{EngineInfo, ModelState};
 
 use crate::backend::{Answer, Backend, BackendError, BackendFuture};
 
@@ -56,6 +56,40 @@ impl LocalBackend {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .learn(encoding, label)
+    }
+
+    /// Applies a learning update only if the model is at `base_version` (checked and applied
+    /// under one lock).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::VersionConflict`], or [`BackendError::InvalidInput`] for a bad
+    /// encoding or label.
+    pub fn learn_at(
+        &self,
+        encoding: &[f32],
+        label: u32,
+        base_version: u64,
+    ) -> Result<ModelState, BackendError> {
+        let mut engine = self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let actual = engine.info().version;
+        if actual != base_version {
+            return Err(BackendError::VersionConflict {
+                engine: self.name.clone(),
+                expected: base_version,
+                actual,
+            });
+        }
+        let learned = engine
+            .learn(encoding, label)
+            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        Ok(ModelState {
+            version: learned.version,
+            digest: learned.digest,
+        })
     }
 
     /// Reasons synchronously: what a worker process runs for each request.
@@ -120,6 +154,20 @@ impl Backend for LocalBackend {
     ) -> BackendFuture<'a, Result<Answer, BackendError>> {
         // One reasoning takes microseconds: running it inline is cheaper than a thread hop.
         Box::pin(std::future::ready(self.reason_now(encoding)))
+    }
+
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        _budget: Duration,
+    ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
+        Box::pin(std::future::ready(self.learn_at(
+            encoding,
+            label,
+            base_version,
+        )))
     }
 
     fn reason_batch<'a>(

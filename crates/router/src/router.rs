@@ -97,6 +97,13 @@ impl Default for RouterConfig {
     }
 }
 
+/// The strategy and mode in force; swapped whole, so a request sees one or the other.
+#[derive(Debug)]
+struct Policy {
+    strategy: Box<dyn Strategy>,
+    mode: Mode,
+}
+
 /// An engine and what the router has seen of it.
 #[derive(Debug, Clone)]
 struct Slot {
@@ -163,8 +170,8 @@ pub struct RouterMetrics {
 #[derive(Debug)]
 pub struct Router {
     slots: ArcSwap<Vec<Slot>>,
-    strategy: Box<dyn Strategy>,
-    mode: Mode,
+    policy: ArcSwap<Policy>,
+    cache_enabled: std::sync::atomic::AtomicBool,
     rng: Mutex<fastrand::Rng>,
     budget: RetryBudget,
     cache: Option<ResultCache>,
@@ -188,8 +195,11 @@ impl Router {
     pub fn with_config(config: RouterConfig) -> Router {
         Router {
             slots: ArcSwap::from_pointee(Vec::new()),
-            strategy: config.strategy,
-            mode: config.mode,
+            policy: ArcSwap::from_pointee(Policy {
+                strategy: config.strategy,
+                mode: config.mode,
+            }),
+            cache_enabled: std::sync::atomic::AtomicBool::new(true),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             budget: RetryBudget::new(config.retry_ratio, config.retry_min_per_second),
             cache: config.cache_capacity.map(ResultCache::new),
@@ -230,6 +240,16 @@ impl Router {
             .collect()
     }
 
+    /// Changes strategy and mode; requests already routed finish under the old ones.
+    pub fn set_policy(&self, strategy: Box<dyn Strategy>, mode: Mode) {
+        self.policy.store(Arc::new(Policy { strategy, mode }));
+    }
+
+    /// Turns the result cache on or off (when one is configured); entries are kept.
+    pub fn set_cache_enabled(&self, enabled: bool) {
+        self.cache_enabled.store(enabled, Ordering::Relaxed);
+    }
+
     /// Empties the result cache.
     pub fn clear_cache(&self) {
         if let Some(cache) = &self.cache {
@@ -242,8 +262,8 @@ impl Router {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RouterMetrics {
-            strategy: self.strategy.name(),
-            mode: self.mode,
+            strategy: self.policy.load().strategy.name(),
+            mode: self.policy.load().mode,
             requests: load(&c.requests),
             retries: load(&c.retries),
             budget_exhausted: load(&c.budget_exhausted),
@@ -298,7 +318,7 @@ impl Router {
                 .rng
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.strategy.order(&candidates, &mut rng)
+            self.policy.load().strategy.order(&candidates, &mut rng)
         };
         if let Some(first) = order.first().and_then(|&i| slots.get(i)) {
             first.health.picks.fetch_add(1, Ordering::Relaxed);
@@ -362,13 +382,18 @@ impl Router {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
         let routed = async {
-            match self.mode {
+            let mode = self.policy.load().mode;
+            match mode {
                 Mode::Single => self.single(encoding, budget, started).await,
                 Mode::Hedged => self.hedged(encoding, budget, started).await,
                 Mode::Redundant { copies } => self.redundant(encoding, copies, budget).await,
             }
         };
-        let mut answer = match (&self.cache, self.slots.load().first()) {
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| self.cache_enabled.load(Ordering::Relaxed));
+        let mut answer = match (cache, self.slots.load().first()) {
             (Some(cache), Some(first)) => {
                 // The engines in rotation serve one model; the first one's digest names it.
                 let model = first.backend.describe().model_digest;

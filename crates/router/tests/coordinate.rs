@@ -1,0 +1,134 @@
+//! Multi-teacher coordination with real local engines: consensus, weighted votes,
+//! reliability, and student replicas that stay bit-identical while they learn.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qnllm_engine::{Model, NormalInputs, Params, SpikingEngine};
+use qnllm_router::{Backend, Coordinator, LocalBackend};
+
+const BUDGET: Duration = Duration::from_secs(5);
+
+fn local(name: &str, seed: u64) -> Arc<dyn Backend> {
+    Arc::new(LocalBackend::new(
+        name,
+        SpikingEngine::from_seed(seed, Params::default()).unwrap(),
+    ))
+}
+
+/// A teacher that shares the student's hidden layer (seed 1) with the readout of another
+/// seed: a fine-tuned variant of one backbone, whose labels the student can learn.
+fn variant(name: &str, readout_seed: u64) -> Arc<dyn Backend> {
+    let p = Params::default();
+    let backbone = Model::from_seed(1, p).unwrap();
+    let head = Model::from_seed(readout_seed, p).unwrap();
+    let model = Model::from_parts(
+        name.into(),
+        p,
+        backbone.input_weights().to_vec(),
+        head.readout().to_vec(),
+        0,
+    )
+    .unwrap();
+    Arc::new(LocalBackend::new(name, SpikingEngine::new(model)))
+}
+
+#[tokio::test]
+async fn a_thousand_steps_keep_student_replicas_identical_and_the_student_learns() {
+    let teachers = vec![variant("t2", 2), variant("t3", 3), variant("t4", 4)];
+    let replicas = [
+        Arc::new(LocalBackend::new(
+            "s1",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        )),
+        Arc::new(LocalBackend::new(
+            "s2",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        )),
+        Arc::new(LocalBackend::new(
+            "s3",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        )),
+    ];
+    let students: Vec<Arc<dyn Backend>> = replicas
+        .iter()
+        .map(|r| r.clone() as Arc<dyn Backend>)
+        .collect();
+    let coordinator = Coordinator::new(teachers, students);
+    let mut last = None;
+    for x in NormalInputs::new(21, 768).take(1_000) {
+        let step = coordinator.coordinate(&x, 0, true, BUDGET).await.unwrap();
+        assert_eq!(step.votes.len(), 3);
+        assert!(step.agreement > 0.0 && step.agreement <= 1.0);
+        last = step.learned;
+    }
+    let state = last.unwrap();
+    assert_eq!(state.version, 1_000);
+    let infos: Vec<_> = replicas.iter().map(|r| r.info()).collect();
+    assert!(
+        infos
+            .iter()
+            .all(|i| i.digest == state.digest && i.version == 1_000),
+        "replicas are bit-identical"
+    );
+    let m = coordinator.metrics();
+    assert_eq!(m.steps, 1_000);
+    assert!(
+        m.disagreements > 0 && m.disagreements < 1_000,
+        "teachers with different models disagree sometimes: {m:?}"
+    );
+    assert!(m.teachers.iter().all(|(_, r)| *r > 0.0 && *r < 1.0));
+    assert_eq!(m.student_agreement.len(), 10);
+    let first = m.student_agreement[0];
+    let late = m.student_agreement[7..].iter().sum::<f64>() / 3.0;
+    assert!(
+        late > first + 0.05,
+        "the student agrees more with the consensus as it learns: {:?}",
+        m.student_agreement
+    );
+}
+
+#[tokio::test]
+async fn unanimous_teachers_are_the_consensus_and_reliability_follows_agreement() {
+    // Two identical teachers and one different: the pair always agree with each other.
+    let teachers = vec![local("a", 2), local("b", 2), local("odd", 3)];
+    let coordinator = Coordinator::new(teachers, vec![]);
+    let mut unanimous = 0;
+    for x in NormalInputs::new(4, 768).take(200) {
+        let step = coordinator.coordinate(&x, 0, false, BUDGET).await.unwrap();
+        if step.unanimous {
+            unanimous += 1;
+            assert_eq!(step.agreement, 1.0);
+        } else {
+            // The pair outweighs the odd one: two votes of similar weight against one.
+            assert_eq!(step.consensus, step.votes[0].label);
+        }
+        assert_eq!(step.learned, None);
+    }
+    assert!(unanimous > 0);
+    let m = coordinator.metrics();
+    let reliability = |name: &str| m.teachers.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(reliability("a") > 0.95 && reliability("b") > 0.95);
+    assert!(reliability("odd") < reliability("a"), "{m:?}");
+}
+
+#[tokio::test]
+async fn bad_input_and_no_teachers_are_clear_errors() {
+    let coordinator = Coordinator::new(vec![local("t", 2)], vec![]);
+    let err = coordinator
+        .coordinate(&[0.0; 3], 0, false, BUDGET)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "encoding has 3 values, the model takes 768"
+    );
+    let empty = Coordinator::new(vec![], vec![]);
+    let err = empty
+        .coordinate(&[0.0; 768], 0, false, BUDGET)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no teacher answered"), "{err}");
+}
