@@ -1,5 +1,6 @@
 //! The `qnllm` command: parses arguments and calls the libraries; nothing else.
 
+mod demo;
 mod input;
 mod net;
 mod npy;
@@ -31,6 +32,10 @@ enum Command {
     /// Encodings come from --random, from --npy, or else as JSON lines on stdin (each line
     /// an array of numbers, or an object with an "encoding" array).
     Reason(ReasonArgs),
+    /// Run the seven scenarios of the original design on a hub with real worker processes:
+    /// reasoning, batches, redundant verification, multi-teacher learning, strategies,
+    /// cache and monitoring. Exits non-zero if any scenario fails its checks.
+    Demo(demo::DemoArgs),
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
     /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
@@ -121,10 +126,16 @@ struct ExportArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Servers log what joins and leaves; the demo's report says it all, so it logs only trouble.
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -140,6 +151,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Reason(args) => reason(args),
+        Command::Demo(args) => demo::run(args),
         Command::Serve(args) => net::serve(args),
         Command::Worker(args) => net::worker(args),
         Command::Info(args) => {

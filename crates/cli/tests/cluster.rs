@@ -349,3 +349,39 @@ fn serving_beyond_loopback_without_a_token_is_refused_with_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn the_demo_runs_all_seven_scenarios_and_passes_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+        .args(["demo", "--requests", "100", "--steps", "200", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scenarios = report.as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "basic reasoning",
+            "batch processing",
+            "redundant verification",
+            "multi-teacher coordination",
+            "strategy comparison",
+            "cache effectiveness",
+            "server monitoring"
+        ]
+    );
+    for s in scenarios {
+        assert_eq!(s["passed"], true, "{s}");
+        assert!(!s["lines"].as_array().unwrap().is_empty());
+    }
+}

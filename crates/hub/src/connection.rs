@@ -95,15 +95,48 @@ impl FrameSender {
     }
 }
 
-/// Starts the writer task for `io`. It ends when every sender is dropped (after writing
-/// what was queued) or the socket fails.
+/// The writer task of a connection.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    done: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Writes what is already queued, then closes the socket, even while other holders of
+    /// the sender (a backend still listed somewhere) are alive.
+    pub(crate) async fn finish(self) {
+        self.done.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the writer task for `io`. It ends when every sender is dropped, when
+/// [`Writer::finish`] is called (after writing what was queued), or when the socket fails.
 pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
     mut io: W,
-) -> (FrameSender, tokio::task::JoinHandle<()>) {
+) -> (FrameSender, Writer) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_FRAMES);
-    let handle = tokio::spawn(async move {
+    let done = tokio_util::sync::CancellationToken::new();
+    let finish = done.clone();
+    let task = tokio::spawn(async move {
         let mut batch = BytesMut::with_capacity(16 * 1024);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                biased;
+                frame = rx.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                () = finish.cancelled() => {
+                    // Flush what is queued now; later frames are for a closed session.
+                    while let Ok(frame) = rx.try_recv() {
+                        batch.extend_from_slice(&frame);
+                    }
+                    let _ = io.write_all(&batch).await;
+                    break;
+                }
+            };
             batch.extend_from_slice(&first);
             // Gather whatever else is already queued: one syscall for many frames.
             while batch.len() < WRITE_BATCH_BYTES {
@@ -119,5 +152,5 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
         }
         let _ = io.shutdown().await;
     });
-    (FrameSender { tx }, handle)
+    (FrameSender { tx }, Writer { done, task })
 }

@@ -61,7 +61,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Box<dyn Io>, peer: String) {
         }
     }
     drop(sender);
-    let _ = writer.await; // flush what was queued, then the socket closes
+    writer.finish().await; // flush what was queued, then the socket closes
 }
 
 /// Sends an error frame.
@@ -204,7 +204,7 @@ async fn client_loop(
             break;
         }
     }
-    session.end();
+    session.end(shared.config.grace()).await;
 }
 
 fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {

@@ -227,7 +227,7 @@ async fn session(
         }
     };
     drop(sender);
-    let _ = writer.await;
+    writer.finish().await;
     Ok(end)
 }
 

@@ -46,6 +46,9 @@ pub enum RouterError {
     },
 }
 
+/// Fewest encodings worth a batch frame of their own when a batch is split across engines.
+pub const MIN_BATCH_PART: usize = 64;
+
 /// How one request is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "mode")]
@@ -340,10 +343,13 @@ impl Router {
 
     /// Runs one try on `slot` for at most `limit`, keeping its health up to date. The limit
     /// is enforced here: a backend that ignores its budget still cannot hold the request.
+    /// `items` is how many encodings the call carries: a batch's latency is recorded per
+    /// encoding, so one large batch does not make an engine look slow for single requests.
     async fn attempt<T>(
         &self,
         slot: &Slot,
         limit: Duration,
+        items: u32,
         call: impl std::future::Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
         let health = &slot.health;
@@ -359,7 +365,7 @@ impl Router {
         };
         health.in_flight.fetch_sub(1, Ordering::Relaxed);
         match &outcome {
-            Ok(_) => health.success(started.elapsed()),
+            Ok(_) => health.success(started.elapsed() / items.max(1)),
             // A bad request says nothing about the engine.
             Err(BackendError::InvalidInput(_)) => {}
             Err(_) => {
@@ -412,7 +418,7 @@ impl Router {
         budget: Duration,
         started: Instant,
     ) -> Result<Answer, RouterError> {
-        self.with_failover(self.plan(), budget, started, |slot, left| async move {
+        self.with_failover(self.plan(), budget, started, 1, |slot, left| async move {
             slot.backend.reason(encoding, left).await
         })
         .await
@@ -424,6 +430,7 @@ impl Router {
         plan: Vec<Slot>,
         budget: Duration,
         started: Instant,
+        items: u32,
         call: impl Fn(Slot, Duration) -> F,
     ) -> Result<T, RouterError>
     where
@@ -456,7 +463,10 @@ impl Router {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
             let limit = self.try_budget(left, tried + 1 < plan.len());
-            match self.attempt(slot, limit, call(slot.clone(), limit)).await {
+            match self
+                .attempt(slot, limit, items, call(slot.clone(), limit))
+                .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
                 Err(err) => {
@@ -488,14 +498,15 @@ impl Router {
         let p95 = plan.first().and_then(|s| s.health.quantile(0.95));
         let (Some(p95), true) = (p95, plan.len() >= 2) else {
             return self
-                .with_failover(plan, budget, started, |slot, left| async move {
+                .with_failover(plan, budget, started, 1, |slot, left| async move {
                     slot.backend.reason(encoding, left).await
                 })
                 .await;
         };
         let (primary, backup) = (&plan[0], &plan[1]);
         let limit = self.try_budget(budget, true);
-        let first = Box::pin(self.attempt(primary, limit, primary.backend.reason(encoding, limit)));
+        let first =
+            Box::pin(self.attempt(primary, limit, 1, primary.backend.reason(encoding, limit)));
         let wait = Box::pin(tokio::time::sleep(p95.min(budget)));
         let first = match select(first, wait).await {
             Either::Left((Ok(answer), _)) => return Ok(answer),
@@ -505,7 +516,7 @@ impl Router {
             Either::Left((Err(_), _)) => {
                 let rest = plan[1..].to_vec();
                 return self
-                    .with_failover(rest, budget, started, |slot, left| async move {
+                    .with_failover(rest, budget, started, 1, |slot, left| async move {
                         slot.backend.reason(encoding, left).await
                     })
                     .await;
@@ -515,7 +526,7 @@ impl Router {
         // The primary is slower than usual: ask the backup too; the first answer wins.
         self.counters.hedges.fetch_add(1, Ordering::Relaxed);
         let left = budget.saturating_sub(started.elapsed());
-        let second = Box::pin(self.attempt(backup, left, backup.backend.reason(encoding, left)));
+        let second = Box::pin(self.attempt(backup, left, 1, backup.backend.reason(encoding, left)));
         let outcome = match select(first, second).await {
             Either::Left((Ok(answer), _)) => Ok(answer),
             Either::Right((Ok(answer), _)) => {
@@ -554,13 +565,18 @@ impl Router {
         }
         let outcomes = futures::future::join_all(
             plan.iter()
-                .map(|slot| self.attempt(slot, budget, slot.backend.reason(encoding, budget))),
+                .map(|slot| self.attempt(slot, budget, 1, slot.backend.reason(encoding, budget))),
         )
         .await;
+        // Answers with the engine that gave them (failed tries drop out of the vote).
         let mut answers = Vec::new();
-        for outcome in outcomes {
+        let mut answered = Vec::new();
+        for (slot, outcome) in plan.iter().zip(outcomes) {
             match outcome {
-                Ok(answer) => answers.push(answer),
+                Ok(answer) => {
+                    answers.push(answer);
+                    answered.push(slot);
+                }
                 Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
                 Err(_) => {}
             }
@@ -596,7 +612,7 @@ impl Router {
             return Err(RouterError::NoEngineAvailable { reason });
         };
         // Outvoted engines gave a wrong answer: count it and eject them at once.
-        for (slot, answer) in plan.iter().zip(&answers) {
+        for (slot, answer) in answered.iter().zip(&answers) {
             if answer.reasoning.result_digest != winner {
                 self.counters.disagreements.fetch_add(1, Ordering::Relaxed);
                 if slot.health.failure(true) {
@@ -612,11 +628,13 @@ impl Router {
             })
     }
 
-    /// Reasons over a flat batch on one engine (with failover), answers in input order.
+    /// Reasons over a flat batch, answers in input order. A large batch is split into
+    /// contiguous parts, one batch frame per engine (at least `MIN_BATCH_PART` encodings
+    /// each), run at once; each part fails over on its own.
     ///
     /// # Errors
     ///
-    /// See [`RouterError`].
+    /// See [`RouterError`]; the first failing part's error.
     pub async fn reason_batch(
         &self,
         values: &[f32],
@@ -624,16 +642,30 @@ impl Router {
         budget: Duration,
     ) -> Result<Vec<Answer>, RouterError> {
         let started = Instant::now();
+        let dim = dim.max(1);
+        let count = values.len() / dim;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters
             .batch_items
-            .fetch_add((values.len() / dim.max(1)) as u64, Ordering::Relaxed);
+            .fetch_add(count as u64, Ordering::Relaxed);
         self.budget.deposit();
-        let mut answers = self
-            .with_failover(self.plan(), budget, started, |slot, left| async move {
-                slot.backend.reason_batch(values, dim, left).await
+        let plan = self.plan();
+        let parts = plan.len().min(count.div_ceil(MIN_BATCH_PART)).max(1);
+        let per_part = count.div_ceil(parts).max(1);
+        let runs =
+            values.chunks(per_part * dim).enumerate().map(|(i, part)| {
+                // Part i starts on the plan's i-th engine and fails over along the rest.
+                let mut order = plan.clone();
+                order.rotate_left(i % plan.len().max(1));
+                let items = u32::try_from(part.len() / dim).unwrap_or(u32::MAX);
+                self.with_failover(order, budget, started, items, move |slot, left| async move {
+                slot.backend.reason_batch(part, dim, left).await
             })
-            .await?;
+            });
+        let mut answers = Vec::with_capacity(count);
+        for part in futures::future::join_all(runs).await {
+            answers.extend(part?);
+        }
         let latency = started.elapsed();
         for answer in &mut answers {
             answer.latency = latency;

@@ -549,3 +549,25 @@ async fn failover_from_a_vanished_engine_is_not_limited_by_the_retry_budget() {
     }
     assert_eq!(router.metrics().budget_exhausted, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_large_batch_is_split_across_engines_and_returned_in_input_order() {
+    let mocks: Vec<Arc<Mock>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Mock::new(n, false))
+        .collect();
+    let router = router_with(&mocks);
+    // 300 encodings of 2 values, each distinct: the first value is its index.
+    let values: Vec<f32> = (0..300).flat_map(|i| [i as f32, 0.0]).collect();
+    let answers = router.reason_batch(&values, 2, BUDGET).await.unwrap();
+    assert_eq!(answers.len(), 300);
+    let parts: Vec<&str> = answers.iter().map(|a| a.engine.as_str()).collect();
+    assert_eq!(parts[..100], ["a"; 100], "contiguous parts, in input order");
+    assert_eq!(parts[100..200], ["b"; 100]);
+    assert_eq!(parts[200..], ["c"; 100]);
+    assert!(mocks.iter().all(|m| m.calls() == 100));
+    // A small batch stays in one frame.
+    let small: Vec<f32> = vec![0.0; 2 * 10];
+    let answers = router.reason_batch(&small, 2, BUDGET).await.unwrap();
+    assert!(answers.iter().all(|a| a.engine == answers[0].engine));
+}

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use qnllm_protocol::{Deadline, ErrorCode, Frame, Message};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::FrameSender;
 use crate::hub::Shared;
@@ -32,6 +33,8 @@ pub(crate) struct ClientSession {
     pub(crate) sender: FrameSender,
     in_flight: Arc<Mutex<HashMap<u64, AbortHandle>>>,
     stats: Arc<ConnectionStats>,
+    /// This connection's request tasks, so its end can wait for their answers.
+    tasks: TaskTracker,
     pub(crate) ended: CancellationToken,
 }
 
@@ -41,6 +44,7 @@ impl ClientSession {
             sender,
             in_flight: Arc::default(),
             stats,
+            tasks: TaskTracker::new(),
             ended: CancellationToken::new(),
         }
     }
@@ -64,6 +68,7 @@ impl ClientSession {
         // Insert under the lock the task needs to remove itself: the insert comes first
         // even if the task finishes at once.
         let mut map = self.in_flight();
+        let work = self.tasks.track_future(work);
         let task = shared.requests.spawn(async move {
             let _done = InFlight(stats); // counts down however the task ends, abort included
             work.await;
@@ -86,8 +91,11 @@ impl ClientSession {
         }
     }
 
-    /// The connection is over: stop its helpers (subscriptions).
-    pub(crate) fn end(&self) {
+    /// The connection is over: let its requests finish (within `grace`) so their answers
+    /// are queued before the writer closes, then stop its helpers (subscriptions).
+    pub(crate) async fn end(&self, grace: std::time::Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         self.ended.cancel();
     }
 }
