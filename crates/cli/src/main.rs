@@ -42,6 +42,8 @@ enum Command {
     Serve(net::ServeArgs),
     /// Serve an engine to a hub; reconnects when the hub goes away, drains on SIGTERM.
     Worker(net::WorkerArgs),
+    /// Show a running hub's metrics: engines, latency, router decisions, cache, connections.
+    Stats(net::StatsArgs),
     /// Write a model to a safetensors file.
     Export(ExportArgs),
 }
@@ -154,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => net::serve(args),
         Command::Worker(args) => net::worker(args),
+        Command::Stats(args) => net::stats(args),
         Command::Info(args) => {
             let engine = SpikingEngine::new(args.model.load()?);
             output::info(&engine.info(), engine.kernel(), args.json)

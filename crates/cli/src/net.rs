@@ -87,6 +87,22 @@ pub(crate) struct WorkerArgs {
     max_in_flight: u32,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    /// The hub: `HOST:PORT` or `unix:PATH`.
+    #[arg(long, default_value = "127.0.0.1:9999", value_name = "ADDR")]
+    connect: String,
+    /// Auth token (also read from QNLLM_TOKEN).
+    #[arg(long, env = "QNLLM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the raw JSON snapshot.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every SECONDS until interrupted.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+    watch: Option<f64>,
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -213,4 +229,91 @@ pub(crate) fn reason(
             .collect::<Result<Vec<_>>>()?;
         output::results(&format!("hub {endpoint}"), &answers, per_item, json)
     })
+}
+
+pub(crate) fn stats(args: StatsArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let endpoint = Endpoint::parse(&args.connect);
+        let client = Client::connect(&endpoint, "qnllm-stats", args.token.as_deref()).await?;
+        let stop = on_signal();
+        loop {
+            let metrics = client.metrics(Duration::from_secs(5)).await?;
+            if args.json {
+                println!("{metrics}");
+            } else {
+                if args.watch.is_some() {
+                    print!("\x1b[2J\x1b[H"); // clear the terminal between refreshes
+                }
+                print_stats(&endpoint, &metrics);
+            }
+            let Some(every) = args.watch else {
+                return Ok(());
+            };
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs_f64(every.max(0.1))) => {}
+            }
+        }
+    })
+}
+
+fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
+    let r = &m["router"];
+    println!(
+        "hub {endpoint}   strategy {}   mode {}",
+        r["strategy"].as_str().unwrap_or("?"),
+        r["mode"]["mode"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<14} {:<7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "engine",
+        "kind",
+        "requests",
+        "errors",
+        "in flight",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "ewma µs",
+        "ejected"
+    );
+    for e in r["engines"].as_array().into_iter().flatten() {
+        println!(
+            "{:<14} {:<7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9.0} {:>8}",
+            e["name"].as_str().unwrap_or("?"),
+            e["kind"].as_str().unwrap_or("?"),
+            e["requests"].to_string(),
+            e["errors"].to_string(),
+            e["in_flight"].to_string(),
+            e["p50_us"].to_string(),
+            e["p99_us"].to_string(),
+            e["max_us"].to_string(),
+            e["ewma_us"].as_f64().unwrap_or(0.0),
+            if e["ejected"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+    }
+    println!(
+        "router: {} requests, {} retries ({} refused by the budget), {} hedges ({} won), {} ejections, {} disagreements, {} batches of {} encodings",
+        r["requests"], r["retries"], r["budget_exhausted"], r["hedges"], r["hedge_wins"], r["ejections"], r["disagreements"], r["batches"], r["batch_items"]
+    );
+    if let Some(c) = r["cache"].as_object() {
+        println!(
+            "cache: {} / {} entries, {} hits, {} misses, {} evictions, hit ratio {:.1} %",
+            c["entries"],
+            c["capacity"],
+            c["hits"],
+            c["misses"],
+            c["evictions"],
+            c["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    let c = &m["connections"];
+    println!(
+        "connections: {} open of {} max, {} total, {} refused; {} frames and {} bytes in; engines joined {}, lost {}, requests failed over {}",
+        c["open"], c["max"], c["total"], c["refused"], m["frames_in"], m["bytes_in"], m["engines_joined"], m["engines_lost"], m["failed_over"]
+    );
 }

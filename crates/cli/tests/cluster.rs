@@ -385,3 +385,44 @@ fn the_demo_runs_all_seven_scenarios_and_passes_them() {
         assert!(!s["lines"].as_array().unwrap().is_empty());
     }
 }
+
+#[test]
+fn stats_shows_the_engines_of_a_running_hub() {
+    let (_hub, addr) = hub(&["--local", "1"]);
+    let _w = worker(&addr, "w1");
+    runtime().block_on(async {
+        let client = client(&addr).await;
+        wait_for_engines(&client, &["local-0", "w1"]).await;
+        for x in NormalInputs::new(1, 768).take(4) {
+            client.reason(&x, WAIT).await.unwrap();
+        }
+    });
+    let qnllm = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_qnllm"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = qnllm(&["stats", "--connect", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engines = metrics["router"]["engines"].as_array().unwrap();
+    let requests: u64 = engines
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 4);
+    let table = qnllm(&["stats", "--connect", &addr]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("local-0") && text.contains("w1") && text.contains("p99 µs"),
+        "{text}"
+    );
+    let refused = qnllm(&["stats", "--connect", "127.0.0.1:1"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
+}
