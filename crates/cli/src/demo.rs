@@ -468,22 +468,40 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
             Box::new(RoundRobin::default()),
             Mode::Redundant { copies: 2 },
         ),
+        (
+            "workers, 64 callers",
+            Box::new(Preferred::remote(1.0)),
+            Mode::Single,
+        ),
+        (
+            "workers, 64, batching",
+            Box::new(Preferred::remote(1.0)),
+            Mode::Single,
+        ),
     ];
     let engine = Arc::new(engine);
     for (i, (name, strategy, mode)) in strategies.into_iter().enumerate() {
         engine.router().set_policy(strategy, mode);
+        // The last two rows load the workers with 64 concurrent callers, the last with
+        // dynamic batching: concurrent requests to a worker leave together.
+        let callers = if name.contains("64") { 64 } else { 8 };
+        let batching = name.ends_with("batching").then_some(qnllm::BatchPolicy {
+            max_batch: 32,
+            max_delay: Duration::ZERO,
+        });
+        engine.set_dynamic_batching(batching);
         let inputs: Arc<Vec<Vec<f32>>> = Arc::new(
             NormalInputs::new(100 + i as u64, 768)
                 .take(args.requests)
                 .collect(),
         );
         let began = Instant::now();
-        let tasks: Vec<_> = (0..8)
+        let tasks: Vec<_> = (0..callers)
             .map(|c| {
                 let (engine, inputs) = (engine.clone(), inputs.clone());
                 tokio::spawn(async move {
                     let mut out = Vec::new();
-                    for x in inputs.iter().skip(c).step_by(8) {
+                    for x in inputs.iter().skip(c).step_by(callers) {
                         out.push(engine.reason(x).await.map(|a| (a.latency, a.engine)));
                     }
                     out
@@ -522,11 +540,12 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
     engine
         .router()
         .set_policy(Box::new(RoundRobin::default()), Mode::Single);
+    engine.set_dynamic_batching(None);
     check(
         &mut lines,
         ok,
         format!(
-            "every strategy answered all {} requests (8 concurrent callers)",
+            "every strategy answered all {} requests (8 concurrent callers unless noted)",
             args.requests
         ),
     );

@@ -64,6 +64,12 @@ pub(crate) struct ServeArgs {
     /// Result cache entries (0 = off).
     #[arg(long)]
     cache: Option<usize>,
+    /// Dynamic batching toward workers: most encodings per batch (0 = off).
+    #[arg(long)]
+    batch_max: Option<usize>,
+    /// Dynamic batching: longest wait after a batch's first encoding, in microseconds.
+    #[arg(long)]
+    batch_delay_us: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +170,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     config.mode = args.mode.unwrap_or(config.mode);
     config.redundancy = args.redundancy.unwrap_or(config.redundancy);
     config.cache_capacity = args.cache.unwrap_or(config.cache_capacity);
+    config.batch_max = args.batch_max.unwrap_or(config.batch_max);
+    config.batch_delay_us = args.batch_delay_us.unwrap_or(config.batch_delay_us);
     let hub = Hub::new(config)?;
     if args.local > 0 {
         let model = args.model.load()?;

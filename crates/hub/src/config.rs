@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use qnllm_router::strategy::{Performance, Preferred, RoundRobin, Strategy};
-use qnllm_router::{Mode, RouterConfig};
+use qnllm_router::{BatchPolicy, Mode, RouterConfig};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -73,6 +73,10 @@ pub struct HubConfig {
     /// Longest single try, in milliseconds; 0 means half of what is left while another
     /// engine could still be tried.
     pub per_try_timeout_ms: u64,
+    /// Dynamic batching toward workers: most encodings per batch (0 = off).
+    pub batch_max: usize,
+    /// Dynamic batching: longest wait after a batch's first encoding, in microseconds.
+    pub batch_delay_us: u64,
 }
 
 impl Default for HubConfig {
@@ -95,6 +99,8 @@ impl Default for HubConfig {
             redundancy: 3,
             cache_capacity: 0,
             per_try_timeout_ms: 0,
+            batch_max: 0,
+            batch_delay_us: 200,
         }
     }
 }
@@ -203,6 +209,14 @@ impl HubConfig {
             per_try_timeout: (self.per_try_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.per_try_timeout_ms)),
             ..RouterConfig::default()
+        })
+    }
+
+    /// The dynamic batching these name, if on.
+    pub fn batch_policy(&self) -> Option<BatchPolicy> {
+        (self.batch_max > 1).then(|| BatchPolicy {
+            max_batch: self.batch_max,
+            max_delay: Duration::from_micros(self.batch_delay_us),
         })
     }
 

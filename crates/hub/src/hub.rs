@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use qnllm_router::{LocalBackend, Router};
+use qnllm_router::{BatchPolicy, LocalBackend, Router, SharedBatchPolicy};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     pub(crate) registry: Registry,
     pub(crate) handlers: Handlers,
+    /// Dynamic batching toward workers; `None` is off.
+    pub(crate) batching: SharedBatchPolicy,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) counters: Counters,
     /// Per-connection counters of the open connections.
@@ -79,8 +81,12 @@ impl Hub {
         config.validate()?;
         let router = Arc::new(Router::with_config(config.router_config()?));
         let (events, _) = broadcast::channel(1_024);
+        let batching: SharedBatchPolicy = Arc::new(arc_swap::ArcSwapOption::from(
+            config.batch_policy().map(Arc::new),
+        ));
         let shared = Shared {
-            registry: Registry::new(router.clone(), events.clone()),
+            registry: Registry::new(router.clone(), events.clone(), batching.clone()),
+            batching,
             handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -108,6 +114,11 @@ impl Hub {
     pub fn add_local(&self, backend: LocalBackend) {
         tracing::info!(engine = %qnllm_router::Backend::name(&backend), "local engine added");
         self.shared.router.add(Arc::new(backend));
+    }
+
+    /// Switches dynamic batching toward workers on (`Some`) or off, at once.
+    pub fn set_dynamic_batching(&self, policy: Option<BatchPolicy>) {
+        self.shared.batching.store(policy.map(Arc::new));
     }
 
     /// Registers a named handler that clients reach with `call`.

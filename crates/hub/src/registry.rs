@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qnllm_protocol::Register;
-use qnllm_router::{Backend, Router};
+use qnllm_router::{Backend, DynamicBatcher, Router, SharedBatchPolicy};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -22,15 +22,21 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     router: Arc<Router>,
     events: broadcast::Sender<Event>,
+    batching: SharedBatchPolicy,
 }
 
 impl Registry {
-    pub(crate) fn new(router: Arc<Router>, events: broadcast::Sender<Event>) -> Registry {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        events: broadcast::Sender<Event>,
+        batching: SharedBatchPolicy,
+    ) -> Registry {
         Registry {
             engines: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             router,
             events,
+            batching,
         }
     }
 
@@ -56,7 +62,12 @@ impl Registry {
         };
         let engine = Arc::new(RemoteEngine::new(id, name.clone(), register, sender));
         self.engines().insert(id, engine.clone());
-        self.router.add(engine.clone());
+        // Single requests to the worker go through a batcher, which passes them straight on
+        // unless dynamic batching is switched on.
+        self.router.add(Arc::new(DynamicBatcher::new(
+            engine.clone(),
+            self.batching.clone(),
+        )));
         tracing::info!(engine = %name, id, digest = %register.model_digest, "engine joined");
         let _ = self
             .events

@@ -687,3 +687,51 @@ async fn the_hub_cache_answers_repeats_and_reports_its_statistics() {
     w.cancel();
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_batching_sends_workers_fewer_larger_frames() {
+    async fn worker_frames(batch_max: usize) -> u64 {
+        let cfg = HubConfig {
+            batch_max,
+            batch_delay_us: 2_000,
+            ..config()
+        };
+        let (running, stop) = start(cfg).await;
+        let w = worker(tcp(&running), "w", None);
+        let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+        wait_for_engines(&client, 1).await;
+        let inputs: Vec<Vec<f32>> = NormalInputs::new(9, 768).take(200).collect();
+        let local = SpikingEngine::from_seed(1, Params::default()).unwrap();
+        let answers =
+            futures::future::join_all(inputs.iter().map(|x| client.reason(x, WAIT))).await;
+        for (x, a) in inputs.iter().zip(answers) {
+            assert_eq!(
+                a.unwrap().reasoning,
+                local.reason(x).unwrap(),
+                "each caller gets its own answer"
+            );
+        }
+        let metrics = client.metrics(WAIT).await.unwrap();
+        let frames = metrics["connections"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["role"] == "worker")
+            .unwrap()["frames_in"]
+            .as_u64()
+            .unwrap();
+        w.cancel();
+        stop.cancel();
+        frames
+    }
+    let unbatched = worker_frames(0).await;
+    let batched = worker_frames(16).await;
+    assert!(
+        unbatched >= 200,
+        "one result frame per request: {unbatched}"
+    );
+    assert!(
+        batched < 100,
+        "200 concurrent requests reached the worker in batches: {batched} frames"
+    );
+}

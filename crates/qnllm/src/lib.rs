@@ -23,6 +23,6 @@ mod unified;
 pub use builder::Builder;
 pub use qnllm_engine::{Model, NormalInputs, Params, Reasoning, SpikingEngine};
 pub use qnllm_router::{
-    Answer, Coordination, CoordinationMetrics, Mode, ModelState, RouterMetrics,
+    Answer, BatchPolicy, Coordination, CoordinationMetrics, Mode, ModelState, RouterMetrics,
 };
 pub use unified::{Error, Metrics, UnifiedEngine};

@@ -114,6 +114,12 @@ impl UnifiedEngine {
         self.hub.router()
     }
 
+    /// Coalesces concurrent single requests to each worker into batch requests (`Some`),
+    /// or sends each on its own (`None`).
+    pub fn set_dynamic_batching(&self, policy: Option<qnllm_router::BatchPolicy>) {
+        self.hub.set_dynamic_batching(policy);
+    }
+
     /// The in-process engines.
     pub fn locals(&self) -> &[LocalBackend] {
         &self.locals

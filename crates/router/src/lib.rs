@@ -4,6 +4,7 @@
 //! outlier ejection and metrics. It never sees a socket.
 
 mod backend;
+mod batch;
 mod budget;
 mod cache;
 mod coordinate;
@@ -13,6 +14,7 @@ mod router;
 pub mod strategy;
 
 pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
+pub use batch::{BatchPolicy, DynamicBatcher, SharedBatchPolicy};
 pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
 pub use coordinate::{

@@ -1,0 +1,154 @@
+//! Dynamic batching: concurrent single requests become batch requests, each caller gets its
+//! own answer, and a bad encoding does not fail its neighbours.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use qnllm_engine::{Digest, Reasoning};
+use qnllm_router::{
+    Answer, Backend, BackendError, BackendFuture, BatchPolicy, DynamicBatcher, EngineInfo,
+};
+
+/// Answers with label = first value of the encoding; records batch sizes.
+#[derive(Debug, Default)]
+struct Echo {
+    singles: AtomicU64,
+    batches: Mutex<Vec<usize>>,
+}
+
+fn answer(x: &[f32]) -> Result<Answer, BackendError> {
+    if x.iter().any(|v| v.is_nan()) {
+        return Err(BackendError::InvalidInput("NaN".into()));
+    }
+    let reasoning = Reasoning {
+        label: x[0] as u32,
+        confidence: 1.0,
+        scores: vec![],
+        total_spikes: 0,
+        label_spikes: vec![],
+        model_version: 0,
+        model_digest: Digest::default(),
+        result_digest: Digest::default(),
+    };
+    Ok(Answer::new(reasoning, "echo", Duration::ZERO))
+}
+
+impl Backend for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn describe(&self) -> EngineInfo {
+        EngineInfo {
+            name: "echo".into(),
+            kind: "remote",
+            input_size: 2,
+            labels: 100,
+            model_version: 0,
+            model_digest: Digest::default(),
+        }
+    }
+    fn reason<'a>(
+        &'a self,
+        x: &'a [f32],
+        _: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        self.singles.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move { answer(x) })
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        _: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        self.batches.lock().unwrap().push(values.len() / dim);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            values.chunks(dim).map(answer).collect()
+        })
+    }
+}
+
+fn batcher(policy: Option<BatchPolicy>) -> (Arc<Echo>, Arc<DynamicBatcher>) {
+    let echo = Arc::new(Echo::default());
+    let shared = Arc::new(ArcSwapOption::from(policy.map(Arc::new)));
+    (echo.clone(), Arc::new(DynamicBatcher::new(echo, shared)))
+}
+
+async fn fire(
+    batcher: &Arc<DynamicBatcher>,
+    inputs: Vec<Vec<f32>>,
+) -> Vec<Result<Answer, BackendError>> {
+    let tasks: Vec<_> = inputs
+        .into_iter()
+        .map(|x| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.reason(&x, Duration::from_secs(1)).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_are_coalesced_and_each_gets_its_own_answer() {
+    let (echo, b) = batcher(Some(BatchPolicy {
+        max_batch: 8,
+        max_delay: Duration::from_millis(5),
+    }));
+    let inputs: Vec<Vec<f32>> = (0..16).map(|i| vec![i as f32, 0.0]).collect();
+    let answers = fire(&b, inputs).await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.as_ref().unwrap().reasoning.label, i as u32);
+    }
+    assert_eq!(*echo.batches.lock().unwrap(), [8, 8]);
+    assert_eq!(echo.singles.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_request_waits_at_most_the_delay() {
+    let (echo, b) = batcher(Some(BatchPolicy {
+        max_batch: 8,
+        max_delay: Duration::from_millis(5),
+    }));
+    let started = tokio::time::Instant::now();
+    let answer = b.reason(&[3.0, 0.0], Duration::from_secs(1)).await.unwrap();
+    assert_eq!(answer.reasoning.label, 3);
+    // Virtual time: exactly the delay, then sent alone.
+    assert_eq!(started.elapsed(), Duration::from_millis(5));
+    assert_eq!(echo.singles.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_encoding_fails_alone() {
+    let (_, b) = batcher(Some(BatchPolicy {
+        max_batch: 4,
+        max_delay: Duration::from_millis(5),
+    }));
+    let inputs = vec![
+        vec![1.0, 0.0],
+        vec![f32::NAN, 0.0],
+        vec![2.0, 0.0],
+        vec![3.0, 0.0],
+    ];
+    let answers = fire(&b, inputs).await;
+    assert_eq!(answers[0].as_ref().unwrap().reasoning.label, 1);
+    assert!(matches!(answers[1], Err(BackendError::InvalidInput(_))));
+    assert_eq!(answers[3].as_ref().unwrap().reasoning.label, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_policy_requests_pass_straight_through() {
+    let (echo, b) = batcher(None);
+    let answers = fire(&b, (0..5).map(|i| vec![i as f32, 0.0]).collect()).await;
+    assert!(answers.iter().all(Result::is_ok));
+    assert_eq!(echo.singles.load(Ordering::Relaxed), 5);
+    assert!(echo.batches.lock().unwrap().is_empty());
+}
