@@ -16,6 +16,7 @@ use crate::budget::RetryBudget;
 use crate::cache::{CacheStats, ResultCache};
 use crate::health::{Health, HealthSnapshot};
 use crate::strategy::{Candidate, RoundRobin, Strategy};
+use qnllm_engine::Digest;
 
 /// Why the router could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +180,7 @@ pub struct Router {
     budget: RetryBudget,
     cache: Option<ResultCache>,
     per_try_timeout: Option<Duration>,
+    last_model: Mutex<Option<Digest>>,
     counters: Counters,
 }
 
@@ -207,6 +209,7 @@ impl Router {
             budget: RetryBudget::new(config.retry_ratio, config.retry_min_per_second),
             cache: config.cache_capacity.map(ResultCache::new),
             per_try_timeout: config.per_try_timeout,
+            last_model: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -399,10 +402,8 @@ impl Router {
             .cache
             .as_ref()
             .filter(|_| self.cache_enabled.load(Ordering::Relaxed));
-        let mut answer = match (cache, self.slots.load().first()) {
-            (Some(cache), Some(first)) => {
-                // The engines in rotation serve one model; the first one's digest names it.
-                let model = first.backend.describe().model_digest;
+        let mut answer = match (cache, self.serving_model()) {
+            (Some(cache), Some(model)) => {
                 let (answer, cached) = cache.get_or_compute(model, encoding, routed).await?;
                 Answer { cached, ..answer }
             }
@@ -410,6 +411,24 @@ impl Router {
         };
         answer.latency = started.elapsed();
         Ok(answer)
+    }
+
+    /// The digest of the model in rotation: the first engine's, or, with every engine gone,
+    /// the last one seen, so cached answers are still served (graceful degradation).
+    fn serving_model(&self) -> Option<Digest> {
+        let current = self
+            .slots
+            .load()
+            .first()
+            .map(|s| s.backend.describe().model_digest);
+        let mut last = self
+            .last_model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.is_some() {
+            *last = current;
+        }
+        *last
     }
 
     async fn single(

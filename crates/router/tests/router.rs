@@ -571,3 +571,31 @@ async fn a_large_batch_is_split_across_engines_and_returned_in_input_order() {
     let answers = router.reason_batch(&small, 2, BUDGET).await.unwrap();
     assert!(answers.iter().all(|a| a.engine == answers[0].engine));
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_every_engine_down_a_cached_answer_is_still_served() {
+    let a = Mock::new("a", false);
+    let router = router(
+        RouterConfig {
+            cache_capacity: Some(10),
+            ..RouterConfig::default()
+        },
+        std::slice::from_ref(&a),
+    );
+    let first = router.reason(&[0.5, 0.5], BUDGET).await.unwrap();
+    a.failing.store(true, Ordering::Relaxed);
+    let again = router.reason(&[0.5, 0.5], BUDGET).await.unwrap();
+    assert!(again.cached);
+    assert_eq!(again.reasoning, first.reasoning);
+    // An encoding never seen gets the clear error instead.
+    let err = router.reason(&[0.25, 0.5], BUDGET).await.unwrap_err();
+    assert!(
+        matches!(err, RouterError::NoEngineAvailable { .. }),
+        "{err}"
+    );
+    router.remove("a");
+    assert!(
+        router.reason(&[0.5, 0.5], BUDGET).await.unwrap().cached,
+        "even with no engine registered"
+    );
+}
