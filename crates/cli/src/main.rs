@@ -39,7 +39,7 @@ enum Command {
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
     /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
-    Serve(net::ServeArgs),
+    Serve(Box<net::ServeArgs>),
     /// Serve an engine to a hub; reconnects when the hub goes away, drains on SIGTERM.
     Worker(net::WorkerArgs),
     /// Show a running hub's metrics: engines, latency, router decisions, cache, connections.
@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Reason(args) => reason(args),
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => net::serve(args),
+        Command::Serve(args) => net::serve(*args),
         Command::Worker(args) => net::worker(args),
         Command::Stats(args) => net::stats(args),
         Command::Info(args) => {

@@ -70,6 +70,9 @@ pub(crate) struct ServeArgs {
     /// Dynamic batching: longest wait after a batch's first encoding, in microseconds.
     #[arg(long)]
     batch_delay_us: Option<u64>,
+    /// A teacher model for `coordinate` requests (`seed:N` or a file); repeat for more.
+    #[arg(long = "teacher", value_name = "seed:N|FILE")]
+    teachers: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +175,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     config.cache_capacity = args.cache.unwrap_or(config.cache_capacity);
     config.batch_max = args.batch_max.unwrap_or(config.batch_max);
     config.batch_delay_us = args.batch_delay_us.unwrap_or(config.batch_delay_us);
+    if !args.teachers.is_empty() {
+        config.teachers = args.teachers;
+    }
     let hub = Hub::new(config)?;
     if args.local > 0 {
         let model = args.model.load()?;

@@ -77,6 +77,8 @@ pub struct HubConfig {
     pub batch_max: usize,
     /// Dynamic batching: longest wait after a batch's first encoding, in microseconds.
     pub batch_delay_us: u64,
+    /// Teacher models for `coordinate` requests: `seed:N` or a safetensors path each.
+    pub teachers: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -101,6 +103,7 @@ impl Default for HubConfig {
             per_try_timeout_ms: 0,
             batch_max: 0,
             batch_delay_us: 200,
+            teachers: Vec::new(),
         }
     }
 }

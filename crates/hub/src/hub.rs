@@ -24,6 +24,9 @@ pub enum HubError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A teacher model could not be built or loaded.
+    #[error("teacher model: {0}")]
+    Teacher(#[from] qnllm_engine::EngineError),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -44,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     /// Dynamic batching toward workers; `None` is off.
     pub(crate) batching: SharedBatchPolicy,
+    /// Teachers for `coordinate`; the engines in rotation are the students.
+    pub(crate) coordinator: qnllm_router::Coordinator,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) counters: Counters,
     /// Per-connection counters of the open connections.
@@ -84,7 +89,9 @@ impl Hub {
         let batching: SharedBatchPolicy = Arc::new(arc_swap::ArcSwapOption::from(
             config.batch_policy().map(Arc::new),
         ));
+        let teachers = crate::cmd::coordinate::teachers(&config.teachers)?;
         let shared = Shared {
+            coordinator: qnllm_router::Coordinator::new(teachers, Vec::new()),
             registry: Registry::new(router.clone(), events.clone(), batching.clone()),
             batching,
             handlers: Handlers::with_builtins(),

@@ -735,3 +735,78 @@ async fn dynamic_batching_sends_workers_fewer_larger_frames() {
         "200 concurrent requests reached the worker in batches: {batched} frames"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_coordinate_teachers_and_teach_every_engine_through_the_hub() {
+    let cfg = HubConfig {
+        teachers: vec!["seed:2".into(), "seed:3".into(), "seed:4".into()],
+        ..config()
+    };
+    let (running, stop) = start(cfg).await;
+    let (w1, w2) = (
+        worker(tcp(&running), "w1", None),
+        worker(tcp(&running), "w2", None),
+    );
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 2).await;
+    let mut learned = 0;
+    for x in NormalInputs::new(12, 768).take(20) {
+        let coordinate = Message::Coordinate(qnllm_protocol::Coordinate {
+            teachers: 0,
+            learn: true,
+            encoding: x.into(),
+        });
+        match client.request(&coordinate, WAIT).await.unwrap() {
+            Message::CoordinationResult(r) => {
+                assert_eq!(r.teachers.len(), 3);
+                assert!(r.agreement > 0.0 && r.agreement <= 1.0);
+                learned += usize::from(r.learned);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(learned, 20);
+    let x = NormalInputs::new(13, 768).next().unwrap();
+    let stale = Message::Learn(qnllm_protocol::Learn {
+        label: 1,
+        base_version: 3,
+        encoding: x.clone().into(),
+    });
+    let err = client.request(&stale, WAIT).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Remote {
+                code: ErrorCode::VersionConflict,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let fresh = Message::Learn(qnllm_protocol::Learn {
+        label: 1,
+        base_version: 20,
+        encoding: x.into(),
+    });
+    let state = match client.request(&fresh, WAIT).await.unwrap() {
+        Message::Learned(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(state.model_version, 21);
+    // Both workers learned the same 21 updates: identical models, identical answers.
+    let engines = client.metrics(WAIT).await.unwrap()["engines"].clone();
+    for e in engines.as_array().unwrap() {
+        assert_eq!(e["model_version"], 21);
+        assert_eq!(
+            e["model_digest"].as_str().unwrap(),
+            hex(&state.model_digest)
+        );
+    }
+    w1.cancel();
+    w2.cancel();
+    stop.cancel();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

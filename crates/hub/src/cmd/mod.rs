@@ -2,6 +2,7 @@
 
 pub(crate) mod broadcast;
 pub mod call;
+pub(crate) mod coordinate;
 pub(crate) mod metrics;
 pub(crate) mod reason;
 pub(crate) mod subscribe;
@@ -146,6 +147,10 @@ pub(crate) async fn dispatch(shared: &Arc<Shared>, session: &ClientSession, fram
             }
         }
         Message::Call(call) => call::handle(shared, session, id, call).await,
+        Message::Coordinate(request) => {
+            coordinate::coordinate(shared, session, id, request, deadline)
+        }
+        Message::Learn(request) => coordinate::learn(shared, session, id, request, deadline),
         Message::Subscribe(subscribe) => {
             subscribe::start(shared, session, id, subscribe.topics).await
         }

@@ -1,0 +1,136 @@
+//! `coordinate` and `learn` from clients: teachers vote, and the engines in rotation (the
+//! student's replicas) learn in one order for all.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qnllm_engine::{EngineError, Model, Params, SpikingEngine};
+use qnllm_protocol::{
+    Coordinate, CoordinationResult, Deadline, ErrorCode, Learn, Learned, Message, TeacherVote,
+};
+use qnllm_router::{Backend, LocalBackend, RouterError};
+
+use crate::cmd::ClientSession;
+use crate::hub::Shared;
+use crate::session::fail;
+
+/// Builds the teachers named in the config (`seed:N` or a safetensors path).
+pub(crate) fn teachers(specs: &[String]) -> Result<Vec<Arc<dyn Backend>>, EngineError> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let model = match spec.strip_prefix("seed:").map(str::parse::<u64>) {
+                Some(Ok(seed)) => Model::from_seed(seed, Params::default())?,
+                Some(Err(_)) => {
+                    return Err(EngineError::InvalidParams(format!(
+                        "teacher `{spec}`: the seed must be an unsigned integer"
+                    )))
+                }
+                None => Model::load(Path::new(spec))?,
+            };
+            Ok(Arc::new(LocalBackend::new(
+                format!("teacher-{i}"),
+                SpikingEngine::new(model),
+            )) as Arc<dyn Backend>)
+        })
+        .collect()
+}
+
+fn code(err: &RouterError) -> ErrorCode {
+    match err {
+        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
+        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+        RouterError::Disagreement { .. } => ErrorCode::Disagreement,
+        _ => ErrorCode::NoEngineAvailable,
+    }
+}
+
+pub(crate) fn coordinate(
+    shared: &Arc<Shared>,
+    session: &ClientSession,
+    id: u64,
+    request: Coordinate,
+    deadline: Duration,
+) {
+    let (shared_, sender) = (shared.clone(), session.sender.clone());
+    session.spawn(shared, id, async move {
+        shared_.coordinator.set_students(shared_.router.backends());
+        let k = usize::from(request.teachers);
+        match shared_
+            .coordinator
+            .coordinate(request.encoding.as_slice(), k, request.learn, deadline)
+            .await
+        {
+            Ok(c) => {
+                let body = CoordinationResult {
+                    consensus: c.consensus,
+                    agreement: c.agreement,
+                    learned: c.learned.is_some(),
+                    teachers: c
+                        .votes
+                        .into_iter()
+                        .map(|v| TeacherVote {
+                            engine: v.engine,
+                            label: v.label,
+                            confidence: v.confidence,
+                            reliability: v.reliability,
+                        })
+                        .collect(),
+                };
+                sender
+                    .send(&Message::CoordinationResult(body), id, Deadline::NONE)
+                    .await;
+            }
+            Err(err) => fail(&sender, id, code(&err), err.to_string()).await,
+        }
+    });
+}
+
+pub(crate) fn learn(
+    shared: &Arc<Shared>,
+    session: &ClientSession,
+    id: u64,
+    request: Learn,
+    deadline: Duration,
+) {
+    let (shared_, sender) = (shared.clone(), session.sender.clone());
+    session.spawn(shared, id, async move {
+        let students = shared_.router.backends();
+        let current = students.first().map(|s| s.describe().model_version);
+        if let Some(current) = current.filter(|&v| v != request.base_version) {
+            let message = format!(
+                "update is for model version {}, the engines are at {current}",
+                request.base_version
+            );
+            return fail(&sender, id, ErrorCode::VersionConflict, message).await;
+        }
+        shared_.coordinator.set_students(students);
+        match shared_
+            .coordinator
+            .learn(request.encoding.as_slice(), request.label, deadline)
+            .await
+        {
+            Ok(Some(state)) => {
+                let body = Learned {
+                    model_version: state.version,
+                    model_digest: state.digest.0,
+                };
+                sender
+                    .send(&Message::Learned(body), id, Deadline::NONE)
+                    .await;
+            }
+            Ok(None) => {
+                fail(
+                    &sender,
+                    id,
+                    ErrorCode::NoEngineAvailable,
+                    "no engine learned",
+                )
+                .await
+            }
+            Err(err) => fail(&sender, id, code(&err), err.to_string()).await,
+        }
+    });
+}
