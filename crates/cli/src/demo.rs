@@ -564,7 +564,7 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
     engine.router().set_cache_enabled(true);
     engine.router().clear_cache();
     let inputs: Vec<Vec<f32>> = NormalInputs::new(6, 768).take(500).collect();
-    let before = engine.metrics().router.cache.unwrap_or_else(empty_cache);
+    let before = engine.metrics().router.cache.unwrap_or_default();
     let first = Instant::now();
     for x in &inputs {
         engine.reason(x).await?;
@@ -576,7 +576,7 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
         cached += usize::from(engine.reason(x).await?.cached);
     }
     let warm = second.elapsed();
-    let after = engine.metrics().router.cache.unwrap_or_else(empty_cache);
+    let after = engine.metrics().router.cache.unwrap_or_default();
     let (hits, misses) = (after.hits - before.hits, after.misses - before.misses);
     let mut ok = check(
         &mut lines,
@@ -661,17 +661,6 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
     }
     eprintln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(report)
-}
-
-fn empty_cache() -> qnllm_router::CacheStats {
-    qnllm_router::CacheStats {
-        entries: 0,
-        capacity: 0,
-        hits: 0,
-        misses: 0,
-        evictions: 0,
-        hit_ratio: 0.0,
-    }
 }
 
 /// Empty figures, for the report should coordination not have run.

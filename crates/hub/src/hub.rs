@@ -162,21 +162,15 @@ impl Hub {
             })?;
             tracing::info!(%addr, "listening on tcp");
             tcp_addr = Some(addr);
-            let shared = shared.clone();
-            accepting.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = shared.shutdown.cancelled() => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, peer)) => {
-                                let _ = stream.set_nodelay(true);
-                                spawn_session(&shared, Box::new(stream), peer.to_string());
-                            }
-                            Err(e) => tracing::warn!(error = %e, "accept failed"),
-                        },
-                    }
+            let listener = Arc::new(listener);
+            accepting.spawn(accept_loop(shared.clone(), move || {
+                let listener = listener.clone();
+                async move {
+                    let (stream, peer) = listener.accept().await?;
+                    let _ = stream.set_nodelay(true);
+                    Ok((Box::new(stream) as Box<dyn Io>, peer.to_string()))
                 }
-            });
+            }));
         }
         #[cfg(unix)]
         if let Some(path) = &shared.config.unix {
@@ -199,18 +193,14 @@ impl Hub {
             )?;
             tracing::info!(path = %what, "listening on unix socket");
             unix_path = Some(path.clone());
-            let shared = shared.clone();
-            accepting.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = shared.shutdown.cancelled() => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => spawn_session(&shared, Box::new(stream), "unix".into()),
-                            Err(e) => tracing::warn!(error = %e, "accept failed"),
-                        },
-                    }
+            let listener = Arc::new(listener);
+            accepting.spawn(accept_loop(shared.clone(), move || {
+                let listener = listener.clone();
+                async move {
+                    let (stream, _) = listener.accept().await?;
+                    Ok((Box::new(stream) as Box<dyn Io>, "unix".to_string()))
                 }
-            });
+            }));
         }
         accepting.close();
         let inner = shared.shutdown.clone();
@@ -246,6 +236,27 @@ impl Hub {
             hub: self,
             done,
         })
+    }
+}
+
+/// Accepts connections until shutdown; each becomes a session.
+async fn accept_loop<F, Fut>(shared: Arc<Shared>, mut accept: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(Box<dyn Io>, String)>>,
+{
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = accept() => match accepted {
+                Ok((io, peer)) => spawn_session(&shared, io, peer),
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
     }
 }
 

@@ -35,8 +35,8 @@ impl Lifecycle<Key, Answer> for Evictions {
     }
 }
 
-/// Cache statistics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Cache statistics (all zero for a router without a cache).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CacheStats {
     /// Entries held.
     pub entries: u64,

@@ -9,9 +9,9 @@ use qnllm_engine::{EngineError, Model, Params, SpikingEngine};
 use qnllm_protocol::{
     Coordinate, CoordinationResult, Deadline, ErrorCode, Learn, Learned, Message, TeacherVote,
 };
-use qnllm_router::{Backend, LocalBackend, RouterError};
+use qnllm_router::{Backend, LocalBackend};
 
-use crate::cmd::ClientSession;
+use crate::cmd::{error_code, ClientSession};
 use crate::hub::Shared;
 use crate::session::fail;
 
@@ -36,15 +36,6 @@ pub(crate) fn teachers(specs: &[String]) -> Result<Vec<Arc<dyn Backend>>, Engine
             )) as Arc<dyn Backend>)
         })
         .collect()
-}
-
-fn code(err: &RouterError) -> ErrorCode {
-    match err {
-        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
-        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
-        RouterError::Disagreement { .. } => ErrorCode::Disagreement,
-        _ => ErrorCode::NoEngineAvailable,
-    }
 }
 
 pub(crate) fn coordinate(
@@ -83,7 +74,7 @@ pub(crate) fn coordinate(
                     .send(&Message::CoordinationResult(body), id, Deadline::NONE)
                     .await;
             }
-            Err(err) => fail(&sender, id, code(&err), err.to_string()).await,
+            Err(err) => fail(&sender, id, error_code(&err), err.to_string()).await,
         }
     });
 }
@@ -130,7 +121,7 @@ pub(crate) fn learn(
                 )
                 .await
             }
-            Err(err) => fail(&sender, id, code(&err), err.to_string()).await,
+            Err(err) => fail(&sender, id, error_code(&err), err.to_string()).await,
         }
     });
 }

@@ -21,6 +21,17 @@ use crate::hub::Shared;
 use crate::session::fail;
 use crate::stats::{ConnectionStats, Counters};
 
+/// The wire code for a router failure.
+pub(crate) fn error_code(err: &qnllm_router::RouterError) -> ErrorCode {
+    use qnllm_router::RouterError;
+    match err {
+        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
+        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+        RouterError::Disagreement { .. } => ErrorCode::Disagreement,
+        _ => ErrorCode::NoEngineAvailable,
+    }
+}
+
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -169,18 +180,7 @@ pub(crate) async fn dispatch(shared: &Arc<Shared>, session: &ClientSession, fram
             if matches!(message, Message::CacheClear) {
                 shared.router.clear_cache();
             }
-            let stats = shared
-                .router
-                .metrics()
-                .cache
-                .unwrap_or(qnllm_router::CacheStats {
-                    entries: 0,
-                    capacity: 0,
-                    hits: 0,
-                    misses: 0,
-                    evictions: 0,
-                    hit_ratio: 0.0,
-                });
+            let stats = shared.router.metrics().cache.unwrap_or_default();
             let body = qnllm_protocol::CacheStats {
                 entries: stats.entries,
                 capacity: stats.capacity,

@@ -3,22 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qnllm_protocol::{Batch, BatchResult, Deadline, ErrorCode, Message};
-use qnllm_router::RouterError;
+use qnllm_protocol::{Batch, BatchResult, Deadline, Message};
 
-use crate::cmd::ClientSession;
+use crate::cmd::{error_code, ClientSession};
 use crate::convert::result_body;
 use crate::hub::Shared;
 use crate::session::fail;
 use crate::stats::Counters;
-
-fn code(err: &RouterError) -> ErrorCode {
-    match err {
-        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
-        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
-        _ => ErrorCode::NoEngineAvailable,
-    }
-}
 
 pub(crate) fn one(
     shared: &Arc<Shared>,
@@ -38,7 +29,7 @@ pub(crate) fn one(
             }
             Err(err) => {
                 Counters::add(&shared_.counters.errors, 1);
-                fail(&sender, id, code(&err), err.to_string()).await;
+                fail(&sender, id, error_code(&err), err.to_string()).await;
             }
         }
     });
@@ -71,7 +62,7 @@ pub(crate) fn batch(
             }
             Err(err) => {
                 Counters::add(&shared_.counters.errors, 1);
-                fail(&sender, id, code(&err), err.to_string()).await;
+                fail(&sender, id, error_code(&err), err.to_string()).await;
             }
         }
     });
