@@ -1,5 +1,6 @@
 //! The `qnllm` command: parses arguments and calls the libraries; nothing else.
 
+mod bench;
 mod demo;
 mod input;
 mod net;
@@ -36,6 +37,12 @@ enum Command {
     /// reasoning, batches, redundant verification, multi-teacher learning, strategies,
     /// cache and monitoring. Exits non-zero if any scenario fails its checks.
     Demo(demo::DemoArgs),
+    /// Measure qnllm against a raw socket ping-pong in the same run: latency one request at
+    /// a time, throughput with requests in flight, over TCP and a Unix socket.
+    Bench(bench::BenchArgs),
+    /// The baseline server `bench` starts (raw ping-pong, no protocol).
+    #[command(hide = true)]
+    BenchEcho(bench::EchoArgs),
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
     /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
@@ -129,7 +136,7 @@ struct ExportArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log what joins and leaves; the demo's report says it all, so it logs only trouble.
-    let default_level = if matches!(cli.command, Command::Demo(_)) {
+    let default_level = if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
         "warn"
     } else {
         "info"
@@ -154,6 +161,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Reason(args) => reason(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchEcho(args) => bench::echo(args),
         Command::Serve(args) => net::serve(*args),
         Command::Worker(args) => net::worker(args),
         Command::Stats(args) => net::stats(args),

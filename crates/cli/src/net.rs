@@ -94,6 +94,9 @@ pub(crate) struct WorkerArgs {
     /// Requests handled at once.
     #[arg(long, default_value_t = 64)]
     max_in_flight: u32,
+    /// Answer every request with one fixed result, without computing (for benchmarks).
+    #[arg(long)]
+    fixed: bool,
 }
 
 #[derive(Debug, Args)]
@@ -212,7 +215,15 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     config.token = args.token;
     config.max_retries = args.max_retries;
     config.max_in_flight = args.max_in_flight;
-    let engine = LocalBackend::new(config.name.clone(), SpikingEngine::new(model));
+    let spiking = SpikingEngine::new(model);
+    let engine = if args.fixed {
+        LocalBackend::new(
+            config.name.clone(),
+            qnllm_engine::FixedEngine::new(&spiking),
+        )
+    } else {
+        LocalBackend::new(config.name.clone(), spiking)
+    };
     runtime()?.block_on(async move {
         let shutdown = on_signal();
         qnllm_hub::worker::run(config, engine, shutdown).await?;

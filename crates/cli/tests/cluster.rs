@@ -426,3 +426,50 @@ fn stats_shows_the_engines_of_a_running_hub() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn bench_smoke_run_reports_every_path_with_ratios() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+        .args([
+            "bench",
+            "--requests",
+            "20",
+            "--pipelined",
+            "200",
+            "--window",
+            "8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["window"], 8);
+    assert!(
+        report["request_bytes"].as_u64().unwrap() > 3_072,
+        "a 768-value reason frame"
+    );
+    let rows = report["rows"].as_array().unwrap();
+    let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    for row in rows {
+        assert_eq!(row["latency"]["count"], 20, "{row}");
+        let (p50, p99) = (
+            row["latency"]["p50_us"].as_f64().unwrap(),
+            row["latency"]["p99_us"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{row}");
+    }
+    // Every qnllm path over a socket is reported against its baseline.
+    for row in rows
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("qnllm"))
+    {
+        assert!(row["p50_ratio"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

@@ -17,6 +17,7 @@
 mod digest;
 mod engine;
 mod error;
+mod fixed;
 mod kernel;
 mod model;
 mod params;
@@ -28,6 +29,7 @@ mod store;
 pub use digest::Digest;
 pub use engine::{Engine, Learned, ModelInfo};
 pub use error::{EngineError, ModelFileError};
+pub use fixed::FixedEngine;
 pub use kernel::{available_kernels, Kernel};
 pub use model::Model;
 pub use params::Params;

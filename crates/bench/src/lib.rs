@@ -1,0 +1,11 @@
+//! `qnllm bench`: measures qnllm's paths next to the floor the kernel's sockets set, in one
+//! run and one process layout (client process ↔ server process), and reports each figure as
+//! a ratio to its baseline.
+
+mod echo;
+mod run;
+mod stats;
+
+pub use echo::serve_echo;
+pub use run::{run, BenchConfig, BenchError, Report, Row};
+pub use stats::Latency;
