@@ -126,6 +126,22 @@ fn start(
     Ok((server, out))
 }
 
+/// Starts `qnllm worker --connect hub` with `args`; stopped when the handle drops.
+fn worker(exe: &PathBuf, hub: &str, args: &[&str]) -> Result<Server, BenchError> {
+    let child = Command::new(exe)
+        .args(["worker", "--connect", hub])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Start {
+            what: "worker",
+            reason: e.to_string(),
+        })?;
+    Ok(Server(child))
+}
+
 fn sizes() -> (usize, usize) {
     let mut request = BytesMut::new();
     encode_frame(
@@ -335,24 +351,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
     let hub_tcp = lines[0]
         .trim_start_matches("qnllm hub listening on tcp ")
         .to_string();
-    let fixed = Command::new(&config.exe)
-        .args([
-            "worker",
-            "--connect",
-            &hub_tcp,
-            "--name",
-            "fixed",
-            "--fixed",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Start {
-            what: "worker",
-            reason: e.to_string(),
-        })?;
-    let fixed = Server(fixed);
+    let fixed = worker(&config.exe, &hub_tcp, &["--name", "fixed", "--fixed"])?;
     let tcp = Arc::new(
         Client::connect(&Endpoint::Tcp(hub_tcp.clone()), "bench", None)
             .await
@@ -380,17 +379,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
     drop(fixed);
 
     progress("qnllm: default engine");
-    let worker = Command::new(&config.exe)
-        .args(["worker", "--connect", &hub_tcp, "--name", "default"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Start {
-            what: "worker",
-            reason: e.to_string(),
-        })?;
-    let _worker = Server(worker);
+    let _worker = worker(&config.exe, &hub_tcp, &["--name", "default"])?;
     // The fixed worker is gone when the hub lists exactly one engine named `default`.
     for _ in 0..1_000 {
         let metrics = tcp
