@@ -404,6 +404,27 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         Some(&raw_unix),
     );
 
+    progress("qnllm: engine inside the hub (one hop)");
+    let one_hop_sock = config.dir.join("hub-local.sock");
+    let one_hop_path = one_hop_sock.display().to_string();
+    let (_local_hub, _) = start(
+        &config.exe,
+        "hub with a local engine",
+        &["serve", "--no-tcp", "--unix", &one_hop_path, "--local", "1"],
+        1,
+    )?;
+    let one_hop = Arc::new(
+        Client::connect(&Endpoint::Unix(one_hop_sock.clone()), "bench", None)
+            .await
+            .map_err(|e| BenchError::Measure(e.to_string()))?,
+    );
+    let e2e_one_hop = row(
+        "qnllm Unix, engine in hub",
+        Some(hub_latency(&one_hop, n).await?),
+        Some(hub_throughput(one_hop.clone(), p, w).await?),
+        Some(&raw_unix),
+    );
+
     progress("in process: engine and cache hit");
     let engine = SpikingEngine::from_seed(1, Params::default())
         .map_err(|e| BenchError::Measure(e.to_string()))?;
@@ -443,6 +464,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         e2e_tcp,
         e2e_unix,
         e2e_default,
+        e2e_one_hop,
         local,
         hit,
     ]);
