@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 
 /// Frames queued per connection before senders wait: bounds memory per slow peer.
 const QUEUE_FRAMES: usize = 4_096;
+/// Longest a closing connection may take to flush what it has queued.
+const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most bytes gathered into one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -82,6 +84,14 @@ pub(crate) struct FrameSender {
 }
 
 impl FrameSender {
+    /// Encodes and queues `message` if there is room now; `false` if the queue is full or
+    /// the connection is gone. For best-effort messages that must never wait (cancel).
+    pub(crate) fn try_send(&self, message: &Message, request_id: u64, deadline: Deadline) -> bool {
+        let mut out = BytesMut::new();
+        encode_frame(message, request_id, deadline, &mut out);
+        self.tx.try_send(out.freeze()).is_ok()
+    }
+
     /// Encodes and queues `message`; `false` if the connection is gone.
     pub(crate) async fn send(
         &self,
@@ -105,9 +115,15 @@ pub(crate) struct Writer {
 impl Writer {
     /// Writes what is already queued, then closes the socket, even while other holders of
     /// the sender (a backend still listed somewhere) are alive.
+    ///
+    /// A peer that stopped reading (SIGSTOP) would block the final write forever, so the
+    /// flush gets `FLUSH_LIMIT`; after that the socket is dropped unflushed.
     pub(crate) async fn finish(self) {
         self.done.cancel();
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(FLUSH_LIMIT, self.task).await.is_err() {
+            abort.abort();
+        }
     }
 }
 

@@ -153,7 +153,9 @@ impl RemoteEngine {
         match tokio::time::timeout(budget, exchange).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                let _ = self.sender.send(&Message::Cancel, id, Deadline::NONE).await;
+                // Best effort, and never a wait: a stalled worker's full queue must not hold
+                // the caller past its deadline.
+                let _ = self.sender.try_send(&Message::Cancel, id, Deadline::NONE);
                 Err(BackendError::Timeout {
                     engine: self.name.clone(),
                     budget,
