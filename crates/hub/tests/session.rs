@@ -810,3 +810,61 @@ async fn clients_coordinate_teachers_and_teach_every_engine_through_the_hub() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_reading_cannot_hold_requests_past_their_deadline() {
+    // Heartbeats would declare it dead after a minute: long after these deadlines.
+    let cfg = HubConfig {
+        heartbeat_interval_ms: 30_000,
+        heartbeat_timeout_ms: 60_000,
+        ..config()
+    };
+    let (running, stop) = start(cfg).await;
+    let mut stuck = RawPeer::connect(addr(&running), "worker", "stuck").await;
+    stuck
+        .send(&Message::Register(qnllm_protocol::Register {
+            name: "stuck".into(),
+            model_digest: "00".repeat(32),
+            model_version: 0,
+            input_size: 768,
+            labels: 10,
+            max_in_flight: 1,
+        }))
+        .await;
+    assert!(matches!(stuck.recv().await, Message::Registered(_)));
+    // From here on the worker reads nothing. (These 18 MB fit in the kernel's buffers, so the
+    // hub's 4096-frame queue to the worker does not fill here; that case is guarded by
+    // sending cancels with try_send, untested.)
+    // The client sends 6 000 requests with a 300 ms deadline and waits far longer itself, so
+    // every answer it reads is the hub's own verdict, not the client giving up.
+    let mut client = RawPeer::connect(addr(&running), "client", "flood").await;
+    let mut wire = BytesMut::new();
+    for id in 1..=6_000u64 {
+        encode_frame(
+            &Message::Reason(vec![0.01f32; 768].into()),
+            id,
+            Deadline::from_micros(300_000),
+            &mut wire,
+        );
+    }
+    {
+        use tokio::io::AsyncWriteExt;
+        client.stream.write_all(&wire).await.unwrap();
+    }
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < 6_000 {
+        match client.recv().await {
+            Message::Error(e) => assert!(
+                matches!(
+                    e.code,
+                    ErrorCode::DeadlineExceeded | ErrorCode::NoEngineAvailable
+                ),
+                "{e:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        answered.insert(answered.len());
+    }
+    drop(stuck);
+    stop.cancel();
+}
