@@ -7,5 +7,5 @@ mod run;
 mod stats;
 
 pub use echo::serve_echo;
-pub use run::{run, BenchConfig, BenchError, Report, Row};
+pub use run::{run, BenchConfig, BenchError, Memory, Report, Row};
 pub use stats::Latency;

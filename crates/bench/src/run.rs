@@ -29,6 +29,8 @@ pub struct BenchConfig {
     pub window: usize,
     /// Where the Unix sockets go.
     pub dir: PathBuf,
+    /// Idle connections for the memory figure.
+    pub idle_connections: usize,
 }
 
 /// Why a benchmark could not run.
@@ -76,6 +78,79 @@ pub struct Report {
     pub window: usize,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
+    /// Hub memory, idle and with idle connections open.
+    pub memory: Option<Memory>,
+}
+
+/// Resident memory of a hub process (Linux: `/proc/PID/status`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    /// RSS with no client connected, KiB.
+    pub idle_kib: u64,
+    /// Idle connections opened (each said hello and was welcomed).
+    pub connections: usize,
+    /// RSS with them open, KiB.
+    pub loaded_kib: u64,
+    /// `(loaded - idle) / connections`, bytes.
+    pub per_connection_bytes: u64,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Opens `n` idle client connections to a fresh hub and reads its RSS before and after.
+async fn hub_memory(exe: &PathBuf, n: usize) -> Result<Option<Memory>, BenchError> {
+    let (hub, lines) = start(
+        exe,
+        "hub",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            &(n + 16).to_string(),
+        ],
+        1,
+    )?;
+    let addr = lines[0]
+        .trim_start_matches("qnllm hub listening on tcp ")
+        .to_string();
+    let pid = hub.0.id();
+    // One connection first, so the runtime's threads and buffers exist before "idle".
+    let warm = Client::connect(&Endpoint::Tcp(addr.clone()), "warm", None)
+        .await
+        .map_err(|e| BenchError::Measure(e.to_string()))?;
+    let Some(idle_kib) = rss_kib(pid) else {
+        return Ok(None);
+    };
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        open.push(
+            Client::connect(&Endpoint::Tcp(addr.clone()), "idle", None)
+                .await
+                .map_err(|e| BenchError::Measure(e.to_string()))?,
+        );
+    }
+    // Every connection has been welcomed, so the hub holds its session state.
+    let Some(loaded_kib) = rss_kib(pid) else {
+        return Ok(None);
+    };
+    drop((warm, open));
+    let per_connection_bytes = loaded_kib.saturating_sub(idle_kib) * 1024 / n.max(1) as u64;
+    Ok(Some(Memory {
+        idle_kib,
+        connections: n,
+        loaded_kib,
+        per_connection_bytes,
+    }))
 }
 
 /// Kills a server process when dropped.
@@ -425,6 +500,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         Some(&raw_unix),
     );
 
+    progress("hub memory: idle, then 1000 idle connections");
+    let memory = hub_memory(&config.exe, config.idle_connections).await?;
+
     progress("in process: engine and cache hit");
     let engine = SpikingEngine::from_seed(1, Params::default())
         .map_err(|e| BenchError::Measure(e.to_string()))?;
@@ -474,5 +552,6 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         reply_bytes: reply,
         window: w,
         rows,
+        memory,
     })
 }

@@ -18,6 +18,9 @@ pub(crate) struct BenchArgs {
     /// Requests in flight for the throughput figures.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// Idle connections opened for the hub memory figure.
+    #[arg(long, default_value_t = 1_000)]
+    connections: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -52,6 +55,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         pipelined: args.pipelined.max(1),
         window: args.window.max(1),
         dir: std::env::temp_dir().join(format!("qnllm-bench-{}", std::process::id())),
+        idle_connections: args.connections.max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,4 +114,13 @@ fn print_table(report: &Report) {
         );
     }
     println!("ratios: each qnllm path over the raw ping-pong on the same transport, measured in this run");
+    if let Some(m) = report.memory {
+        println!(
+            "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",
+            m.idle_kib as f64 / 1024.0,
+            m.loaded_kib as f64 / 1024.0,
+            m.connections,
+            m.per_connection_bytes as f64 / 1024.0
+        );
+    }
 }

@@ -438,6 +438,8 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
             "200",
             "--window",
             "8",
+            "--connections",
+            "20",
             "--json",
         ])
         .output()
@@ -449,6 +451,13 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["window"], 8);
+    let memory = &report["memory"];
+    assert_eq!(memory["connections"], 20);
+    assert!(memory["idle_kib"].as_u64().unwrap() > 0, "{memory}");
+    assert!(
+        memory["loaded_kib"].as_u64().unwrap() >= memory["idle_kib"].as_u64().unwrap(),
+        "{memory}"
+    );
     assert!(
         report["request_bytes"].as_u64().unwrap() > 3_072,
         "a 768-value reason frame"
