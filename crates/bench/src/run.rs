@@ -479,6 +479,40 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         Some(&raw_unix),
     );
 
+    progress("qnllm: dynamic batching toward a fixed-answer worker");
+    let batching_sock = config.dir.join("hub-batching.sock");
+    let batching_path = batching_sock.display().to_string();
+    let (_batching_hub, lines) = start(
+        &config.exe,
+        "hub with dynamic batching",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--unix",
+            &batching_path,
+            "--batch-max",
+            "32",
+        ],
+        2,
+    )?;
+    let batching_tcp = lines[0]
+        .trim_start_matches("qnllm hub listening on tcp ")
+        .to_string();
+    let _batching_worker = worker(&config.exe, &batching_tcp, &["--name", "fixed", "--fixed"])?;
+    let batching = Arc::new(
+        Client::connect(&Endpoint::Unix(batching_sock.clone()), "bench", None)
+            .await
+            .map_err(|e| BenchError::Measure(e.to_string()))?,
+    );
+    wait_for_engine(&batching).await?;
+    let e2e_batching = row(
+        "qnllm Unix, fixed, batching",
+        Some(hub_latency(&batching, n).await?),
+        Some(hub_throughput(batching.clone(), p, w).await?),
+        Some(&raw_unix),
+    );
+
     progress("qnllm: engine inside the hub (one hop)");
     let one_hop_sock = config.dir.join("hub-local.sock");
     let one_hop_path = one_hop_sock.display().to_string();
@@ -535,6 +569,25 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         None,
         None,
     );
+    // reason_batch of 64 on one thread: latency per batch, throughput in encodings.
+    let batch: Vec<Vec<f32>> = NormalInputs::new(2, 768).take(64).collect();
+    let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
+    let reference = SpikingEngine::from_seed(1, Params::default())
+        .map_err(|e| BenchError::Measure(e.to_string()))?;
+    let rounds = n;
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let _ = qnllm_engine::Engine::reason_batch(&reference, &refs);
+        samples.push(t.elapsed());
+    }
+    let batch_latency = Latency::of(samples);
+    let in_batch = row(
+        "in-process reason_batch 64",
+        Some(batch_latency),
+        Some(64.0 / (batch_latency.p50_us / 1e6)),
+        None,
+    );
 
     rows.extend([
         raw_tcp,
@@ -542,9 +595,11 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         e2e_tcp,
         e2e_unix,
         e2e_default,
+        e2e_batching,
         e2e_one_hop,
         local,
         hit,
+        in_batch,
     ]);
     let _ = std::fs::remove_file(&echo_sock);
     Ok(Report {
