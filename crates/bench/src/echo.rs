@@ -1,11 +1,23 @@
-//! The baseline server: a raw socket ping-pong with qnllm's message sizes, no protocol.
+//! The baseline servers: a raw socket ping-pong with qnllm's message sizes, no protocol,
+//! and a raw relay that forwards each request to such a server, as a hub forwards to a
+//! worker. Blocking threads, one per connection and direction: the least software a
+//! round trip through the kernel's sockets can take.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// Serves ping-pong on `tcp` (address) and `unix` (path) until the process exits: read
-/// `request_bytes`, write `reply_bytes`, repeat; one thread per connection. Prints
-/// `tcp ADDR` and `unix PATH` on stdout once listening.
+/// What a baseline server does with each request.
+#[derive(Debug, Clone)]
+pub enum Baseline {
+    /// Answers it with `reply_bytes` of its own.
+    Pong,
+    /// Forwards it to the server at this address (`HOST:PORT` or `unix:PATH`) and relays
+    /// that server's reply back.
+    Relay(String),
+}
+
+/// Serves `baseline` on `tcp` (address) and `unix` (path) until the process exits.
+/// Prints `tcp ADDR` and `unix PATH` on stdout once listening.
 ///
 /// # Errors
 ///
@@ -15,6 +27,7 @@ pub fn serve_echo(
     unix: Option<&Path>,
     request_bytes: usize,
     reply_bytes: usize,
+    baseline: &Baseline,
 ) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(tcp)?;
     println!("tcp {}", listener.local_addr()?);
@@ -23,25 +36,91 @@ pub fn serve_echo(
         let _ = std::fs::remove_file(path);
         let unix_listener = std::os::unix::net::UnixListener::bind(path)?;
         println!("unix {}", path.display());
+        let baseline = baseline.clone();
         std::thread::spawn(move || {
             for stream in unix_listener.incoming().flatten() {
-                std::thread::spawn(move || pong(stream, request_bytes, reply_bytes));
+                let baseline = baseline.clone();
+                std::thread::spawn(move || {
+                    let (Ok(reader), writer) = (stream.try_clone(), stream) else {
+                        return;
+                    };
+                    serve(reader, writer, request_bytes, reply_bytes, &baseline);
+                });
             }
         });
     }
     std::io::stdout().flush()?;
     for stream in listener.incoming().flatten() {
         let _ = stream.set_nodelay(true);
-        std::thread::spawn(move || pong(stream, request_bytes, reply_bytes));
+        let baseline = baseline.clone();
+        std::thread::spawn(move || {
+            let (Ok(reader), writer) = (stream.try_clone(), stream) else {
+                return;
+            };
+            serve(reader, writer, request_bytes, reply_bytes, &baseline);
+        });
     }
     Ok(())
 }
 
-fn pong(mut stream: impl Read + Write, request_bytes: usize, reply_bytes: usize) {
+fn serve(
+    reader: impl Read + Send + 'static,
+    writer: impl Write + Send + 'static,
+    request_bytes: usize,
+    reply_bytes: usize,
+    baseline: &Baseline,
+) {
+    match baseline {
+        Baseline::Pong => pong(reader, writer, request_bytes, reply_bytes),
+        Baseline::Relay(upstream) => {
+            if let Some(upstream_addr) = upstream.strip_prefix("unix:") {
+                #[cfg(unix)]
+                if let Ok(up) = std::os::unix::net::UnixStream::connect(upstream_addr) {
+                    if let Ok(up_reader) = up.try_clone() {
+                        relay(reader, writer, up_reader, up, request_bytes, reply_bytes);
+                    }
+                }
+            } else if let Ok(up) = std::net::TcpStream::connect(upstream) {
+                let _ = up.set_nodelay(true);
+                if let Ok(up_reader) = up.try_clone() {
+                    relay(reader, writer, up_reader, up, request_bytes, reply_bytes);
+                }
+            }
+        }
+    }
+}
+
+fn pong(mut reader: impl Read, mut writer: impl Write, request_bytes: usize, reply_bytes: usize) {
     let mut request = vec![0u8; request_bytes];
     let reply = vec![7u8; reply_bytes];
-    while stream.read_exact(&mut request).is_ok() {
-        if stream.write_all(&reply).is_err() {
+    while reader.read_exact(&mut request).is_ok() {
+        if writer.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Requests flow client → upstream on a thread of their own, replies upstream → client on
+/// this one, so pipelined requests overlap as they do through the hub.
+fn relay(
+    client_reader: impl Read + Send + 'static,
+    client_writer: impl Write,
+    upstream_reader: impl Read,
+    upstream_writer: impl Write + Send + 'static,
+    request_bytes: usize,
+    reply_bytes: usize,
+) {
+    let forward =
+        std::thread::spawn(move || copy_frames(client_reader, upstream_writer, request_bytes));
+    copy_frames(upstream_reader, client_writer, reply_bytes);
+    let _ = forward.join();
+}
+
+/// Copies whole `frame_bytes` messages, one read and one write each, until either side ends.
+fn copy_frames(mut from: impl Read, mut to: impl Write, frame_bytes: usize) {
+    let mut frame = vec![0u8; frame_bytes];
+    while from.read_exact(&mut frame).is_ok() {
+        if to.write_all(&frame).is_err() {
             return;
         }
     }

@@ -6,6 +6,6 @@ mod echo;
 mod run;
 mod stats;
 
-pub use echo::serve_echo;
+pub use echo::{serve_echo, Baseline};
 pub use run::{run, BenchConfig, BenchError, Memory, Report, Row};
 pub use stats::Latency;

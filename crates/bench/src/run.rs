@@ -415,6 +415,58 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         None,
     );
 
+    progress("baseline: raw relay, as a hub forwards to a worker");
+    let relay_sock = config.dir.join("relay.sock");
+    let relay_path = relay_sock.display().to_string();
+    let upstream_unix = format!("unix:{echo_path}");
+    let relay_args = |upstream: &str, unix: Option<&str>| {
+        let mut args = vec![
+            "bench-echo".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--request-bytes".into(),
+            req_s.clone(),
+            "--reply-bytes".into(),
+            rep_s.clone(),
+            "--relay-to".into(),
+            upstream.into(),
+        ];
+        if let Some(path) = unix {
+            args.extend(["--unix".to_string(), path.to_string()]);
+        }
+        args
+    };
+    let args = relay_args(&echo_tcp, None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_tcp_relay, lines) = start(&config.exe, "TCP relay", &args, 1)?;
+    let relay_tcp = lines[0].trim_start_matches("tcp ").to_string();
+    let args = relay_args(&upstream_unix, Some(&relay_path));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_unix_relay, _) = start(&config.exe, "Unix relay", &args, 2)?;
+    let connect_relay_tcp = || -> Result<std::net::TcpStream, BenchError> {
+        let s = std::net::TcpStream::connect(&relay_tcp)
+            .map_err(|e| BenchError::Measure(e.to_string()))?;
+        s.set_nodelay(true)
+            .map_err(|e| BenchError::Measure(e.to_string()))?;
+        Ok(s)
+    };
+    let connect_relay_unix = || {
+        std::os::unix::net::UnixStream::connect(&relay_sock)
+            .map_err(|e| BenchError::Measure(e.to_string()))
+    };
+    let relay_tcp_row = row(
+        "raw TCP relay",
+        Some(raw_latency(connect_relay_tcp()?, n, request, reply)?),
+        Some(raw_throughput(connect_relay_tcp()?, p, w, request, reply)?),
+        Some(&raw_tcp),
+    );
+    let relay_unix_row = row(
+        "raw Unix relay",
+        Some(raw_latency(connect_relay_unix()?, n, request, reply)?),
+        Some(raw_throughput(connect_relay_unix()?, p, w, request, reply)?),
+        Some(&raw_unix),
+    );
+
     progress("qnllm: hub and a fixed-answer worker");
     let hub_path = hub_sock.display().to_string();
     let (_hub, lines) = start(
@@ -592,6 +644,8 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
     rows.extend([
         raw_tcp,
         raw_unix,
+        relay_tcp_row,
+        relay_unix_row,
         e2e_tcp,
         e2e_unix,
         e2e_default,

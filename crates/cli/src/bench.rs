@@ -36,6 +36,9 @@ pub(crate) struct EchoArgs {
     request_bytes: usize,
     #[arg(long)]
     reply_bytes: usize,
+    /// Relay each request to this server (`HOST:PORT` or `unix:PATH`) instead of answering.
+    #[arg(long)]
+    relay_to: Option<String>,
 }
 
 pub(crate) fn echo(args: EchoArgs) -> Result<()> {
@@ -44,6 +47,9 @@ pub(crate) fn echo(args: EchoArgs) -> Result<()> {
         args.unix.as_deref(),
         args.request_bytes,
         args.reply_bytes,
+        &args
+            .relay_to
+            .map_or(qnllm_bench::Baseline::Pong, qnllm_bench::Baseline::Relay),
     )
     .context("cannot serve the baseline")
 }
@@ -57,14 +63,17 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         dir: std::env::temp_dir().join(format!("qnllm-bench-{}", std::process::id())),
         idle_connections: args.connections.max(1),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread, as the baseline's client has: the figures compare the paths, not how
+    // many threads a client brings.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let bar = ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    let report = runtime.block_on(qnllm_bench::run(&config, |what| {
-        bar.set_message(what.to_string())
-    }));
+    let (task_config, task_bar) = (config.clone(), bar.clone());
+    let report = runtime.block_on(async move {
+        qnllm_bench::run(&task_config, |what| task_bar.set_message(what.to_string())).await
+    });
     bar.finish_and_clear();
     let _ = std::fs::remove_dir_all(&config.dir);
     let report = report?;

@@ -226,7 +226,11 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     };
     runtime()?.block_on(async move {
         let shutdown = on_signal();
-        qnllm_hub::worker::run(config, engine, shutdown).await?;
+        // On a runtime thread, not this one: the task that reads the socket then runs
+        // where the socket's readiness is polled, with no wake of another thread per frame.
+        tokio::spawn(qnllm_hub::worker::run(config, engine, shutdown))
+            .await
+            .context("the worker task failed")??;
         tracing::info!("worker stopped");
         Ok(())
     })

@@ -464,7 +464,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     );
     let rows = report["rows"].as_array().unwrap();
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert_eq!(paths.len(), 10, "{paths:?}");
+    assert_eq!(paths.len(), 12, "{paths:?}");
     for row in rows {
         assert_eq!(row["latency"]["count"], 20, "{row}");
         let (p50, p99) = (

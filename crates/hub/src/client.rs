@@ -86,7 +86,7 @@ impl Client {
             endpoint: endpoint.to_string(),
             reason: e.to_string(),
         })?;
-        let (read, write) = tokio::io::split(io);
+        let (read, write) = io.into_split();
         let (sender, _writer) = spawn_writer(write);
         let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES);
         let hello = Hello {

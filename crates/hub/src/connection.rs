@@ -1,18 +1,20 @@
-//! Frames over a byte stream: a reader that decodes, and a writer task that batches.
+//! Frames over a stream: a reader that decodes, and a sender that writes straight to the
+//! socket, with a writer task for what the socket cannot take at once.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use qnllm_protocol::{encode_frame, Deadline, Frame, FrameDecoder, Message, ProtocolError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Notify;
 
-/// Frames queued per connection before senders wait: bounds memory per slow peer.
-const QUEUE_FRAMES: usize = 4_096;
+use crate::endpoint::WriteHalf;
+
+/// Bytes queued per connection before senders wait: bounds memory per slow peer.
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a closing connection may take to flush what it has queued.
 const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most bytes gathered into one write.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether bytes of a further frame have already been read.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// [`FrameReader::read_frame`] with a time limit; `Ok(None)` also on timeout's expiry is
     /// not wanted, so expiry is its own outcome.
     pub(crate) async fn read_frame_within(
@@ -77,96 +84,362 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Elapsed;
 
-/// Queues encoded frames for a connection's writer task. Cloning it is cheap.
+/// Sends frames on a connection. Cloning it is cheap.
+///
+/// A frame is written straight to the socket by the task that sends it when nothing is
+/// queued ahead of it: a request or reply costs one syscall and no hop to another task or
+/// thread. What the socket does not take at once is queued, and the connection's writer
+/// task flushes the queue, many frames per syscall, as the socket drains. The queue is
+/// bounded: past `QUEUE_BYTES`, [`FrameSender::send`] waits for room and
+/// [`FrameSender::try_send`] gives up.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameSender {
-    tx: mpsc::Sender<Bytes>,
+    handle: Arc<SenderHandle>,
+}
+
+/// Shared by the clones of one [`FrameSender`]; when the last is dropped, the writer task
+/// flushes and closes.
+#[derive(Debug)]
+struct SenderHandle {
+    outbox: Arc<Outbox>,
+}
+
+impl Drop for SenderHandle {
+    fn drop(&mut self) {
+        self.outbox.lock().senders_gone = true;
+        self.outbox.flush.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct Outbox {
+    io: WriteHalf,
+    state: Mutex<OutboxState>,
+    /// Wakes the writer task: bytes were queued, or it should end.
+    flush: Notify,
+    /// Wakes senders waiting for room in the queue.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    /// Bytes accepted from senders that the socket has not taken yet, in order.
+    queued: BytesMut,
+    /// No more frames are accepted: the socket failed or the connection is closing.
+    closed: bool,
+    /// Every sender is gone: flush, then close.
+    senders_gone: bool,
+}
+
+/// What became of a frame offered to the outbox.
+enum Offer {
+    /// Written, or queued for the writer task.
+    Sent,
+    /// The queue is at its bound; nothing was written.
+    Full,
+    /// The connection is gone or closing.
+    Closed,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // Every change under the lock leaves the state whole, so a poisoned lock is fine.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `frame` now if nothing is queued, and queues what the socket does not take.
+    fn offer(&self, frame: &[u8], state: &mut OutboxState) -> Offer {
+        if state.closed {
+            return Offer::Closed;
+        }
+        if !state.queued.is_empty() {
+            if state.queued.len() >= QUEUE_BYTES {
+                return Offer::Full;
+            }
+            // The writer task was woken when the queue became non-empty.
+            state.queued.extend_from_slice(frame);
+            return Offer::Sent;
+        }
+        match self.io.try_write(frame) {
+            Ok(n) if n == frame.len() => return Offer::Sent,
+            Ok(n) => state.queued.extend_from_slice(&frame[n..]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                state.queued.extend_from_slice(frame);
+            }
+            Err(_) => {
+                state.closed = true;
+                return Offer::Closed;
+            }
+        }
+        self.flush.notify_one();
+        Offer::Sent
+    }
 }
 
 impl FrameSender {
-    /// Encodes and queues `message` if there is room now; `false` if the queue is full or
-    /// the connection is gone. For best-effort messages that must never wait (cancel).
+    /// Sends `message` if the queue has room now; `false` if it is full or the connection
+    /// is gone. For best-effort messages that must never wait (cancel).
     pub(crate) fn try_send(&self, message: &Message, request_id: u64, deadline: Deadline) -> bool {
-        let mut out = BytesMut::new();
-        encode_frame(message, request_id, deadline, &mut out);
-        self.tx.try_send(out.freeze()).is_ok()
+        let frame = encode(message, request_id, deadline);
+        let outbox = &self.handle.outbox;
+        let mut state = outbox.lock();
+        matches!(outbox.offer(&frame, &mut state), Offer::Sent)
     }
 
-    /// Encodes and queues `message`; `false` if the connection is gone.
+    /// Sends `message`, waiting while the queue is full; `false` if the connection is gone.
     pub(crate) async fn send(
         &self,
         message: &Message,
         request_id: u64,
         deadline: Deadline,
     ) -> bool {
-        let mut out = BytesMut::new();
-        encode_frame(message, request_id, deadline, &mut out);
-        self.tx.send(out.freeze()).await.is_ok()
+        let frame = encode(message, request_id, deadline);
+        let outbox = &self.handle.outbox;
+        loop {
+            let room = outbox.room.notified();
+            tokio::pin!(room);
+            {
+                let mut state = outbox.lock();
+                match outbox.offer(&frame, &mut state) {
+                    Offer::Sent => return true,
+                    Offer::Closed => return false,
+                    // Registered before the lock is released: a drain in between still
+                    // wakes it.
+                    Offer::Full => {
+                        room.as_mut().enable();
+                    }
+                }
+            }
+            room.await;
+        }
     }
+}
+
+fn encode(message: &Message, request_id: u64, deadline: Deadline) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode_frame(message, request_id, deadline, &mut out);
+    out
 }
 
 /// The writer task of a connection.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    done: tokio_util::sync::CancellationToken,
+    outbox: Arc<Outbox>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
     /// Writes what is already queued, then closes the socket, even while other holders of
-    /// the sender (a backend still listed somewhere) are alive.
+    /// the sender (a backend still listed somewhere) are alive: later frames are refused.
     ///
     /// A peer that stopped reading (SIGSTOP) would block the final write forever, so the
-    /// flush gets `FLUSH_LIMIT`; after that the socket is dropped unflushed.
+    /// flush gets `FLUSH_LIMIT`; after that the socket is closed unflushed.
     pub(crate) async fn finish(self) {
-        self.done.cancel();
+        self.outbox.lock().closed = true;
+        self.outbox.flush.notify_one();
+        self.outbox.room.notify_waiters();
         let abort = self.task.abort_handle();
         if tokio::time::timeout(FLUSH_LIMIT, self.task).await.is_err() {
             abort.abort();
+            self.outbox.io.shutdown();
         }
     }
 }
 
-/// Starts the writer task for `io`. It ends when every sender is dropped, when
+/// Starts the writer task for `io`. It ends when every sender is dropped or
 /// [`Writer::finish`] is called (after writing what was queued), or when the socket fails.
-pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
-    mut io: W,
-) -> (FrameSender, Writer) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_FRAMES);
-    let done = tokio_util::sync::CancellationToken::new();
-    let finish = done.clone();
-    let task = tokio::spawn(async move {
-        let mut batch = BytesMut::with_capacity(16 * 1024);
-        loop {
-            let first = tokio::select! {
-                biased;
-                frame = rx.recv() => match frame {
-                    Some(frame) => frame,
-                    None => break,
-                },
-                () = finish.cancelled() => {
-                    // Flush what is queued now; later frames are for a closed session.
-                    while let Ok(frame) = rx.try_recv() {
-                        batch.extend_from_slice(&frame);
-                    }
-                    let _ = io.write_all(&batch).await;
-                    break;
-                }
-            };
-            batch.extend_from_slice(&first);
-            // Gather whatever else is already queued: one syscall for many frames.
-            while batch.len() < WRITE_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if io.write_all(&batch).await.is_err() {
+pub(crate) fn spawn_writer(io: WriteHalf) -> (FrameSender, Writer) {
+    let outbox = Arc::new(Outbox {
+        io,
+        state: Mutex::new(OutboxState::default()),
+        flush: Notify::new(),
+        room: Notify::new(),
+    });
+    let task = tokio::spawn(flush_queue(outbox.clone()));
+    let sender = FrameSender {
+        handle: Arc::new(SenderHandle {
+            outbox: outbox.clone(),
+        }),
+    };
+    (sender, Writer { outbox, task })
+}
+
+/// Writes queued bytes as the socket drains, until the connection ends.
+async fn flush_queue(outbox: Arc<Outbox>) {
+    loop {
+        match write_queued(&outbox) {
+            Flushed::Empty { ending: false } => outbox.flush.notified().await,
+            Flushed::Empty { ending: true } => {
+                outbox.lock().closed = true;
+                outbox.room.notify_waiters();
+                outbox.io.shutdown();
                 return;
             }
-            batch.clear();
+            Flushed::SocketFull => {
+                if outbox.io.writable().await.is_err() {
+                    return fail(&outbox);
+                }
+            }
+            Flushed::Failed => return fail(&outbox),
         }
-        let _ = io.shutdown().await;
-    });
-    (FrameSender { tx }, Writer { done, task })
+    }
+}
+
+/// What one pass of the writer task achieved.
+enum Flushed {
+    /// The queue is empty; `ending` if the connection is closing.
+    Empty { ending: bool },
+    /// The socket takes no more for now.
+    SocketFull,
+    /// The socket failed.
+    Failed,
+}
+
+/// Writes what the socket takes now, in as few syscalls as it allows.
+fn write_queued(outbox: &Outbox) -> Flushed {
+    let mut state = outbox.lock();
+    while !state.queued.is_empty() {
+        match outbox.io.try_write(&state.queued) {
+            Ok(n) => {
+                state.queued.advance(n);
+                if state.queued.len() < QUEUE_BYTES {
+                    outbox.room.notify_waiters();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::SocketFull,
+            Err(_) => return Flushed::Failed,
+        }
+    }
+    Flushed::Empty {
+        ending: state.closed || state.senders_gone,
+    }
+}
+
+/// The socket failed: refuse further frames and free the waiting senders.
+fn fail(outbox: &Outbox) {
+    let mut state = outbox.lock();
+    state.closed = true;
+    state.queued = BytesMut::new();
+    drop(state);
+    outbox.room.notify_waiters();
+    outbox.io.shutdown();
+}
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Stream;
+    use qnllm_protocol::{Goodbye, MessageKind};
+
+    fn ping() -> Message {
+        Message::Goodbye(Goodbye {
+            reason: "x".repeat(3_000),
+        })
+    }
+
+    /// A sender on one end of a socket pair, a frame reader on the other.
+    fn pair() -> (FrameSender, Writer, FrameReader<crate::endpoint::ReadHalf>) {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_, write) = Stream::Unix(a).into_split();
+        let (read, _) = Stream::Unix(b).into_split();
+        let (sender, writer) = spawn_writer(write);
+        (sender, writer, FrameReader::new(read, 1 << 24))
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_try_send_and_holds_send_until_the_peer_reads() {
+        let (sender, writer, mut reader) = pair();
+        // Nobody reads: the kernel's buffer fills, then the queue up to its bound.
+        let mut sent = 0u64;
+        while sender.try_send(&ping(), sent + 1, Deadline::NONE) {
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        let queued = sent as usize * (HEADER + 3_002);
+        assert!(queued >= QUEUE_BYTES, "refused after only {queued} bytes");
+        // A waiting send completes once the reader drains the socket.
+        let late = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.send(&ping(), u64::MAX, Deadline::NONE).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!late.is_finished(), "send went through a full queue");
+        for expected in 1..=sent {
+            let frame = reader.read_frame().await.unwrap().unwrap();
+            assert_eq!(frame.header.request_id, expected, "frames out of order");
+            assert_eq!(frame.kind, MessageKind::Goodbye);
+        }
+        assert!(late.await.unwrap());
+        let last = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(last.header.request_id, u64::MAX);
+        drop(sender);
+        writer.finish().await;
+        assert!(
+            reader.read_frame().await.unwrap().is_none(),
+            "no clean close"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_never_interleave_frames() {
+        let (sender, writer, mut reader) = pair();
+        let tasks: Vec<_> = (0..8u64)
+            .map(|task| {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    for i in 0..500u64 {
+                        assert!(sender.send(&ping(), task * 1_000 + i, Deadline::NONE).await);
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; 8];
+        for _ in 0..8 * 500 {
+            let frame = reader.read_frame().await.unwrap().unwrap();
+            let (task, i) = (
+                frame.header.request_id / 1_000,
+                frame.header.request_id % 1_000,
+            );
+            assert_eq!(
+                i, next[task as usize],
+                "a task's frames arrived out of order"
+            );
+            next[task as usize] += 1;
+            assert!(frame.message().is_ok(), "a frame was torn");
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        drop(sender);
+        writer.finish().await;
+    }
+
+    #[tokio::test]
+    async fn finish_flushes_what_is_queued_then_refuses_more() {
+        let (sender, writer, mut reader) = pair();
+        let mut sent = 0u64;
+        while sent < 200 && sender.try_send(&ping(), sent + 1, Deadline::NONE) {
+            sent += 1;
+        }
+        let drain = tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Some(frame) = reader.read_frame().await.unwrap() {
+                got += 1;
+                assert_eq!(frame.header.request_id, got);
+            }
+            got
+        });
+        writer.finish().await;
+        assert!(
+            !sender.send(&ping(), 0, Deadline::NONE).await,
+            "accepted after finish"
+        );
+        assert!(!sender.try_send(&ping(), 0, Deadline::NONE));
+        assert_eq!(drain.await.unwrap(), sent);
+    }
+
+    const HEADER: usize = qnllm_protocol::HEADER_BYTES;
 }

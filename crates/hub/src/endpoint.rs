@@ -3,11 +3,103 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-/// A byte stream a session runs over: TCP or Unix socket.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// A stream a session runs over: TCP or a Unix socket.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP, with `TCP_NODELAY` set.
+    Tcp(tokio::net::TcpStream),
+    /// A Unix socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Stream {
+    /// Splits into halves that reader and writer own: no lock between them.
+    pub(crate) fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            #[cfg(unix)]
+            Stream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
+        }
+    }
+}
+
+/// The reading half of a [`Stream`].
+#[derive(Debug)]
+pub(crate) enum ReadHalf {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    #[cfg(unix)]
+    Unix(tokio::net::unix::OwnedReadHalf),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            #[cfg(unix)]
+            ReadHalf::Unix(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The writing half of a [`Stream`]. Writes never wait: `try_write` writes what the socket
+/// takes now, and `writable` waits for room. Dropping it shuts the direction down.
+#[derive(Debug)]
+pub(crate) enum WriteHalf {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    #[cfg(unix)]
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl WriteHalf {
+    /// Writes what the socket accepts now; `WouldBlock` when it accepts nothing.
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(w) => w.try_write(bytes),
+            #[cfg(unix)]
+            WriteHalf::Unix(w) => w.try_write(bytes),
+        }
+    }
+
+    /// Tells the peer nothing more is coming (shutdown of the write direction), even while
+    /// other holders keep the socket open.
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            WriteHalf::Tcp(w) => {
+                socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write)
+            }
+            #[cfg(unix)]
+            WriteHalf::Unix(w) => {
+                socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write)
+            }
+        };
+    }
+
+    /// Waits until the socket may accept bytes.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => w.writable().await,
+            #[cfg(unix)]
+            WriteHalf::Unix(w) => w.writable().await,
+        }
+    }
+}
 
 /// A TCP `host:port` or a Unix socket path written `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,15 +124,15 @@ impl Endpoint {
     /// # Errors
     ///
     /// The connect error.
-    pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
+    pub async fn connect(&self) -> std::io::Result<Stream> {
         match self {
             Endpoint::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                Ok(Box::new(stream))
+                Ok(Stream::Tcp(stream))
             }
             #[cfg(unix)]
-            Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+            Endpoint::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
             #[cfg(not(unix))]
             Endpoint::Unix(_) => Err(std::io::Error::other("Unix sockets need a Unix system")),
         }

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cmd::call::{Handler, Handlers};
 use crate::config::{ConfigError, HubConfig};
-use crate::endpoint::Io;
+use crate::endpoint::Stream;
 use crate::registry::{Event, Registry};
 use crate::session;
 use crate::stats::{Connections, Counters};
@@ -168,7 +168,7 @@ impl Hub {
                 async move {
                     let (stream, peer) = listener.accept().await?;
                     let _ = stream.set_nodelay(true);
-                    Ok((Box::new(stream) as Box<dyn Io>, peer.to_string()))
+                    Ok((Stream::Tcp(stream), peer.to_string()))
                 }
             }));
         }
@@ -198,7 +198,7 @@ impl Hub {
                 let listener = listener.clone();
                 async move {
                     let (stream, _) = listener.accept().await?;
-                    Ok((Box::new(stream) as Box<dyn Io>, "unix".to_string()))
+                    Ok((Stream::Unix(stream), "unix".to_string()))
                 }
             }));
         }
@@ -243,7 +243,7 @@ impl Hub {
 async fn accept_loop<F, Fut>(shared: Arc<Shared>, mut accept: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<(Box<dyn Io>, String)>>,
+    Fut: std::future::Future<Output = std::io::Result<(Stream, String)>>,
 {
     loop {
         tokio::select! {
@@ -260,7 +260,7 @@ where
     }
 }
 
-fn spawn_session(shared: &Arc<Shared>, io: Box<dyn Io>, peer: String) {
+fn spawn_session(shared: &Arc<Shared>, io: Stream, peer: String) {
     Counters::add(&shared.counters.connections_total, 1);
     shared
         .sessions

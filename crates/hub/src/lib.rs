@@ -19,6 +19,6 @@ pub mod worker;
 
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, HubConfig};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, Stream};
 pub use hub::{Hub, HubError, RunningHub};
 pub use worker::{WorkerConfig, WorkerError};

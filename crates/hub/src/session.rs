@@ -10,19 +10,18 @@ use qnllm_protocol::{
 };
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::io::ReadHalf;
 
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
-use crate::endpoint::Io;
+use crate::endpoint::{ReadHalf, Stream};
 use crate::hub::Shared;
 use crate::stats::{ConnectionStats, Counters};
 
-type Reader = FrameReader<ReadHalf<Box<dyn Io>>>;
+type Reader = FrameReader<ReadHalf>;
 
 /// Runs one connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, io: Box<dyn Io>, peer: String) {
-    let (read, write) = tokio::io::split(io);
+pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
+    let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
     match shared.connections.clone().try_acquire_owned() {
         Ok(_permit) => {
