@@ -3,9 +3,12 @@
 //! a ratio to its baseline.
 
 mod echo;
+mod plot;
+mod probe;
 mod run;
 mod stats;
 
 pub use echo::{serve_echo, Baseline};
-pub use run::{run, BenchConfig, BenchError, Memory, Report, Row};
+pub use plot::svg;
+pub use run::{run, BenchConfig, BenchError, Memory, Report, Row, DISTRIBUTION_POINTS};
 pub use stats::Latency;

@@ -1,7 +1,7 @@
 //! The measurement plan: baseline ping-pong, then the same round trips through the hub,
 //! then the in-process paths; every figure next to its baseline.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use qnllm_protocol::{encode_frame, Deadline, Message, ResultBody};
 use qnllm_router::{LocalBackend, Router, RouterConfig};
 use serde::Serialize;
 
+use crate::probe::{Probe, RawAddr};
 use crate::stats::Latency;
 
 /// What to measure and how much.
@@ -25,8 +26,14 @@ pub struct BenchConfig {
     pub requests: usize,
     /// Requests per pipelined throughput figure.
     pub pipelined: usize,
-    /// Requests in flight for the pipelined figures.
+    /// Requests in flight on each connection for the pipelined figures.
     pub window: usize,
+    /// Connections per path for the pipelined figures.
+    pub clients: usize,
+    /// The measurements are split into this many rounds, each visiting every path in turn.
+    pub rounds: usize,
+    /// No round starts after this long; every path has then had the same rounds.
+    pub duration: Option<Duration>,
     /// Where the Unix sockets go.
     pub dir: PathBuf,
     /// Idle connections for the memory figure.
@@ -57,15 +64,26 @@ pub struct Row {
     pub path: String,
     /// One request at a time.
     pub latency: Option<Latency>,
-    /// Requests per second with `window` in flight on one connection.
+    /// Requests per second with `window` in flight on each of `clients` connections.
     pub throughput: Option<f64>,
-    /// p50 over the baseline's p50 on the same transport.
+    /// p50 over the raw ping-pong's p50 on the same transport.
     pub p50_ratio: Option<f64>,
-    /// p99 over the baseline's p99.
+    /// p99 over the raw ping-pong's p99.
     pub p99_ratio: Option<f64>,
-    /// Throughput over the baseline's.
+    /// Throughput over the raw ping-pong's.
     pub throughput_ratio: Option<f64>,
+    /// p50 over the raw relay's p50 on the same transport: the cost of qnllm's software
+    /// on a path with the hub's hop.
+    pub relay_p50_ratio: Option<f64>,
+    /// Throughput over the raw relay's.
+    pub relay_throughput_ratio: Option<f64>,
+    /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
+    /// spaced quantiles from 0 to 1, in µs; empty without latency.
+    pub distribution: Vec<f64>,
 }
+
+/// Points in each row's latency distribution.
+pub const DISTRIBUTION_POINTS: usize = 201;
 
 /// Everything measured in one run.
 #[derive(Debug, Clone, Serialize)]
@@ -74,8 +92,12 @@ pub struct Report {
     pub request_bytes: usize,
     /// Reply size in bytes (a result frame).
     pub reply_bytes: usize,
-    /// In flight for the throughput figures.
+    /// In flight per connection for the throughput figures.
     pub window: usize,
+    /// Connections per path for the throughput figures.
+    pub clients: usize,
+    /// Rounds completed: each measured every path once.
+    pub rounds: usize,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
     /// Hub memory, idle and with idle connections open.
@@ -242,87 +264,6 @@ fn sizes() -> (usize, usize) {
     (request.len(), reply.len())
 }
 
-/// Ping-pong over a raw stream: `n` round trips one at a time.
-fn raw_latency(
-    mut stream: impl Read + Write,
-    n: usize,
-    request: usize,
-    reply: usize,
-) -> Result<Latency, BenchError> {
-    let (out, mut back) = (vec![1u8; request], vec![0u8; reply]);
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        stream
-            .write_all(&out)
-            .and_then(|()| stream.read_exact(&mut back))
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        samples.push(t.elapsed());
-    }
-    Ok(Latency::of(samples))
-}
-
-/// Ping-pong with `window` requests in flight: requests per second.
-fn raw_throughput(
-    mut stream: impl Read + Write,
-    n: usize,
-    window: usize,
-    request: usize,
-    reply: usize,
-) -> Result<f64, BenchError> {
-    let (out, mut back) = (vec![1u8; request], vec![0u8; reply]);
-    let err = |e: std::io::Error| BenchError::Measure(e.to_string());
-    let t = Instant::now();
-    let mut sent = 0;
-    while sent < window.min(n) {
-        stream.write_all(&out).map_err(err)?;
-        sent += 1;
-    }
-    for _ in 0..n {
-        stream.read_exact(&mut back).map_err(err)?;
-        if sent < n {
-            stream.write_all(&out).map_err(err)?;
-            sent += 1;
-        }
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
-async fn hub_latency(client: &Client, n: usize) -> Result<Latency, BenchError> {
-    let x = NormalInputs::new(1, 768).next().unwrap_or_default();
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        client
-            .reason(&x, Duration::from_secs(5))
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        samples.push(t.elapsed());
-    }
-    Ok(Latency::of(samples))
-}
-
-async fn hub_throughput(client: Arc<Client>, n: usize, window: usize) -> Result<f64, BenchError> {
-    let x = Arc::new(NormalInputs::new(1, 768).next().unwrap_or_default());
-    let t = Instant::now();
-    let lanes = (0..window).map(|lane| {
-        let (client, x) = (client.clone(), x.clone());
-        async move {
-            for _ in (lane..n).step_by(window) {
-                client
-                    .reason(&x, Duration::from_secs(10))
-                    .await
-                    .map_err(|e| BenchError::Measure(e.to_string()))?;
-            }
-            Ok::<(), BenchError>(())
-        }
-    });
-    for lane in futures::future::join_all(lanes).await {
-        lane?;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
 async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
     for _ in 0..1_000 {
         let metrics = client
@@ -340,256 +281,315 @@ async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
     })
 }
 
-fn row(path: &str, latency: Option<Latency>, throughput: Option<f64>, base: Option<&Row>) -> Row {
+fn row(
+    path: &str,
+    latency: Option<Latency>,
+    throughput: Option<f64>,
+    ping_pong: Option<(Latency, f64)>,
+    relay: Option<(Latency, f64)>,
+    distribution: Vec<f64>,
+) -> Row {
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
     Row {
         path: path.into(),
         latency,
         throughput,
-        p50_ratio: ratio(
-            latency.map(|l| l.p50_us),
-            base.and_then(|b| b.latency).map(|l| l.p50_us),
-        ),
-        p99_ratio: ratio(
-            latency.map(|l| l.p99_us),
-            base.and_then(|b| b.latency).map(|l| l.p99_us),
-        ),
-        throughput_ratio: ratio(throughput, base.and_then(|b| b.throughput)),
+        p50_ratio: ratio(latency.map(|l| l.p50_us), ping_pong.map(|b| b.0.p50_us)),
+        p99_ratio: ratio(latency.map(|l| l.p99_us), ping_pong.map(|b| b.0.p99_us)),
+        throughput_ratio: ratio(throughput, ping_pong.map(|b| b.1)),
+        relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
+        relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
+        distribution,
     }
 }
 
-/// Runs every measurement; `progress` hears what is being measured.
+/// Starts a hub with `args` after `serve`; its TCP address and Unix path, as it printed.
+fn hub(exe: &PathBuf, what: &'static str, args: &[&str]) -> Result<(Server, Endpoint), BenchError> {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let (server, lines) = start(exe, what, &all, 1)?;
+    let line = &lines[0];
+    let endpoint = if let Some(addr) = line.strip_prefix("qnllm hub listening on tcp ") {
+        Endpoint::Tcp(addr.to_string())
+    } else if let Some(path) = line.strip_prefix("qnllm hub listening on unix ") {
+        Endpoint::Unix(PathBuf::from(path))
+    } else {
+        return Err(BenchError::Start {
+            what,
+            reason: format!("unexpected first line {line:?}"),
+        });
+    };
+    Ok((server, endpoint))
+}
+
+/// A path under measurement and what it is compared with.
+struct Path {
+    name: &'static str,
+    probe: Probe,
+    /// Index of its raw ping-pong and raw relay in the list of paths.
+    ping_pong: Option<usize>,
+    relay: Option<usize>,
+    samples: Vec<Duration>,
+    done: usize,
+    busy: Duration,
+}
+
+impl Path {
+    fn new(
+        name: &'static str,
+        probe: Probe,
+        ping_pong: Option<usize>,
+        relay: Option<usize>,
+    ) -> Path {
+        Path {
+            name,
+            probe,
+            ping_pong,
+            relay,
+            samples: Vec::new(),
+            done: 0,
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+/// Runs every measurement; `progress` hears what is being measured and the fraction done.
 ///
 /// # Errors
 ///
 /// [`BenchError`] when a server cannot start or a measurement fails.
-pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report, BenchError> {
+pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<Report, BenchError> {
     let (request, reply) = sizes();
-    let (n, w, p) = (config.requests, config.window, config.pipelined);
+    let (c, w) = (config.clients.max(1), config.window.max(1));
+    let rounds = config.rounds.max(1);
     std::fs::create_dir_all(&config.dir).map_err(|e| BenchError::Start {
         what: "bench",
         reason: e.to_string(),
     })?;
-    let echo_sock = config.dir.join("echo.sock");
-    let hub_sock = config.dir.join("hub.sock");
-    let mut rows = Vec::new();
+    let dir = |name: &str| config.dir.join(name).display().to_string();
 
-    progress("baseline: raw ping-pong server");
+    progress("starting the baseline servers, hubs and workers", 0.0);
     let (req_s, rep_s) = (request.to_string(), reply.to_string());
-    let echo_path = echo_sock.display().to_string();
-    let args = [
-        "bench-echo",
-        "--listen",
-        "127.0.0.1:0",
-        "--unix",
-        &echo_path,
-        "--request-bytes",
-        &req_s,
-        "--reply-bytes",
-        &rep_s,
-    ];
-    let (_echo, lines) = start(&config.exe, "echo server", &args, 2)?;
-    let echo_tcp = lines[0].trim_start_matches("tcp ").to_string();
-    let connect_tcp = || -> Result<std::net::TcpStream, BenchError> {
-        let s = std::net::TcpStream::connect(&echo_tcp)
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        s.set_nodelay(true)
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        Ok(s)
-    };
-    let connect_unix = || {
-        std::os::unix::net::UnixStream::connect(&echo_sock)
-            .map_err(|e| BenchError::Measure(e.to_string()))
-    };
-    progress("baseline: raw TCP and Unix round trips");
-    let raw_tcp = row(
-        "raw TCP ping-pong",
-        Some(raw_latency(connect_tcp()?, n, request, reply)?),
-        Some(raw_throughput(connect_tcp()?, p, w, request, reply)?),
-        None,
-    );
-    let raw_unix = row(
-        "raw Unix ping-pong",
-        Some(raw_latency(connect_unix()?, n, request, reply)?),
-        Some(raw_throughput(connect_unix()?, p, w, request, reply)?),
-        None,
-    );
-
-    progress("baseline: raw relay, as a hub forwards to a worker");
-    let relay_sock = config.dir.join("relay.sock");
-    let relay_path = relay_sock.display().to_string();
-    let upstream_unix = format!("unix:{echo_path}");
-    let relay_args = |upstream: &str, unix: Option<&str>| {
+    let echo_args = |upstream: Option<&str>, unix: &str| {
         let mut args = vec![
             "bench-echo".to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--unix".into(),
+            unix.into(),
             "--request-bytes".into(),
             req_s.clone(),
             "--reply-bytes".into(),
             rep_s.clone(),
-            "--relay-to".into(),
-            upstream.into(),
         ];
-        if let Some(path) = unix {
-            args.extend(["--unix".to_string(), path.to_string()]);
+        if let Some(upstream) = upstream {
+            args.extend(["--relay-to".to_string(), upstream.to_string()]);
         }
         args
     };
-    let args = relay_args(&echo_tcp, None);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_tcp_relay, lines) = start(&config.exe, "TCP relay", &args, 1)?;
-    let relay_tcp = lines[0].trim_start_matches("tcp ").to_string();
-    let args = relay_args(&upstream_unix, Some(&relay_path));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_unix_relay, _) = start(&config.exe, "Unix relay", &args, 2)?;
-    let connect_relay_tcp = || -> Result<std::net::TcpStream, BenchError> {
-        let s = std::net::TcpStream::connect(&relay_tcp)
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        s.set_nodelay(true)
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        Ok(s)
+    let start_echo = |what, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (server, lines) = start(&config.exe, what, &args, 2)?;
+        let tcp = lines[0].trim_start_matches("tcp ").to_string();
+        Ok::<_, BenchError>((server, tcp))
     };
-    let connect_relay_unix = || {
-        std::os::unix::net::UnixStream::connect(&relay_sock)
-            .map_err(|e| BenchError::Measure(e.to_string()))
-    };
-    let relay_tcp_row = row(
-        "raw TCP relay",
-        Some(raw_latency(connect_relay_tcp()?, n, request, reply)?),
-        Some(raw_throughput(connect_relay_tcp()?, p, w, request, reply)?),
-        Some(&raw_tcp),
-    );
-    let relay_unix_row = row(
-        "raw Unix relay",
-        Some(raw_latency(connect_relay_unix()?, n, request, reply)?),
-        Some(raw_throughput(connect_relay_unix()?, p, w, request, reply)?),
-        Some(&raw_unix),
-    );
-
-    progress("qnllm: hub and a fixed-answer worker");
-    let hub_path = hub_sock.display().to_string();
-    let (_hub, lines) = start(
-        &config.exe,
-        "hub",
-        &["serve", "--listen", "127.0.0.1:0", "--unix", &hub_path],
-        2,
+    let echo_unix = dir("echo.sock");
+    let (_echo, echo_tcp) = start_echo("the ping-pong server", echo_args(None, &echo_unix))?;
+    let relay_tcp_unix = dir("relay-tcp.sock");
+    let (_relay_tcp, relay_tcp) =
+        start_echo("the TCP relay", echo_args(Some(&echo_tcp), &relay_tcp_unix))?;
+    let relay_unix = dir("relay.sock");
+    let (_relay_unix, _) = start_echo(
+        "the Unix relay",
+        echo_args(Some(&format!("unix:{echo_unix}")), &relay_unix),
     )?;
-    let hub_tcp = lines[0]
-        .trim_start_matches("qnllm hub listening on tcp ")
-        .to_string();
-    let fixed = worker(&config.exe, &hub_tcp, &["--name", "fixed", "--fixed"])?;
-    let tcp = Arc::new(
-        Client::connect(&Endpoint::Tcp(hub_tcp.clone()), "bench", None)
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?,
-    );
-    let unix = Arc::new(
-        Client::connect(&Endpoint::Unix(hub_sock.clone()), "bench", None)
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?,
-    );
-    wait_for_engine(&tcp).await?;
-    progress("qnllm: fixed engine over TCP and Unix");
-    let e2e_tcp = row(
-        "qnllm TCP, fixed engine",
-        Some(hub_latency(&tcp, n).await?),
-        Some(hub_throughput(tcp.clone(), p, w).await?),
-        Some(&raw_tcp),
-    );
-    let e2e_unix = row(
-        "qnllm Unix, fixed engine",
-        Some(hub_latency(&unix, n).await?),
-        Some(hub_throughput(unix.clone(), p, w).await?),
-        Some(&raw_unix),
-    );
-    drop(fixed);
 
-    progress("qnllm: default engine");
-    let _worker = worker(&config.exe, &hub_tcp, &["--name", "default"])?;
-    // The fixed worker is gone when the hub lists exactly one engine named `default`.
-    for _ in 0..1_000 {
-        let metrics = tcp
-            .metrics(Duration::from_secs(5))
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
-        let names: Vec<&str> = metrics["engines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["name"].as_str())
-            .collect();
-        if names == ["default"] {
+    // One hub per qnllm path, each worker on the hub's transport, as the relays are.
+    let (_fixed_tcp_hub, fixed_tcp) = hub(&config.exe, "hub", &["--listen", "127.0.0.1:0"])?;
+    let _fixed_tcp_worker = worker(
+        &config.exe,
+        &fixed_tcp.to_string(),
+        &["--name", "fixed", "--fixed"],
+    )?;
+    let unix_hub = |what, path: String, extra: &[&str]| {
+        let mut args = vec!["--no-tcp", "--unix", &path];
+        args.extend_from_slice(extra);
+        hub(&config.exe, what, &args)
+    };
+    let (_fixed_hub, fixed_unix) = unix_hub("hub", dir("fixed.sock"), &[])?;
+    let _fixed_worker = worker(
+        &config.exe,
+        &fixed_unix.to_string(),
+        &["--name", "fixed", "--fixed"],
+    )?;
+    let (_default_hub, default_unix) = unix_hub("hub", dir("default.sock"), &[])?;
+    let _default_worker = worker(
+        &config.exe,
+        &default_unix.to_string(),
+        &["--name", "default"],
+    )?;
+    let (_batching_hub, batching_unix) = unix_hub(
+        "hub with dynamic batching",
+        dir("batching.sock"),
+        &["--batch-max", "32"],
+    )?;
+    let _batching_worker = worker(
+        &config.exe,
+        &batching_unix.to_string(),
+        &["--name", "fixed", "--fixed"],
+    )?;
+    let (_local_hub, local_unix) = unix_hub(
+        "hub with a local engine",
+        dir("local.sock"),
+        &["--local", "1"],
+    )?;
+
+    let raw = |addr: RawAddr| Probe::raw(&addr, c, request, reply);
+    let mut paths = vec![
+        Path::new(
+            "raw TCP ping-pong",
+            raw(RawAddr::Tcp(echo_tcp.clone()))?,
+            None,
+            None,
+        ),
+        Path::new(
+            "raw Unix ping-pong",
+            raw(RawAddr::Unix(echo_unix.clone().into()))?,
+            None,
+            None,
+        ),
+        Path::new(
+            "raw TCP relay",
+            raw(RawAddr::Tcp(relay_tcp))?,
+            Some(0),
+            None,
+        ),
+        Path::new(
+            "raw Unix relay",
+            raw(RawAddr::Unix(relay_unix.into()))?,
+            Some(1),
+            None,
+        ),
+        Path::new(
+            "qnllm TCP, fixed engine",
+            Probe::hub(&fixed_tcp, c).await?,
+            Some(0),
+            Some(2),
+        ),
+        Path::new(
+            "qnllm Unix, fixed engine",
+            Probe::hub(&fixed_unix, c).await?,
+            Some(1),
+            Some(3),
+        ),
+        Path::new(
+            "qnllm Unix, default engine",
+            Probe::hub(&default_unix, c).await?,
+            Some(1),
+            Some(3),
+        ),
+        Path::new(
+            "qnllm Unix, fixed, batching",
+            Probe::hub(&batching_unix, c).await?,
+            Some(1),
+            Some(3),
+        ),
+        Path::new(
+            "qnllm Unix, engine in hub",
+            Probe::hub(&local_unix, c).await?,
+            Some(1),
+            None,
+        ),
+    ];
+    for path in &paths {
+        if let Some(client) = path.probe.client() {
+            wait_for_engine(client).await?;
+        }
+    }
+    // One untimed round trip per path: connections, buffers and caches exist before timing.
+    for path in &mut paths {
+        path.probe.latency(1, &mut Vec::new()).await?;
+    }
+
+    // Round by round, every path in turn: a slow spell on the machine is shared by all.
+    let started = Instant::now();
+    let per_round = config.requests.div_ceil(rounds).max(1);
+    let pipelined_per_round = config.pipelined.div_ceil(rounds).max(1);
+    let mut completed = 0;
+    for round in 0..rounds {
+        if round > 0 && config.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let count = paths.len();
+        for (i, path) in paths.iter_mut().enumerate() {
+            progress(
+                &format!("round {}/{rounds}: {}", round + 1, path.name),
+                (round * count + i) as f64 / (rounds * count) as f64,
+            );
+            path.probe.latency(per_round, &mut path.samples).await?;
+            let (done, took) = path.probe.throughput(pipelined_per_round, w).await?;
+            path.done += done;
+            path.busy += took;
+        }
+        completed += 1;
     }
-    let e2e_default = row(
-        "qnllm Unix, default engine",
-        Some(hub_latency(&unix, n).await?),
-        Some(hub_throughput(unix.clone(), p, w).await?),
-        Some(&raw_unix),
-    );
 
-    progress("qnllm: dynamic batching toward a fixed-answer worker");
-    let batching_sock = config.dir.join("hub-batching.sock");
-    let batching_path = batching_sock.display().to_string();
-    let (_batching_hub, lines) = start(
-        &config.exe,
-        "hub with dynamic batching",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--unix",
-            &batching_path,
-            "--batch-max",
-            "32",
-        ],
-        2,
-    )?;
-    let batching_tcp = lines[0]
-        .trim_start_matches("qnllm hub listening on tcp ")
-        .to_string();
-    let _batching_worker = worker(&config.exe, &batching_tcp, &["--name", "fixed", "--fixed"])?;
-    let batching = Arc::new(
-        Client::connect(&Endpoint::Unix(batching_sock.clone()), "bench", None)
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?,
-    );
-    wait_for_engine(&batching).await?;
-    let e2e_batching = row(
-        "qnllm Unix, fixed, batching",
-        Some(hub_latency(&batching, n).await?),
-        Some(hub_throughput(batching.clone(), p, w).await?),
-        Some(&raw_unix),
-    );
-
-    progress("qnllm: engine inside the hub (one hop)");
-    let one_hop_sock = config.dir.join("hub-local.sock");
-    let one_hop_path = one_hop_sock.display().to_string();
-    let (_local_hub, _) = start(
-        &config.exe,
-        "hub with a local engine",
-        &["serve", "--no-tcp", "--unix", &one_hop_path, "--local", "1"],
-        1,
-    )?;
-    let one_hop = Arc::new(
-        Client::connect(&Endpoint::Unix(one_hop_sock.clone()), "bench", None)
-            .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?,
-    );
-    let e2e_one_hop = row(
-        "qnllm Unix, engine in hub",
-        Some(hub_latency(&one_hop, n).await?),
-        Some(hub_throughput(one_hop.clone(), p, w).await?),
-        Some(&raw_unix),
-    );
-
-    progress("hub memory: idle, then 1000 idle connections");
+    progress("hub memory: idle, then idle connections", 1.0);
     let memory = hub_memory(&config.exe, config.idle_connections).await?;
 
-    progress("in process: engine and cache hit");
+    progress("in process: engine, cache hit, reason_batch", 1.0);
+    let mut rows: Vec<Row> = Vec::with_capacity(paths.len() + 3);
+    let measured: Vec<(Latency, f64)> = paths
+        .iter()
+        .map(|p| {
+            (
+                Latency::of(p.samples.clone()),
+                p.done as f64 / p.busy.as_secs_f64().max(1e-9),
+            )
+        })
+        .collect();
+    for (i, path) in paths.iter().enumerate() {
+        let (latency, throughput) = measured[i];
+        let base = |j: Option<usize>| j.map(|j| measured[j]);
+        rows.push(row(
+            path.name,
+            Some(latency),
+            Some(throughput),
+            base(path.ping_pong),
+            base(path.relay),
+            distribution(&path.samples),
+        ));
+    }
+    rows.extend(in_process(config.requests).await?);
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(Report {
+        request_bytes: request,
+        reply_bytes: reply,
+        window: w,
+        clients: c,
+        rounds: completed,
+        rows,
+        memory,
+    })
+}
+
+/// The round trip at each of `DISTRIBUTION_POINTS` evenly spaced quantiles, in µs.
+fn distribution(samples: &[Duration]) -> Vec<f64> {
+    let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_nanos() as f64 / 1e3).collect();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    (0..DISTRIBUTION_POINTS)
+        .map(|i| {
+            let q = i as f64 / (DISTRIBUTION_POINTS - 1) as f64;
+            sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+        })
+        .collect()
+}
+
+/// The in-process rows: the engine alone, a cache hit, and `reason_batch` of 64.
+async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
     let engine = SpikingEngine::from_seed(1, Params::default())
         .map_err(|e| BenchError::Measure(e.to_string()))?;
     let x = NormalInputs::new(1, 768).next().unwrap_or_default();
@@ -599,7 +599,16 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         let _ = qnllm_engine::Engine::reason(&engine, &x);
         samples.push(t.elapsed());
     }
-    let local = row("in-process engine", Some(Latency::of(samples)), None, None);
+    let local = row(
+        "in-process engine",
+        Some(Latency::of(samples.clone())),
+        None,
+        None,
+        None,
+        distribution(&samples),
+    );
+    let reference = SpikingEngine::from_seed(1, Params::default())
+        .map_err(|e| BenchError::Measure(e.to_string()))?;
     let router = Router::with_config(RouterConfig {
         cache_capacity: Some(1_000),
         ..RouterConfig::default()
@@ -617,50 +626,30 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
     }
     let hit = row(
         "in-process cache hit",
-        Some(Latency::of(samples)),
+        Some(Latency::of(samples.clone())),
         None,
         None,
+        None,
+        distribution(&samples),
     );
     // reason_batch of 64 on one thread: latency per batch, throughput in encodings.
     let batch: Vec<Vec<f32>> = NormalInputs::new(2, 768).take(64).collect();
     let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
-    let reference = SpikingEngine::from_seed(1, Params::default())
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
-    let rounds = n;
+    let rounds = n.div_ceil(10).max(1);
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
         let _ = qnllm_engine::Engine::reason_batch(&reference, &refs);
         samples.push(t.elapsed());
     }
-    let batch_latency = Latency::of(samples);
+    let batch_latency = Latency::of(samples.clone());
     let in_batch = row(
         "in-process reason_batch 64",
         Some(batch_latency),
         Some(64.0 / (batch_latency.p50_us / 1e6)),
         None,
+        None,
+        distribution(&samples),
     );
-
-    rows.extend([
-        raw_tcp,
-        raw_unix,
-        relay_tcp_row,
-        relay_unix_row,
-        e2e_tcp,
-        e2e_unix,
-        e2e_default,
-        e2e_batching,
-        e2e_one_hop,
-        local,
-        hit,
-        in_batch,
-    ]);
-    let _ = std::fs::remove_file(&echo_sock);
-    Ok(Report {
-        request_bytes: request,
-        reply_bytes: reply,
-        window: w,
-        rows,
-        memory,
-    })
+    Ok(vec![local, hit, in_batch])
 }

@@ -4,23 +4,36 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressStyle};
 use qnllm_bench::{BenchConfig, Report};
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Round trips per latency figure.
-    #[arg(long, default_value_t = 2_000)]
+    /// Round trips per latency figure, per path.
+    #[arg(long, default_value_t = 4_000)]
     requests: usize,
-    /// Requests per throughput figure.
+    /// Requests per throughput figure, per path.
     #[arg(long, default_value_t = 20_000)]
     pipelined: usize,
-    /// Requests in flight for the throughput figures.
+    /// Requests in flight on each connection for the throughput figures.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// Connections per path for the throughput figures (C connections × W in flight).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Rounds to split the measurements into; each visits every path in turn, so a slow
+    /// spell on a shared machine falls on all paths alike.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Start no round after this many seconds (at least one round runs).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
     /// Idle connections opened for the hub memory figure.
     #[arg(long, default_value_t = 1_000)]
     connections: usize,
+    /// Write the latency distribution of every path as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -60,6 +73,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         requests: args.requests.max(1),
         pipelined: args.pipelined.max(1),
         window: args.window.max(1),
+        clients: args.clients.max(1),
+        rounds: args.rounds.max(1),
+        duration: args
+            .duration
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(std::time::Duration::from_secs_f64),
         dir: std::env::temp_dir().join(format!("qnllm-bench-{}", std::process::id())),
         idle_connections: args.connections.max(1),
     };
@@ -68,15 +87,27 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let bar = ProgressBar::new_spinner();
+    let bar = ProgressBar::new(1_000).with_style(
+        ProgressStyle::with_template("{bar:30} {percent:>3}% {elapsed:>4} {wide_msg}")
+            .context("progress bar template")?,
+    );
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     let (task_config, task_bar) = (config.clone(), bar.clone());
     let report = runtime.block_on(async move {
-        qnllm_bench::run(&task_config, |what| task_bar.set_message(what.to_string())).await
+        qnllm_bench::run(&task_config, |what, done| {
+            task_bar.set_message(what.to_string());
+            task_bar.set_position((done * 1_000.0) as u64);
+        })
+        .await
     });
     bar.finish_and_clear();
     let _ = std::fs::remove_dir_all(&config.dir);
     let report = report?;
+    if let Some(path) = &args.plot {
+        std::fs::write(path, qnllm_bench::svg(&report))
+            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+        eprintln!("latency chart written to {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -87,11 +118,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 
 fn print_table(report: &Report) {
     println!(
-        "request {} B, reply {} B; latency one request at a time; throughput with {} in flight on one connection",
-        report.request_bytes, report.reply_bytes, report.window
+        "request {} B, reply {} B; latency one request at a time; throughput with {} connection(s) × {} in flight; {} interleaved rounds",
+        report.request_bytes, report.reply_bytes, report.clients, report.window, report.rounds
     );
     println!(
-        "{:<28} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>8} {:>8} {:>8}",
+        "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} | {:>6} {:>6} {:>6} | {:>6} {:>6}",
         "path",
         "p50 µs",
         "p90 µs",
@@ -101,6 +132,8 @@ fn print_table(report: &Report) {
         "req/s",
         "p50 ×",
         "p99 ×",
+        "req/s ×",
+        "p50 ×",
         "req/s ×"
     );
     let opt = |v: Option<f64>, digits: usize| {
@@ -109,7 +142,7 @@ fn print_table(report: &Report) {
     for row in &report.rows {
         let l = row.latency;
         println!(
-            "{:<28} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>8} {:>8} {:>8}",
+            "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
             row.path,
             opt(l.map(|l| l.p50_us), 1),
             opt(l.map(|l| l.p90_us), 1),
@@ -120,9 +153,13 @@ fn print_table(report: &Report) {
             opt(row.p50_ratio, 2),
             opt(row.p99_ratio, 2),
             opt(row.throughput_ratio, 2),
+            opt(row.relay_p50_ratio, 2),
+            opt(row.relay_throughput_ratio, 2),
         );
     }
-    println!("ratios: each qnllm path over the raw ping-pong on the same transport, measured in this run");
+    println!("ratios, all from this run: first over the raw ping-pong on the same transport (the");
+    println!("kernel's floor), then over the raw relay (client → relay → server, the floor for a");
+    println!("path with the hub's hop, so what remains is qnllm's own software)");
     if let Some(m) = report.memory {
         println!(
             "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",

@@ -429,6 +429,7 @@ fn stats_shows_the_engines_of_a_running_hub() {
 
 #[test]
 fn bench_smoke_run_reports_every_path_with_ratios() {
+    let chart = std::env::temp_dir().join(format!("qnllm-bench-{}.svg", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
         .args([
             "bench",
@@ -438,8 +439,14 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
             "200",
             "--window",
             "8",
+            "--clients",
+            "2",
+            "--rounds",
+            "2",
             "--connections",
             "20",
+            "--plot",
+            chart.to_str().unwrap(),
             "--json",
         ])
         .output()
@@ -451,6 +458,8 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["window"], 8);
+    assert_eq!(report["clients"], 2);
+    assert_eq!(report["rounds"], 2);
     let memory = &report["memory"];
     assert_eq!(memory["connections"], 20);
     assert!(memory["idle_kib"].as_u64().unwrap() > 0, "{memory}");
@@ -466,19 +475,40 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(paths.len(), 12, "{paths:?}");
     for row in rows {
-        assert_eq!(row["latency"]["count"], 20, "{row}");
         let (p50, p99) = (
             row["latency"]["p50_us"].as_f64().unwrap(),
             row["latency"]["p99_us"].as_f64().unwrap(),
         );
         assert!(p50 > 0.0 && p99 >= p50, "{row}");
+        let distribution = row["distribution"].as_array().unwrap();
+        assert_eq!(distribution.len(), 201, "{row}");
+        let points: Vec<f64> = distribution.iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(points.windows(2).all(|w| w[0] <= w[1]), "not sorted: {row}");
     }
-    // Every qnllm path over a socket is reported against its baseline.
+    // Two rounds of 10 round trips on every path over a socket.
+    for row in rows.iter().filter(|r| {
+        let path = r["path"].as_str().unwrap();
+        path.starts_with("raw") || path.starts_with("qnllm")
+    }) {
+        assert_eq!(row["latency"]["count"], 20, "{row}");
+        assert!(row["throughput"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Every qnllm path is reported against its ping-pong, and those with a worker hop
+    // against the relay too.
     for row in rows
         .iter()
         .filter(|r| r["path"].as_str().unwrap().starts_with("qnllm"))
     {
         assert!(row["p50_ratio"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
+        let worker_hop = !row["path"].as_str().unwrap().contains("engine in hub");
+        assert_eq!(row["relay_p50_ratio"].is_f64(), worker_hop, "{row}");
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    let _ = std::fs::remove_file(&chart);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 12, "a curve per path");
+    for path in paths {
+        assert!(svg.contains(path), "{path} missing from the legend");
     }
 }

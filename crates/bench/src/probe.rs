@@ -1,0 +1,223 @@
+//! A path under measurement: a raw stream to a baseline server, or qnllm clients of a hub.
+//! Each probe measures a slice of round trips at a time, so the run can interleave the
+//! paths round by round and drift on a shared machine falls on all of them alike.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qnllm_engine::NormalInputs;
+use qnllm_hub::{Client, Endpoint};
+
+use crate::run::BenchError;
+
+/// A blocking byte stream to a baseline server.
+pub(crate) trait RawStream: Read + Write + Send {}
+impl<T: Read + Write + Send> RawStream for T {}
+
+/// Where a raw baseline server listens.
+#[derive(Debug, Clone)]
+pub(crate) enum RawAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl RawAddr {
+    fn connect(&self) -> Result<Box<dyn RawStream>, BenchError> {
+        let err = |e: std::io::Error| BenchError::Measure(format!("cannot reach {self:?}: {e}"));
+        Ok(match self {
+            RawAddr::Tcp(addr) => {
+                let stream = std::net::TcpStream::connect(addr).map_err(err)?;
+                stream.set_nodelay(true).map_err(err)?;
+                Box::new(stream)
+            }
+            RawAddr::Unix(path) => {
+                Box::new(std::os::unix::net::UnixStream::connect(path).map_err(err)?)
+            }
+        })
+    }
+}
+
+/// The connections a probe measures over.
+pub(crate) enum Probe {
+    /// Raw streams: the first for latency, all of them for throughput.
+    Raw {
+        streams: Vec<Box<dyn RawStream>>,
+        request: Vec<u8>,
+        reply: usize,
+    },
+    /// qnllm clients of one hub: the first for latency, all of them for throughput.
+    Hub {
+        clients: Vec<Arc<Client>>,
+        encoding: Arc<Vec<f32>>,
+    },
+}
+
+impl Probe {
+    /// `connections` streams to a raw server exchanging `request`- and `reply`-byte messages.
+    pub(crate) fn raw(
+        addr: &RawAddr,
+        connections: usize,
+        request: usize,
+        reply: usize,
+    ) -> Result<Probe, BenchError> {
+        Ok(Probe::Raw {
+            streams: (0..connections)
+                .map(|_| addr.connect())
+                .collect::<Result<_, _>>()?,
+            request: vec![1u8; request],
+            reply,
+        })
+    }
+
+    /// `connections` clients of the hub at `endpoint`.
+    pub(crate) async fn hub(endpoint: &Endpoint, connections: usize) -> Result<Probe, BenchError> {
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let client = Client::connect(endpoint, "bench", None)
+                .await
+                .map_err(|e| {
+                    BenchError::Measure(format!("cannot reach the hub at {endpoint}: {e}"))
+                })?;
+            clients.push(Arc::new(client));
+        }
+        Ok(Probe::Hub {
+            clients,
+            encoding: Arc::new(NormalInputs::new(1, 768).next().unwrap_or_default()),
+        })
+    }
+
+    /// The first hub client, to wait for engines with.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        match self {
+            Probe::Hub { clients, .. } => clients.first().map(Arc::as_ref),
+            Probe::Raw { .. } => None,
+        }
+    }
+
+    /// `n` round trips one at a time, appended to `samples`.
+    pub(crate) async fn latency(
+        &mut self,
+        n: usize,
+        samples: &mut Vec<Duration>,
+    ) -> Result<(), BenchError> {
+        match self {
+            Probe::Raw {
+                streams,
+                request,
+                reply,
+            } => {
+                let stream = streams.first_mut().ok_or_else(no_connection)?;
+                let mut back = vec![0u8; *reply];
+                for _ in 0..n {
+                    let t = Instant::now();
+                    stream
+                        .write_all(request)
+                        .and_then(|()| stream.read_exact(&mut back))
+                        .map_err(|e| BenchError::Measure(e.to_string()))?;
+                    samples.push(t.elapsed());
+                }
+            }
+            Probe::Hub { clients, encoding } => {
+                let client = clients.first().ok_or_else(no_connection)?;
+                for _ in 0..n {
+                    let t = Instant::now();
+                    client
+                        .reason(encoding, Duration::from_secs(5))
+                        .await
+                        .map_err(|e| BenchError::Measure(e.to_string()))?;
+                    samples.push(t.elapsed());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// About `n` requests spread over every connection, `window` in flight on each; the time
+    /// they took.
+    pub(crate) async fn throughput(
+        &mut self,
+        n: usize,
+        window: usize,
+    ) -> Result<(usize, Duration), BenchError> {
+        let t = Instant::now();
+        let done = match self {
+            Probe::Raw {
+                streams,
+                request,
+                reply,
+            } => {
+                let per = n.div_ceil(streams.len().max(1));
+                let (request, reply) = (&*request, *reply);
+                std::thread::scope(|scope| {
+                    let runs: Vec<_> = streams
+                        .iter_mut()
+                        .map(|s| scope.spawn(move || pipeline(s, per, window, request, reply)))
+                        .collect();
+                    runs.into_iter()
+                        .map(|r| {
+                            r.join().unwrap_or_else(|_| {
+                                Err(BenchError::Measure("a sender thread panicked".into()))
+                            })
+                        })
+                        .sum::<Result<usize, BenchError>>()
+                })?
+            }
+            Probe::Hub { clients, encoding } => {
+                let per = n.div_ceil(clients.len().max(1));
+                let encoding = &*encoding;
+                let lanes = clients.iter().flat_map(|client| {
+                    (0..window).map(move |lane| {
+                        let (client, x) = (client.clone(), encoding.clone());
+                        async move {
+                            let mut done = 0;
+                            for _ in (lane..per).step_by(window) {
+                                client
+                                    .reason(&x, Duration::from_secs(10))
+                                    .await
+                                    .map_err(|e| BenchError::Measure(e.to_string()))?;
+                                done += 1;
+                            }
+                            Ok::<usize, BenchError>(done)
+                        }
+                    })
+                });
+                futures::future::join_all(lanes)
+                    .await
+                    .into_iter()
+                    .sum::<Result<usize, BenchError>>()?
+            }
+        };
+        Ok((done, t.elapsed()))
+    }
+}
+
+fn no_connection() -> BenchError {
+    BenchError::Measure("a probe without a connection".into())
+}
+
+/// `n` requests with `window` in flight on one raw stream; how many were answered.
+fn pipeline(
+    stream: &mut Box<dyn RawStream>,
+    n: usize,
+    window: usize,
+    request: &[u8],
+    reply: usize,
+) -> Result<usize, BenchError> {
+    let mut back = vec![0u8; reply];
+    let err = |e: std::io::Error| BenchError::Measure(e.to_string());
+    let mut sent = 0;
+    while sent < window.min(n) {
+        stream.write_all(request).map_err(err)?;
+        sent += 1;
+    }
+    for _ in 0..n {
+        stream.read_exact(&mut back).map_err(err)?;
+        if sent < n {
+            stream.write_all(request).map_err(err)?;
+            sent += 1;
+        }
+    }
+    Ok(n)
+}
