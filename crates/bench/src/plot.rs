@@ -14,9 +14,9 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 /// Highest quantile drawn: the distribution's last points are single samples.
 const TOP_QUANTILE: f64 = 0.995;
-const COLOURS: [&str; 12] = [
+const COLOURS: [&str; 16] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#393b79", "#637939",
+    "#bcbd22", "#17becf", "#393b79", "#637939", "#e7298a", "#000000", "#a6761d", "#66a61e",
 ];
 
 /// Height of quantile `q` on a scale where each further nine takes the same room.

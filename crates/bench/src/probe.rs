@@ -71,11 +71,15 @@ impl Probe {
         })
     }
 
-    /// `connections` clients of the hub at `endpoint`.
-    pub(crate) async fn hub(endpoint: &Endpoint, connections: usize) -> Result<Probe, BenchError> {
+    /// `connections` clients of the hub at `endpoint`, polling `busy_poll` for replies.
+    pub(crate) async fn hub(
+        endpoint: &Endpoint,
+        connections: usize,
+        busy_poll: Duration,
+    ) -> Result<Probe, BenchError> {
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
-            let client = Client::connect(endpoint, "bench", None)
+            let client = Client::connect_with(endpoint, "bench", None, busy_poll)
                 .await
                 .map_err(|e| {
                     BenchError::Measure(format!("cannot reach the hub at {endpoint}: {e}"))

@@ -34,6 +34,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// No round starts after this long; every path has then had the same rounds.
     pub duration: Option<Duration>,
+    /// Busy-poll time for the path that measures busy polling (hub, worker and client).
+    pub busy_poll: Duration,
     /// Where the Unix sockets go.
     pub dir: PathBuf,
     /// Idle connections for the memory figure.
@@ -77,6 +79,9 @@ pub struct Row {
     pub relay_p50_ratio: Option<f64>,
     /// Throughput over the raw relay's.
     pub relay_throughput_ratio: Option<f64>,
+    /// CPU time per one-at-a-time round trip, in µs, of every process on the path (servers
+    /// and the measuring client); 10 ms resolution over the whole run.
+    pub cpu_us_per_request: Option<f64>,
     /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
     /// spaced quantiles from 0 to 1, in µs; empty without latency.
     pub distribution: Vec<f64>,
@@ -98,6 +103,8 @@ pub struct Report {
     pub clients: usize,
     /// Rounds completed: each measured every path once.
     pub rounds: usize,
+    /// Busy-poll time of the busy-poll path, µs.
+    pub busy_poll_us: u64,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
     /// Hub memory, idle and with idle connections open.
@@ -126,6 +133,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// CPU time a process has used, user and system (Linux: `/proc/PID/stat`, in the kernel's
+/// fixed 100 ticks per second).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used by all of `pids` together.
+fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|&pid| cpu_time(pid)).sum()
 }
 
 /// Opens `n` idle client connections to a fresh hub and reads its RSS before and after.
@@ -299,6 +321,7 @@ fn row(
         throughput_ratio: ratio(throughput, ping_pong.map(|b| b.1)),
         relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
         relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
+        cpu_us_per_request: None,
         distribution,
     }
 }
@@ -332,6 +355,10 @@ struct Path {
     samples: Vec<Duration>,
     done: usize,
     busy: Duration,
+    /// The processes serving this path, the measuring client's own included.
+    pids: Vec<u32>,
+    /// Their CPU time during the one-at-a-time round trips; `None` where it cannot be read.
+    cpu: Option<Duration>,
 }
 
 impl Path {
@@ -340,7 +367,10 @@ impl Path {
         probe: Probe,
         ping_pong: Option<usize>,
         relay: Option<usize>,
+        servers: &[&Server],
     ) -> Path {
+        let mut pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+        pids.push(std::process::id());
         Path {
             name,
             probe,
@@ -349,6 +379,8 @@ impl Path {
             samples: Vec::new(),
             done: 0,
             busy: Duration::ZERO,
+            pids,
+            cpu: Some(Duration::ZERO),
         }
     }
 }
@@ -394,19 +426,19 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         Ok::<_, BenchError>((server, tcp))
     };
     let echo_unix = dir("echo.sock");
-    let (_echo, echo_tcp) = start_echo("the ping-pong server", echo_args(None, &echo_unix))?;
+    let (echo, echo_tcp) = start_echo("the ping-pong server", echo_args(None, &echo_unix))?;
     let relay_tcp_unix = dir("relay-tcp.sock");
-    let (_relay_tcp, relay_tcp) =
+    let (tcp_relay, relay_tcp) =
         start_echo("the TCP relay", echo_args(Some(&echo_tcp), &relay_tcp_unix))?;
     let relay_unix = dir("relay.sock");
-    let (_relay_unix, _) = start_echo(
+    let (unix_relay, _) = start_echo(
         "the Unix relay",
         echo_args(Some(&format!("unix:{echo_unix}")), &relay_unix),
     )?;
 
     // One hub per qnllm path, each worker on the hub's transport, as the relays are.
-    let (_fixed_tcp_hub, fixed_tcp) = hub(&config.exe, "hub", &["--listen", "127.0.0.1:0"])?;
-    let _fixed_tcp_worker = worker(
+    let (fixed_tcp_hub, fixed_tcp) = hub(&config.exe, "hub", &["--listen", "127.0.0.1:0"])?;
+    let fixed_tcp_worker = worker(
         &config.exe,
         &fixed_tcp.to_string(),
         &["--name", "fixed", "--fixed"],
@@ -416,89 +448,119 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         args.extend_from_slice(extra);
         hub(&config.exe, what, &args)
     };
-    let (_fixed_hub, fixed_unix) = unix_hub("hub", dir("fixed.sock"), &[])?;
-    let _fixed_worker = worker(
+    let (fixed_hub, fixed_unix) = unix_hub("hub", dir("fixed.sock"), &[])?;
+    let fixed_worker = worker(
         &config.exe,
         &fixed_unix.to_string(),
         &["--name", "fixed", "--fixed"],
     )?;
-    let (_default_hub, default_unix) = unix_hub("hub", dir("default.sock"), &[])?;
-    let _default_worker = worker(
+    let (default_hub, default_unix) = unix_hub("hub", dir("default.sock"), &[])?;
+    let default_worker = worker(
         &config.exe,
         &default_unix.to_string(),
         &["--name", "default"],
     )?;
-    let (_batching_hub, batching_unix) = unix_hub(
+    let (batching_hub, batching_unix) = unix_hub(
         "hub with dynamic batching",
         dir("batching.sock"),
         &["--batch-max", "32"],
     )?;
-    let _batching_worker = worker(
+    let batching_worker = worker(
         &config.exe,
         &batching_unix.to_string(),
         &["--name", "fixed", "--fixed"],
     )?;
-    let (_local_hub, local_unix) = unix_hub(
+    let (local_hub, local_unix) = unix_hub(
         "hub with a local engine",
         dir("local.sock"),
         &["--local", "1"],
     )?;
 
+    let spin = config.busy_poll;
+    let spin_us = spin.as_micros().to_string();
+    let (spin_hub, spin_unix) = unix_hub(
+        "hub with busy polling",
+        dir("spin.sock"),
+        &["--busy-poll-us", &spin_us],
+    )?;
+    let spin_worker = worker(
+        &config.exe,
+        &spin_unix.to_string(),
+        &["--name", "fixed", "--fixed", "--busy-poll-us", &spin_us],
+    )?;
+
     let raw = |addr: RawAddr| Probe::raw(&addr, c, request, reply);
+    let z = Duration::ZERO;
     let mut paths = vec![
         Path::new(
             "raw TCP ping-pong",
             raw(RawAddr::Tcp(echo_tcp.clone()))?,
             None,
             None,
+            &[&echo],
         ),
         Path::new(
             "raw Unix ping-pong",
             raw(RawAddr::Unix(echo_unix.clone().into()))?,
             None,
             None,
+            &[&echo],
         ),
         Path::new(
             "raw TCP relay",
             raw(RawAddr::Tcp(relay_tcp))?,
             Some(0),
             None,
+            &[&tcp_relay, &echo],
         ),
         Path::new(
             "raw Unix relay",
             raw(RawAddr::Unix(relay_unix.into()))?,
             Some(1),
             None,
+            &[&unix_relay, &echo],
         ),
         Path::new(
             "qnllm TCP, fixed engine",
-            Probe::hub(&fixed_tcp, c).await?,
+            Probe::hub(&fixed_tcp, c, z).await?,
             Some(0),
             Some(2),
+            &[&fixed_tcp_hub, &fixed_tcp_worker],
         ),
         Path::new(
             "qnllm Unix, fixed engine",
-            Probe::hub(&fixed_unix, c).await?,
+            Probe::hub(&fixed_unix, c, z).await?,
             Some(1),
             Some(3),
+            &[&fixed_hub, &fixed_worker],
+        ),
+        Path::new(
+            "qnllm Unix, fixed, busy-poll",
+            Probe::hub(&spin_unix, c, spin).await?,
+            Some(1),
+            Some(3),
+            &[&spin_hub, &spin_worker],
         ),
         Path::new(
             "qnllm Unix, default engine",
-            Probe::hub(&default_unix, c).await?,
+            Probe::hub(&default_unix, c, z).await?,
             Some(1),
             Some(3),
+            &[&default_hub, &default_worker],
         ),
         Path::new(
             "qnllm Unix, fixed, batching",
-            Probe::hub(&batching_unix, c).await?,
+            Probe::hub(&batching_unix, c, z).await?,
             Some(1),
             Some(3),
+            &[&batching_hub, &batching_worker],
         ),
         Path::new(
             "qnllm Unix, engine in hub",
-            Probe::hub(&local_unix, c).await?,
+            Probe::hub(&local_unix, c, z).await?,
             Some(1),
             None,
+            &[&local_hub],
         ),
     ];
     for path in &paths {
@@ -526,7 +588,12 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
                 &format!("round {}/{rounds}: {}", round + 1, path.name),
                 (round * count + i) as f64 / (rounds * count) as f64,
             );
+            let before = cpu_of(&path.pids);
             path.probe.latency(per_round, &mut path.samples).await?;
+            let used = before
+                .zip(cpu_of(&path.pids))
+                .map(|(a, b)| b.saturating_sub(a));
+            path.cpu = path.cpu.zip(used).map(|(total, used)| total + used);
             let (done, took) = path.probe.throughput(pipelined_per_round, w).await?;
             path.done += done;
             path.busy += took;
@@ -551,14 +618,18 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
     for (i, path) in paths.iter().enumerate() {
         let (latency, throughput) = measured[i];
         let base = |j: Option<usize>| j.map(|j| measured[j]);
-        rows.push(row(
+        let mut row = row(
             path.name,
             Some(latency),
             Some(throughput),
             base(path.ping_pong),
             base(path.relay),
             distribution(&path.samples),
-        ));
+        );
+        row.cpu_us_per_request = path
+            .cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);
+        rows.push(row);
     }
     rows.extend(in_process(config.requests).await?);
     let _ = std::fs::remove_dir_all(&config.dir);
@@ -568,6 +639,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         window: w,
         clients: c,
         rounds: completed,
+        busy_poll_us: spin.as_micros() as u64,
         rows,
         memory,
     })

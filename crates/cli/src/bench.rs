@@ -28,6 +28,10 @@ pub(crate) struct BenchArgs {
     /// Start no round after this many seconds (at least one round runs).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Busy-poll time of the busy-poll path: hub, worker and client poll this long for
+    /// the next frame before sleeping.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
+    busy_poll_us: u64,
     /// Idle connections opened for the hub memory figure.
     #[arg(long, default_value_t = 1_000)]
     connections: usize,
@@ -74,6 +78,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         pipelined: args.pipelined.max(1),
         window: args.window.max(1),
         clients: args.clients.max(1),
+        busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
         rounds: args.rounds.max(1),
         duration: args
             .duration
@@ -122,13 +127,14 @@ fn print_table(report: &Report) {
         report.request_bytes, report.reply_bytes, report.clients, report.window, report.rounds
     );
     println!(
-        "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} | {:>6} {:>6} {:>6} | {:>6} {:>6}",
+        "{:<29} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
         "path",
         "p50 µs",
         "p90 µs",
         "p99 µs",
         "p99.9 µs",
         "max µs",
+        "CPU µs",
         "req/s",
         "p50 ×",
         "p99 ×",
@@ -142,13 +148,14 @@ fn print_table(report: &Report) {
     for row in &report.rows {
         let l = row.latency;
         println!(
-            "{:<28} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
+            "{:<29} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
             row.path,
             opt(l.map(|l| l.p50_us), 1),
             opt(l.map(|l| l.p90_us), 1),
             opt(l.map(|l| l.p99_us), 1),
             opt(l.map(|l| l.p999_us), 1),
             opt(l.map(|l| l.max_us), 0),
+            opt(row.cpu_us_per_request, 0),
             opt(row.throughput, 0),
             opt(row.p50_ratio, 2),
             opt(row.p99_ratio, 2),
@@ -159,7 +166,11 @@ fn print_table(report: &Report) {
     }
     println!("ratios, all from this run: first over the raw ping-pong on the same transport (the");
     println!("kernel's floor), then over the raw relay (client → relay → server, the floor for a");
-    println!("path with the hub's hop, so what remains is qnllm's own software)");
+    println!("path with the hub's hop, so what remains is qnllm's own software). CPU µs: CPU time");
+    println!(
+        "per one-at-a-time round trip of every process on the path, client included; busy-poll: {} µs",
+        report.busy_poll_us
+    );
     if let Some(m) = report.memory {
         println!(
             "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",

@@ -73,6 +73,10 @@ pub(crate) struct ServeArgs {
     /// A teacher model for `coordinate` requests (`seed:N` or a file); repeat for more.
     #[arg(long = "teacher", value_name = "seed:N|FILE")]
     teachers: Vec<String>,
+    /// Poll each connection this long for the next frame before sleeping [default: 0, off].
+    /// Lower latency on machines where waking a core is slow, for CPU spent waiting.
+    #[arg(long, value_name = "MICROSECONDS")]
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +101,9 @@ pub(crate) struct WorkerArgs {
     /// Answer every request with one fixed result, without computing (for benchmarks).
     #[arg(long)]
     fixed: bool,
+    /// Poll for the next request this long before sleeping [default: 0, off].
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    busy_poll_us: u64,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +185,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     config.cache_capacity = args.cache.unwrap_or(config.cache_capacity);
     config.batch_max = args.batch_max.unwrap_or(config.batch_max);
     config.batch_delay_us = args.batch_delay_us.unwrap_or(config.batch_delay_us);
+    config.busy_poll_us = args.busy_poll_us.unwrap_or(config.busy_poll_us);
     if !args.teachers.is_empty() {
         config.teachers = args.teachers;
     }
@@ -215,6 +223,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     config.token = args.token;
     config.max_retries = args.max_retries;
     config.max_in_flight = args.max_in_flight;
+    config.busy_poll = Duration::from_micros(args.busy_poll_us);
     let spiking = SpikingEngine::new(model);
     let engine = if args.fixed {
         LocalBackend::new(

@@ -473,7 +473,8 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     );
     let rows = report["rows"].as_array().unwrap();
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert_eq!(paths.len(), 12, "{paths:?}");
+    assert_eq!(paths.len(), 13, "{paths:?}");
+    assert!(paths.contains(&"qnllm Unix, fixed, busy-poll"), "{paths:?}");
     for row in rows {
         let (p50, p99) = (
             row["latency"]["p50_us"].as_f64().unwrap(),
@@ -492,6 +493,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     }) {
         assert_eq!(row["latency"]["count"], 20, "{row}");
         assert!(row["throughput"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["cpu_us_per_request"].as_f64().unwrap() >= 0.0, "{row}");
     }
     // Every qnllm path is reported against its ping-pong, and those with a worker hop
     // against the relay too.
@@ -507,7 +509,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let svg = std::fs::read_to_string(&chart).unwrap();
     let _ = std::fs::remove_file(&chart);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches("<polyline").count(), 12, "a curve per path");
+    assert_eq!(svg.matches("<polyline").count(), 13, "a curve per path");
     for path in paths {
         assert!(svg.contains(path), "{path} missing from the legend");
     }

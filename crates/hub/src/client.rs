@@ -82,13 +82,28 @@ impl Client {
         name: &str,
         token: Option<&str>,
     ) -> Result<Client, ClientError> {
+        Client::connect_with(endpoint, name, token, Duration::ZERO).await
+    }
+
+    /// [`Client::connect`], with the reply reader polling for up to `busy_poll` before its
+    /// thread sleeps (see `HubConfig::busy_poll_us`): lower latency for a core kept busy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`].
+    pub async fn connect_with(
+        endpoint: &Endpoint,
+        name: &str,
+        token: Option<&str>,
+        busy_poll: Duration,
+    ) -> Result<Client, ClientError> {
         let io = endpoint.connect().await.map_err(|e| ClientError::Connect {
             endpoint: endpoint.to_string(),
             reason: e.to_string(),
         })?;
         let (read, write) = io.into_split();
         let (sender, _writer) = spawn_writer(write);
-        let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES);
+        let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES).busy_poll(busy_poll);
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
             role: "client".into(),
@@ -262,10 +277,7 @@ impl Client {
     }
 }
 
-async fn read_replies<R: tokio::io::AsyncRead + Unpin>(
-    mut reader: FrameReader<R>,
-    pending: Arc<Mutex<Pending>>,
-) {
+async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
     let reason = loop {
         match reader.read_frame().await {
             Ok(Some(frame)) => {

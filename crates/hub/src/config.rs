@@ -79,6 +79,10 @@ pub struct HubConfig {
     pub batch_delay_us: u64,
     /// Teacher models for `coordinate` requests: `seed:N` or a safetensors path each.
     pub teachers: Vec<String>,
+    /// Busy polling: how long a connection's reader polls for the next frame before its
+    /// thread sleeps, in microseconds; 0 (the default) never polls. Saves the wake-up of a
+    /// sleeping core per hop at the price of CPU spent waiting (`docs/hub.md`).
+    pub busy_poll_us: u64,
 }
 
 impl Default for HubConfig {
@@ -104,6 +108,7 @@ impl Default for HubConfig {
             batch_max: 0,
             batch_delay_us: 200,
             teachers: Vec::new(),
+            busy_poll_us: 0,
         }
     }
 }
@@ -221,6 +226,10 @@ impl HubConfig {
             max_batch: self.batch_max,
             max_delay: Duration::from_micros(self.batch_delay_us),
         })
+    }
+
+    pub(crate) fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
     }
 
     pub(crate) fn hello_timeout(&self) -> Duration {

@@ -44,6 +44,17 @@ pub(crate) enum ReadHalf {
     Unix(tokio::net::unix::OwnedReadHalf),
 }
 
+impl ReadHalf {
+    /// Reads what the socket holds now; `WouldBlock` when it holds nothing.
+    pub(crate) fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(r) => r.try_read_buf(buf),
+            #[cfg(unix)]
+            ReadHalf::Unix(r) => r.try_read_buf(buf),
+        }
+    }
+}
+
 impl AsyncRead for ReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,

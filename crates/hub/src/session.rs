@@ -25,7 +25,8 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
     let (sender, writer) = spawn_writer(write);
     match shared.connections.clone().try_acquire_owned() {
         Ok(_permit) => {
-            let mut reader = FrameReader::new(read, shared.config.max_frame_bytes);
+            let mut reader = FrameReader::new(read, shared.config.max_frame_bytes)
+                .busy_poll(shared.config.busy_poll());
             if let Some(hello) = handshake(&shared, &mut reader, &sender).await {
                 let session = shared
                     .next_session

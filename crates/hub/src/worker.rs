@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// How long the reader polls for the next request before its thread sleeps; zero (the
+    /// default) never polls. See `HubConfig::busy_poll_us`.
+    pub busy_poll: Duration,
 }
 
 impl WorkerConfig {
@@ -48,6 +51,7 @@ impl WorkerConfig {
             max_retries: None,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -153,7 +157,7 @@ async fn session(
         .map_err(|e| Failure::Retry(e.to_string()))?;
     let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
-    let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES);
+    let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES).busy_poll(config.busy_poll);
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         role: "worker".into(),
@@ -236,9 +240,7 @@ async fn session(
 }
 
 /// Reads the next frame during the handshake; an error frame is a refusal.
-async fn expect<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-) -> Result<Message, Failure> {
+async fn expect(reader: &mut FrameReader) -> Result<Message, Failure> {
     let read = reader
         .read_frame_within(Duration::from_secs(10))
         .await
