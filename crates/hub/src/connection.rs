@@ -13,6 +13,10 @@ use crate::endpoint::{ReadHalf, WriteHalf};
 
 /// Bytes queued per connection before senders wait: bounds memory per slow peer.
 const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Room for the first read of a connection.
+const MIN_READ_BYTES: usize = 8 * 1024;
+/// Most room made for one read.
+const MAX_READ_BYTES: usize = 256 * 1024;
 /// Longest a closing connection may take to flush what it has queued.
 const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -38,15 +42,18 @@ pub(crate) struct FrameReader<R = ReadHalf> {
     decoder: FrameDecoder,
     /// How long to poll for the next bytes before sleeping on the socket; zero by default.
     busy_poll: Duration,
+    /// Room made before each read; grows while reads come back full.
+    read_size: usize,
 }
 
 impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, max_frame_bytes: u32) -> FrameReader<R> {
         FrameReader {
             io,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(MIN_READ_BYTES),
             decoder: FrameDecoder::new(max_frame_bytes),
             busy_poll: Duration::ZERO,
+            read_size: MIN_READ_BYTES,
         }
     }
 
@@ -87,8 +94,16 @@ impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
                     }
                 }
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            self.buf.reserve(self.read_size);
+            let room = self.buf.capacity() - self.buf.len();
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
                 return self.closed();
+            }
+            // A read that filled all the room says more is waiting: take bigger bites, so a
+            // burst of frames arrives in few syscalls. Idle connections keep small buffers.
+            if n == room {
+                self.read_size = (self.read_size * 2).min(MAX_READ_BYTES);
             }
             spin_since = None;
         }
@@ -102,9 +117,9 @@ impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Whether bytes of a further frame have already been read.
-    pub(crate) fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
+    /// The next frame if it has already been read whole; never waits on the socket.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Frame>, ReadError> {
+        Ok(self.decoder.decode(&mut self.buf)?)
     }
 
     /// [`FrameReader::read_frame`] with a time limit; `Ok(None)` also on timeout's expiry is
@@ -246,7 +261,19 @@ impl FrameSender {
         request_id: u64,
         deadline: Deadline,
     ) -> bool {
-        let frame = encode(message, request_id, deadline);
+        self.send_bytes(encode(message, request_id, deadline)).await
+    }
+
+    /// Sends several replies (message, request id) in one write, in order.
+    pub(crate) async fn send_all(&self, replies: &[(Message, u64)]) -> bool {
+        let mut frames = BytesMut::new();
+        for (message, request_id) in replies {
+            encode_frame(message, *request_id, Deadline::NONE, &mut frames);
+        }
+        self.send_bytes(frames).await
+    }
+
+    async fn send_bytes(&self, frame: BytesMut) -> bool {
         let outbox = &self.handle.outbox;
         loop {
             let room = outbox.room.notified();

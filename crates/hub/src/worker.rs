@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{
-    BatchResult, Deadline, ErrorCode, Frame, Goodbye, Heartbeat, Hello, Learned, Message, Register,
-    WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    BatchResult, Deadline, Encoding, ErrorCode, Frame, Goodbye, Heartbeat, Hello, Learned, Message,
+    MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use qnllm_router::{BackendError, LocalBackend};
 use tokio::sync::Semaphore;
@@ -221,11 +221,8 @@ async fn session(
             }
             read = reader.read_frame() => match read {
                 Ok(Some(frame)) => {
-                    // A lone request is computed here, on the task that read it: no hand-off
-                    // to another thread and back. With others running or already read
-                    // behind it, requests go to the blocking pool and run in parallel.
-                    let alone = requests.is_empty() && !reader.has_buffered();
-                    if let Some(end) = handle(frame, alone, engine, &sender, &requests, &permits, served, shutdown).await {
+                    let work = Work { engine, sender: &sender, requests: &requests, permits: &permits, served, shutdown };
+                    if let Some(end) = serve_burst(frame, &mut reader, &work).await {
                         break end;
                     }
                 }
@@ -275,6 +272,124 @@ fn error_message(err: &BackendError) -> Message {
     Message::Error(WireError::new(code, err.to_string()))
 }
 
+/// What serving a request needs from its session.
+struct Work<'a> {
+    engine: &'a LocalBackend,
+    sender: &'a FrameSender,
+    requests: &'a TaskTracker,
+    permits: &'a Arc<Semaphore>,
+    served: &'a Arc<AtomicU64>,
+    shutdown: &'a CancellationToken,
+}
+
+/// Serves `first` and every frame already read behind it. Consecutive reasons are served as
+/// one group: a lone one inline, on the task that read it (no hand-off to another thread
+/// and back), a burst split across the cores, each part one hand-off to the blocking pool
+/// and one write for all its replies. Other frames are handled in order between groups.
+/// `Some` ends the session.
+async fn serve_burst(
+    first: Frame,
+    reader: &mut FrameReader,
+    work: &Work<'_>,
+) -> Option<SessionEnd> {
+    let mut group: Vec<(u64, Encoding)> = Vec::new();
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        let id = frame.header.request_id;
+        if frame.kind == MessageKind::Reason {
+            if let Ok(Message::Reason(encoding)) = frame.message() {
+                group.push((id, encoding));
+            } else {
+                serve_group(std::mem::take(&mut group), work).await;
+                if let Some(end) = handle(frame, work).await {
+                    return Some(end);
+                }
+            }
+        } else {
+            serve_group(std::mem::take(&mut group), work).await;
+            if let Some(end) = handle(frame, work).await {
+                return Some(end);
+            }
+        }
+        match reader.next_buffered() {
+            Ok(frame) => next = frame,
+            Err(err) => {
+                serve_group(group, work).await;
+                return Some(SessionEnd::HubLeft(err.to_string()));
+            }
+        }
+    }
+    serve_group(group, work).await;
+    None
+}
+
+fn answer(engine: &LocalBackend, encoding: &Encoding, served: &AtomicU64) -> Message {
+    match engine.reason_now(encoding.as_slice()) {
+        Ok(answer) => {
+            served.fetch_add(1, Ordering::Relaxed);
+            Message::Result(result_body(&answer))
+        }
+        Err(err) => error_message(&err),
+    }
+}
+
+/// Serves a group of reasons: see [`serve_burst`]. Waiting for permits applies
+/// backpressure to the hub when `max_in_flight` are running.
+async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
+    if group.is_empty() {
+        return;
+    }
+    if group.len() == 1 && work.requests.is_empty() {
+        // Microseconds of compute: shorter than a wake of another thread.
+        let (id, encoding) = &group[0];
+        let reply = answer(work.engine, encoding, work.served);
+        work.sender.send(&reply, *id, Deadline::NONE).await;
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let most = work.permits.available_permits().max(1);
+    let part = group.len().div_ceil(cores).clamp(1, most);
+    while !group.is_empty() {
+        let chunk: Vec<(u64, Encoding)> = group.drain(..part.min(group.len())).collect();
+        let Ok(permit) = work
+            .permits
+            .clone()
+            .acquire_many_owned(chunk.len() as u32)
+            .await
+        else {
+            return;
+        };
+        let (engine, sender, served) = (
+            work.engine.clone(),
+            work.sender.clone(),
+            work.served.clone(),
+        );
+        work.requests.spawn(async move {
+            let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
+            let job = move || {
+                chunk
+                    .iter()
+                    .map(|(id, encoding)| (answer(&engine, encoding, &served), *id))
+                    .collect::<Vec<_>>()
+            };
+            let replies = match tokio::task::spawn_blocking(job).await {
+                Ok(replies) => replies,
+                Err(join) => ids
+                    .into_iter()
+                    .map(|id| {
+                        (
+                            Message::Error(WireError::new(ErrorCode::Internal, join.to_string())),
+                            id,
+                        )
+                    })
+                    .collect(),
+            };
+            sender.send_all(&replies).await;
+            drop(permit);
+        });
+    }
+}
+
 /// Runs `job` on the blocking pool as a tracked request and sends its reply. Waiting for a
 /// permit first applies backpressure to the hub when `max_in_flight` are running.
 async fn serve(
@@ -303,19 +418,16 @@ async fn serve(
     });
 }
 
-/// Handles one frame from the hub; `Some` ends the session. `alone`: nothing else is
-/// running or waiting, so a single reason is answered inline.
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    frame: Frame,
-    alone: bool,
-    engine: &LocalBackend,
-    sender: &FrameSender,
-    requests: &TaskTracker,
-    permits: &Arc<Semaphore>,
-    served: &Arc<AtomicU64>,
-    shutdown: &CancellationToken,
-) -> Option<SessionEnd> {
+/// Handles one frame from the hub other than a well-formed reason; `Some` ends the session.
+async fn handle(frame: Frame, work: &Work<'_>) -> Option<SessionEnd> {
+    let Work {
+        engine,
+        sender,
+        requests,
+        permits,
+        served,
+        shutdown,
+    } = *work;
     let id = frame.header.request_id;
     let message = match frame.message() {
         Ok(message) => message,
@@ -331,26 +443,6 @@ async fn handle(
         }
     };
     match message {
-        Message::Reason(encoding) if alone => {
-            // Microseconds of compute: shorter than a wake of another thread.
-            let reply = match engine.reason_now(encoding.as_slice()) {
-                Ok(answer) => {
-                    served.fetch_add(1, Ordering::Relaxed);
-                    Message::Result(result_body(&answer))
-                }
-                Err(err) => error_message(&err),
-            };
-            sender.send(&reply, id, Deadline::NONE).await;
-        }
-        Message::Reason(encoding) => {
-            let engine = engine.clone();
-            let job = move || {
-                engine
-                    .reason_now(encoding.as_slice())
-                    .map(|a| Message::Result(result_body(&a)))
-            };
-            serve(id, job, sender, requests, permits, served).await;
-        }
         Message::Batch(batch) => {
             let engine = engine.clone();
             let job = move || {
