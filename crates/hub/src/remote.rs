@@ -7,8 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use qnllm_engine::Digest;
-use qnllm_protocol::{Batch, Deadline, ErrorCode, Frame, Learn, Message, Register};
+use qnllm_protocol::{
+    encode_batch_frame, encode_frame, encode_reason_frame, Deadline, ErrorCode, Frame, Learn,
+    Message, Register,
+};
 use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 use tokio::sync::oneshot;
 
@@ -126,7 +130,13 @@ impl RemoteEngine {
         }
     }
 
-    async fn call(&self, message: &Message, budget: Duration) -> Result<Frame, BackendError> {
+    /// Sends the frame `encode` writes for a request id and deadline, and waits for its
+    /// reply within `budget`.
+    async fn call(
+        &self,
+        encode: impl FnOnce(u64, Deadline, &mut BytesMut),
+        budget: Duration,
+    ) -> Result<Frame, BackendError> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let reply = {
             let mut pending = self.pending();
@@ -141,11 +151,9 @@ impl RemoteEngine {
         // Forget the request however this future ends: answered, timed out or dropped.
         let _forget = Forget { engine: self, id };
         let exchange = async {
-            if !self
-                .sender
-                .send(message, id, Deadline::from_remaining(budget))
-                .await
-            {
+            let mut frame = BytesMut::new();
+            encode(id, Deadline::from_remaining(budget), &mut frame);
+            if !self.sender.send_encoded(frame).await {
                 return Err(self.gone());
             }
             reply.await.map_err(|_| self.gone())
@@ -212,7 +220,13 @@ impl Backend for RemoteEngine {
                 base_version,
                 encoding: encoding.to_vec().into(),
             };
-            let frame = self.call(&Message::Learn(learn), budget).await?;
+            let message = Message::Learn(learn);
+            let frame = self
+                .call(
+                    |id, deadline, out| encode_frame(&message, id, deadline, out),
+                    budget,
+                )
+                .await?;
             match frame.message() {
                 Ok(Message::Learned(learned)) => {
                     let state = ModelState {
@@ -249,8 +263,12 @@ impl Backend for RemoteEngine {
         budget: Duration,
     ) -> BackendFuture<'a, Result<Answer, BackendError>> {
         Box::pin(async move {
+            // Encoded straight from the caller's slice: no copy into a message first.
             let frame = self
-                .call(&Message::Reason(encoding.to_vec().into()), budget)
+                .call(
+                    |id, deadline, out| encode_reason_frame(encoding, id, deadline, out),
+                    budget,
+                )
                 .await?;
             match frame.message() {
                 Ok(Message::Result(body)) => {
@@ -269,16 +287,24 @@ impl Backend for RemoteEngine {
         budget: Duration,
     ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
         Box::pin(async move {
-            let batch = u32::try_from(dim)
+            let invalid = || {
+                BackendError::InvalidInput(format!(
+                    "{} values do not split into encodings of {dim}",
+                    values.len()
+                ))
+            };
+            let dim = u32::try_from(dim)
                 .ok()
-                .and_then(|dim| Batch::new(dim, values.to_vec()))
-                .ok_or_else(|| {
-                    BackendError::InvalidInput(format!(
-                        "{} values do not split into encodings of {dim}",
-                        values.len()
-                    ))
-                })?;
-            let frame = self.call(&Message::Batch(batch), budget).await?;
+                .filter(|d| *d > 0 && values.len().is_multiple_of(*d as usize))
+                .ok_or_else(invalid)?;
+            let frame = self
+                .call(
+                    |id, deadline, out| {
+                        encode_batch_frame(dim, values, id, deadline, out);
+                    },
+                    budget,
+                )
+                .await?;
             match frame.message() {
                 Ok(Message::BatchResult(body)) => {
                     self.served

@@ -67,16 +67,85 @@ pub fn encode_frame_with_flags(
     flags: Flags,
     out: &mut BytesMut,
 ) {
+    frame_with(message.kind(), request_id, deadline, flags, out, |out| {
+        message.encode_body(out)
+    });
+}
+
+/// A `reason` frame straight from borrowed values: the bytes of
+/// `encode_frame(&Message::Reason(values.to_vec().into()), ..)` without that copy, for a
+/// hub forwarding an encoding it holds as a slice.
+///
+/// # Panics
+///
+/// As [`encode_frame`].
+pub fn encode_reason_frame(
+    values: &[f32],
+    request_id: u64,
+    deadline: Deadline,
+    out: &mut BytesMut,
+) {
+    frame_with(
+        MessageKind::Reason,
+        request_id,
+        deadline,
+        Flags::EMPTY,
+        out,
+        |out| crate::body::Encoding::write(values, out),
+    );
+}
+
+/// A `batch` frame of `values.len() / dim` encodings straight from borrowed values, as
+/// [`encode_reason_frame`]; `false` (nothing written) unless they split evenly into
+/// encodings of `dim` (as [`crate::Batch::new`] requires).
+///
+/// # Panics
+///
+/// As [`encode_frame`].
+pub fn encode_batch_frame(
+    dim: u32,
+    values: &[f32],
+    request_id: u64,
+    deadline: Deadline,
+    out: &mut BytesMut,
+) -> bool {
+    let Some(count) = crate::body::Batch::count_of(dim, values.len()) else {
+        return false;
+    };
+    frame_with(
+        MessageKind::Batch,
+        request_id,
+        deadline,
+        Flags::EMPTY,
+        out,
+        |out| {
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&dim.to_le_bytes());
+            crate::body::Encoding::write(values, out);
+        },
+    );
+    true
+}
+
+/// Writes a header for `kind`, then the body `body` writes, then fills in its length.
+fn frame_with(
+    kind: MessageKind,
+    request_id: u64,
+    deadline: Deadline,
+    flags: Flags,
+    out: &mut BytesMut,
+    body: impl FnOnce(&mut BytesMut),
+) {
     let start = out.len();
     let header = Header {
-        kind: message.kind() as u8,
+        kind: kind as u8,
         flags,
         request_id,
         deadline,
         payload_len: 0,
     };
     out.extend_from_slice(&header.to_bytes());
-    message.encode_body(out);
+    body(out);
     let body_len = out.len() - start - HEADER_BYTES;
     #[allow(clippy::expect_used)]
     let body_len =
@@ -172,6 +241,35 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_from_borrowed_values_are_the_bytes_of_the_owned_messages() {
+        let values: Vec<f32> = (0..768 * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        let deadline = Deadline::from_micros(1_234);
+        let (mut owned, mut borrowed) = (BytesMut::new(), BytesMut::new());
+        encode_frame(
+            &Message::Reason(values.clone().into()),
+            7,
+            deadline,
+            &mut owned,
+        );
+        encode_reason_frame(&values, 7, deadline, &mut borrowed);
+        assert_eq!(owned, borrowed);
+
+        let (mut owned, mut borrowed) = (BytesMut::new(), BytesMut::new());
+        let batch = crate::Batch::new(768, values.clone()).unwrap();
+        encode_frame(&Message::Batch(batch), 8, deadline, &mut owned);
+        assert!(encode_batch_frame(768, &values, 8, deadline, &mut borrowed));
+        assert_eq!(owned, borrowed);
+
+        let mut refused = BytesMut::new();
+        assert!(!encode_batch_frame(767, &values, 9, deadline, &mut refused));
+        assert!(!encode_batch_frame(0, &values, 9, deadline, &mut refused));
+        assert!(
+            refused.is_empty(),
+            "nothing written for a batch that does not split"
+        );
+    }
     use crate::body::WireError;
     use crate::error::ErrorCode;
 

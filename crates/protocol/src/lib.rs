@@ -33,7 +33,10 @@ pub use body::{
     Event, Goodbye, Grace, Heartbeat, Hello, Learn, Learned, ModelInfo, Register, Registered,
     ResultBody, Subscribe, TeacherVote, Topic, Welcome, WireError, DIGEST_BYTES,
 };
-pub use codec::{encode_frame, encode_frame_with_flags, Frame, FrameDecoder};
+pub use codec::{
+    encode_batch_frame, encode_frame, encode_frame_with_flags, encode_reason_frame, Frame,
+    FrameDecoder,
+};
 pub use error::{ErrorCode, ProtocolError};
 pub use header::{
     Deadline, Flags, Header, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, MAGIC, PROTOCOL_VERSION,
