@@ -105,6 +105,9 @@ pub struct Report {
     pub rounds: usize,
     /// Busy-poll time of the busy-poll path, µs.
     pub busy_poll_us: u64,
+    /// The default engine's pipelined throughput through the hub over the in-process
+    /// engine's `reason_batch` on every core of the same machine.
+    pub engine_share: Option<f64>,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
     /// Hub memory, idle and with idle connections open.
@@ -632,6 +635,15 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         rows.push(row);
     }
     rows.extend(in_process(config.requests).await?);
+    let throughput_of = |prefix: &str| {
+        rows.iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .filter_map(|r| r.throughput)
+            .next_back()
+    };
+    let engine_share = throughput_of("qnllm Unix, default engine")
+        .zip(throughput_of("in-process reason_batch 64"))
+        .map(|(hub, local)| hub / local);
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(Report {
         request_bytes: request,
@@ -640,6 +652,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         clients: c,
         rounds: completed,
         busy_poll_us: spin.as_micros() as u64,
+        engine_share,
         rows,
         memory,
     })
@@ -704,24 +717,39 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
         None,
         distribution(&samples),
     );
-    // reason_batch of 64 on one thread: latency per batch, throughput in encodings.
+    // reason_batch of 64 on one thread, then on every core: latency per batch, throughput
+    // in encodings. The all-core figure is what the engine behind the hub is compared with.
     let batch: Vec<Vec<f32>> = NormalInputs::new(2, 768).take(64).collect();
     let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
-    let rounds = n.div_ceil(10).max(1);
-    let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let _ = qnllm_engine::Engine::reason_batch(&reference, &refs);
-        samples.push(t.elapsed());
+    let cores = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+    let mut rows = vec![local, hit];
+    let mut counts = vec![std::num::NonZeroUsize::MIN];
+    if cores.get() > 1 {
+        counts.push(cores);
     }
-    let batch_latency = Latency::of(samples.clone());
-    let in_batch = row(
-        "in-process reason_batch 64",
-        Some(batch_latency),
-        Some(64.0 / (batch_latency.p50_us / 1e6)),
-        None,
-        None,
-        distribution(&samples),
-    );
-    Ok(vec![local, hit, in_batch])
+    for threads in counts {
+        let engine = reference.clone().with_threads(threads);
+        let rounds = n.div_ceil(10).max(1);
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let _ = qnllm_engine::Engine::reason_batch(&engine, &refs);
+            samples.push(t.elapsed());
+        }
+        let batch_latency = Latency::of(samples.clone());
+        let name = if threads.get() == 1 {
+            "in-process reason_batch 64".to_string()
+        } else {
+            format!("in-process reason_batch 64, {threads} cores")
+        };
+        rows.push(row(
+            &name,
+            Some(batch_latency),
+            Some(64.0 / (batch_latency.p50_us / 1e6)),
+            None,
+            None,
+            distribution(&samples),
+        ));
+    }
+    Ok(rows)
 }

@@ -127,7 +127,7 @@ fn print_table(report: &Report) {
         report.request_bytes, report.reply_bytes, report.clients, report.window, report.rounds
     );
     println!(
-        "{:<29} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
+        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
         "path",
         "p50 µs",
         "p90 µs",
@@ -148,7 +148,7 @@ fn print_table(report: &Report) {
     for row in &report.rows {
         let l = row.latency;
         println!(
-            "{:<29} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
+            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
             row.path,
             opt(l.map(|l| l.p50_us), 1),
             opt(l.map(|l| l.p90_us), 1),
@@ -171,6 +171,12 @@ fn print_table(report: &Report) {
         "per one-at-a-time round trip of every process on the path, client included; busy-poll: {} µs",
         report.busy_poll_us
     );
+    if let Some(share) = report.engine_share {
+        println!(
+            "default engine through the hub: {:.0} % of the in-process engine's throughput on all cores",
+            share * 100.0
+        );
+    }
     if let Some(m) = report.memory {
         println!(
             "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",
