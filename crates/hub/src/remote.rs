@@ -250,6 +250,10 @@ impl Backend for RemoteEngine {
         &self.name
     }
 
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+
     fn describe(&self) -> EngineInfo {
         self.info
             .lock()

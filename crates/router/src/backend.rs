@@ -122,6 +122,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// What it serves.
     fn describe(&self) -> EngineInfo;
 
+    /// `"local"` or `"remote"`, as [`EngineInfo::kind`], without building the whole
+    /// description (the router asks on every request).
+    fn kind(&self) -> &'static str {
+        self.describe().kind
+    }
+
     /// Reasons over one encoding within `budget`.
     fn reason<'a>(
         &'a self,

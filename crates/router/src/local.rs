@@ -135,6 +135,10 @@ impl Backend for LocalBackend {
         &self.name
     }
 
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
     fn describe(&self) -> EngineInfo {
         let info = self.info();
         EngineInfo {

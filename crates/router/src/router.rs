@@ -302,7 +302,7 @@ impl Router {
             .filter(|(_, s)| !s.health.is_ejected())
             .map(|(index, s)| Candidate {
                 index,
-                local: s.backend.describe().kind == "local",
+                local: s.backend.kind() == "local",
                 cost: s.health.cost(),
             })
             .collect();
@@ -312,7 +312,7 @@ impl Router {
                 .enumerate()
                 .map(|(index, s)| Candidate {
                     index,
-                    local: s.backend.describe().kind == "local",
+                    local: s.backend.kind() == "local",
                     cost: s.health.cost(),
                 })
                 .collect()
@@ -402,7 +402,9 @@ impl Router {
             .cache
             .as_ref()
             .filter(|_| self.cache_enabled.load(Ordering::Relaxed));
-        let mut answer = match (cache, self.serving_model()) {
+        // The model (what cache keys start with) is only looked up by a router with a cache.
+        let model = self.cache.as_ref().and_then(|_| self.serving_model());
+        let mut answer = match (cache, model) {
             (Some(cache), Some(model)) => {
                 let (answer, cached) = cache.get_or_compute(model, encoding, routed).await?;
                 Answer { cached, ..answer }

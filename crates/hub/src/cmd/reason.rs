@@ -21,7 +21,9 @@ pub(crate) fn one(
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
     session.spawn(shared, id, async move {
-        match shared_.router.reason(&encoding, deadline).await {
+        // The router's future is about 3 KB: boxed, it is written once, where the task
+        // would otherwise copy it on every move into place.
+        match Box::pin(shared_.router.reason(&encoding, deadline)).await {
             Ok(answer) => {
                 sender
                     .send(&Message::Result(result_body(&answer)), id, Deadline::NONE)
@@ -45,10 +47,12 @@ pub(crate) fn batch(
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
     session.spawn(shared, id, async move {
-        match shared_
-            .router
-            .reason_batch(batch.values(), batch.dim() as usize, deadline)
-            .await
+        match Box::pin(
+            shared_
+                .router
+                .reason_batch(batch.values(), batch.dim() as usize, deadline),
+        )
+        .await
         {
             Ok(answers) => {
                 let results = answers.iter().map(result_body).collect();
