@@ -73,6 +73,10 @@ pub(crate) struct ServeArgs {
     /// A teacher model for `coordinate` requests (`seed:N` or a file); repeat for more.
     #[arg(long = "teacher", value_name = "seed:N|FILE")]
     teachers: Vec<String>,
+    /// Threads serving connections [default: one per core]. On a machine the hub shares
+    /// with its workers and clients, fewer threads can mean lower latency.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Poll each connection this long for the next frame before sleeping [default: 0, off].
     /// Lower latency on machines where waking a core is slow, for CPU spent waiting.
     #[arg(long, value_name = "MICROSECONDS")]
@@ -101,6 +105,10 @@ pub(crate) struct WorkerArgs {
     /// Answer every request with one fixed result, without computing (for benchmarks).
     #[arg(long)]
     fixed: bool,
+    /// Threads reading and answering the hub [default: one per core]; engine compute for
+    /// concurrent requests runs on its own pool.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Poll for the next request this long before sleeping [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll_us: u64,
@@ -123,7 +131,17 @@ pub(crate) struct StatsArgs {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+/// A runtime with `threads` worker threads; by default one per core (or
+/// `TOKIO_WORKER_THREADS`).
+fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -199,7 +217,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             ));
         }
     }
-    runtime()?.block_on(async move {
+    let threads = args.threads;
+    runtime_with(threads)?.block_on(async move {
         let shutdown = on_signal();
         let running = hub.start(shutdown).await?;
         // One line per listener on stdout, so scripts (and tests) can find the address.
@@ -233,7 +252,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     } else {
         LocalBackend::new(config.name.clone(), spiking)
     };
-    runtime()?.block_on(async move {
+    runtime_with(args.threads)?.block_on(async move {
         let shutdown = on_signal();
         // On a runtime thread, not this one: the task that reads the socket then runs
         // where the socket's readiness is polled, with no wake of another thread per frame.

@@ -181,8 +181,19 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn reason_through_the_hub_reaches_both_workers_with_the_local_digests() {
-    let (_hub, addr) = hub(&[]);
-    let (_w1, _w2) = (worker(&addr, "w1"), worker(&addr, "w2"));
+    // One thread each for the hub and one worker: the answers do not depend on it.
+    let (_hub, addr) = hub(&["--threads", "1"]);
+    let _w1 = Proc::spawn(&[
+        "worker",
+        "--connect",
+        &addr,
+        "--name",
+        "w1",
+        "--threads",
+        "1",
+    ])
+    .0;
+    let _w2 = worker(&addr, "w2");
     runtime().block_on(async { wait_for_engines(&client(&addr).await, &["w1", "w2"]).await });
     let qnllm = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_qnllm"))
