@@ -138,12 +138,14 @@ impl Probe {
         Ok(())
     }
 
-    /// About `n` requests spread over every connection, `window` in flight on each; the time
-    /// they took.
+    /// About `n` requests spread over every connection, `window` in flight on each: how
+    /// many were answered and the time they took; each one's round trip under that load is
+    /// appended to `samples`.
     pub(crate) async fn throughput(
         &mut self,
         n: usize,
         window: usize,
+        samples: &mut Vec<Duration>,
     ) -> Result<(usize, Duration), BenchError> {
         let t = Instant::now();
         let done = match self {
@@ -159,13 +161,15 @@ impl Probe {
                         .iter_mut()
                         .map(|s| scope.spawn(move || pipeline(s, per, window, request, reply)))
                         .collect();
-                    runs.into_iter()
-                        .map(|r| {
-                            r.join().unwrap_or_else(|_| {
-                                Err(BenchError::Measure("a sender thread panicked".into()))
-                            })
-                        })
-                        .sum::<Result<usize, BenchError>>()
+                    let mut done = 0;
+                    for run in runs {
+                        let times = run.join().unwrap_or_else(|_| {
+                            Err(BenchError::Measure("a sender thread panicked".into()))
+                        })?;
+                        done += times.len();
+                        samples.extend(times);
+                    }
+                    Ok::<usize, BenchError>(done)
                 })?
             }
             Probe::Hub { clients, encoding } => {
@@ -175,22 +179,26 @@ impl Probe {
                     (0..window).map(move |lane| {
                         let (client, x) = (client.clone(), encoding.clone());
                         async move {
-                            let mut done = 0;
+                            let mut times = Vec::new();
                             for _ in (lane..per).step_by(window) {
+                                let t = Instant::now();
                                 client
                                     .reason(&x, Duration::from_secs(10))
                                     .await
                                     .map_err(|e| BenchError::Measure(e.to_string()))?;
-                                done += 1;
+                                times.push(t.elapsed());
                             }
-                            Ok::<usize, BenchError>(done)
+                            Ok::<Vec<Duration>, BenchError>(times)
                         }
                     })
                 });
-                futures::future::join_all(lanes)
-                    .await
-                    .into_iter()
-                    .sum::<Result<usize, BenchError>>()?
+                let mut done = 0;
+                for lane in futures::future::join_all(lanes).await {
+                    let times = lane?;
+                    done += times.len();
+                    samples.extend(times);
+                }
+                done
             }
         };
         Ok((done, t.elapsed()))
@@ -201,27 +209,35 @@ fn no_connection() -> BenchError {
     BenchError::Measure("a probe without a connection".into())
 }
 
-/// `n` requests with `window` in flight on one raw stream; how many were answered.
+/// `n` requests with `window` in flight on one raw stream; the round trip of each (the
+/// server answers in order, so the oldest request sent is the one answered).
 fn pipeline(
     stream: &mut Box<dyn RawStream>,
     n: usize,
     window: usize,
     request: &[u8],
     reply: usize,
-) -> Result<usize, BenchError> {
+) -> Result<Vec<Duration>, BenchError> {
     let mut back = vec![0u8; reply];
     let err = |e: std::io::Error| BenchError::Measure(e.to_string());
+    let mut sent_at = std::collections::VecDeque::with_capacity(window);
+    let mut times = Vec::with_capacity(n);
     let mut sent = 0;
     while sent < window.min(n) {
+        sent_at.push_back(Instant::now());
         stream.write_all(request).map_err(err)?;
         sent += 1;
     }
     for _ in 0..n {
         stream.read_exact(&mut back).map_err(err)?;
+        if let Some(at) = sent_at.pop_front() {
+            times.push(at.elapsed());
+        }
         if sent < n {
+            sent_at.push_back(Instant::now());
             stream.write_all(request).map_err(err)?;
             sent += 1;
         }
     }
-    Ok(n)
+    Ok(times)
 }

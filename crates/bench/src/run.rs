@@ -68,6 +68,8 @@ pub struct Row {
     pub latency: Option<Latency>,
     /// Requests per second with `window` in flight on each of `clients` connections.
     pub throughput: Option<f64>,
+    /// Round trips under that load (each request from its send to its answer).
+    pub loaded: Option<Latency>,
     /// p50 over the raw ping-pong's p50 on the same transport.
     pub p50_ratio: Option<f64>,
     /// p99 over the raw ping-pong's p99.
@@ -325,6 +327,7 @@ fn row(
         relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
         relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
         cpu_us_per_request: None,
+        loaded: None,
         distribution,
     }
 }
@@ -356,6 +359,8 @@ struct Path {
     ping_pong: Option<usize>,
     relay: Option<usize>,
     samples: Vec<Duration>,
+    /// Round trips under the throughput load.
+    loaded: Vec<Duration>,
     done: usize,
     busy: Duration,
     /// The processes serving this path, the measuring client's own included.
@@ -380,6 +385,7 @@ impl Path {
             ping_pong,
             relay,
             samples: Vec::new(),
+            loaded: Vec::new(),
             done: 0,
             busy: Duration::ZERO,
             pids,
@@ -597,7 +603,10 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
                 .zip(cpu_of(&path.pids))
                 .map(|(a, b)| b.saturating_sub(a));
             path.cpu = path.cpu.zip(used).map(|(total, used)| total + used);
-            let (done, took) = path.probe.throughput(pipelined_per_round, w).await?;
+            let (done, took) = path
+                .probe
+                .throughput(pipelined_per_round, w, &mut path.loaded)
+                .await?;
             path.done += done;
             path.busy += took;
         }
@@ -629,6 +638,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             base(path.relay),
             distribution(&path.samples),
         );
+        row.loaded = Some(Latency::of(path.loaded.clone()));
         row.cpu_us_per_request = path
             .cpu
             .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);

@@ -122,12 +122,17 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn print_table(report: &Report) {
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+    };
     println!(
-        "request {} B, reply {} B; latency one request at a time; throughput with {} connection(s) × {} in flight; {} interleaved rounds",
-        report.request_bytes, report.reply_bytes, report.clients, report.window, report.rounds
+        "request {} B, reply {} B; {} interleaved rounds; ratios are over the raw ping-pong (×pp) and the raw relay (×relay) measured in this run",
+        report.request_bytes, report.reply_bytes, report.rounds
     );
+    println!();
+    println!("one request at a time");
     println!(
-        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
+        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>7}",
         "path",
         "p50 µs",
         "p90 µs",
@@ -135,20 +140,14 @@ fn print_table(report: &Report) {
         "p99.9 µs",
         "max µs",
         "CPU µs",
-        "req/s",
-        "p50 ×",
-        "p99 ×",
-        "req/s ×",
-        "p50 ×",
-        "req/s ×"
+        "p50×pp",
+        "p99×pp",
+        "p50×relay"
     );
-    let opt = |v: Option<f64>, digits: usize| {
-        v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
-    };
     for row in &report.rows {
         let l = row.latency;
         println!(
-            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>9} | {:>6} {:>6} {:>7} | {:>6} {:>7}",
+            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9}",
             row.path,
             opt(l.map(|l| l.p50_us), 1),
             opt(l.map(|l| l.p90_us), 1),
@@ -156,19 +155,37 @@ fn print_table(report: &Report) {
             opt(l.map(|l| l.p999_us), 1),
             opt(l.map(|l| l.max_us), 0),
             opt(row.cpu_us_per_request, 0),
-            opt(row.throughput, 0),
             opt(row.p50_ratio, 2),
             opt(row.p99_ratio, 2),
-            opt(row.throughput_ratio, 2),
             opt(row.relay_p50_ratio, 2),
-            opt(row.relay_throughput_ratio, 2),
         );
     }
-    println!("ratios, all from this run: first over the raw ping-pong on the same transport (the");
-    println!("kernel's floor), then over the raw relay (client → relay → server, the floor for a");
-    println!("path with the hub's hop, so what remains is qnllm's own software). CPU µs: CPU time");
+    println!();
     println!(
-        "per one-at-a-time round trip of every process on the path, client included; busy-poll: {} µs",
+        "pipelined: {} connection(s) × {} requests in flight",
+        report.clients, report.window
+    );
+    println!(
+        "{:<33} {:>9} {:>8} {:>11} | {:>11} {:>11}",
+        "path", "req/s", "req/s×pp", "req/s×relay", "load p50 µs", "load p99 µs"
+    );
+    for row in report.rows.iter().filter(|r| r.throughput.is_some()) {
+        let l = row.loaded;
+        println!(
+            "{:<33} {:>9} {:>8} {:>11} | {:>11} {:>11}",
+            row.path,
+            opt(row.throughput, 0),
+            opt(row.throughput_ratio, 2),
+            opt(row.relay_throughput_ratio, 2),
+            opt(l.map(|l| l.p50_us), 0),
+            opt(l.map(|l| l.p99_us), 0),
+        );
+    }
+    println!();
+    println!("raw relay: client → relay → server, the floor for a path with the hub's hop; what");
+    println!("remains over it is qnllm's own software. CPU µs: CPU time per one-at-a-time round");
+    println!(
+        "trip of every process on the path, client included. busy-poll: {} µs.",
         report.busy_poll_us
     );
     if let Some(share) = report.engine_share {

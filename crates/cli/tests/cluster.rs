@@ -509,6 +509,10 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         assert_eq!(row["latency"]["count"], 20, "{row}");
         assert!(row["throughput"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["cpu_us_per_request"].as_f64().unwrap() >= 0.0, "{row}");
+        // Every pipelined request's round trip is measured too.
+        let loaded = &row["loaded"];
+        assert!(loaded["count"].as_u64().unwrap() >= 200, "{row}");
+        assert!(loaded["p99_us"].as_f64().unwrap() >= loaded["p50_us"].as_f64().unwrap());
     }
     // Every qnllm path is reported against its ping-pong, and those with a worker hop
     // against the relay too.
@@ -520,6 +524,36 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
         let worker_hop = !row["path"].as_str().unwrap().contains("engine in hub");
         assert_eq!(row["relay_p50_ratio"].is_f64(), worker_hop, "{row}");
+    }
+    // The table a person reads: both sections, every path, the engine's share and memory.
+    let table = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+        .args([
+            "bench",
+            "--requests",
+            "10",
+            "--pipelined",
+            "40",
+            "--window",
+            "4",
+            "--rounds",
+            "1",
+            "--connections",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    for needle in [
+        "one request at a time",
+        "pipelined: 1 connection(s) × 4 requests in flight",
+        "of the in-process engine's throughput on all cores",
+        "hub memory:",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    for path in &paths {
+        assert!(text.contains(path), "{path} missing from\n{text}");
     }
     let svg = std::fs::read_to_string(&chart).unwrap();
     let _ = std::fs::remove_file(&chart);
