@@ -70,6 +70,8 @@ pub struct Row {
     pub throughput: Option<f64>,
     /// Round trips under that load (each request from its send to its answer).
     pub loaded: Option<Latency>,
+    /// CPU time per pipelined request, in µs, of every process on the path.
+    pub loaded_cpu_us_per_request: Option<f64>,
     /// p50 over the raw ping-pong's p50 on the same transport.
     pub p50_ratio: Option<f64>,
     /// p99 over the raw ping-pong's p99.
@@ -328,6 +330,7 @@ fn row(
         relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
         cpu_us_per_request: None,
         loaded: None,
+        loaded_cpu_us_per_request: None,
         distribution,
     }
 }
@@ -367,6 +370,8 @@ struct Path {
     pids: Vec<u32>,
     /// Their CPU time during the one-at-a-time round trips; `None` where it cannot be read.
     cpu: Option<Duration>,
+    /// Their CPU time during the pipelined requests.
+    cpu_loaded: Option<Duration>,
 }
 
 impl Path {
@@ -390,6 +395,7 @@ impl Path {
             busy: Duration::ZERO,
             pids,
             cpu: Some(Duration::ZERO),
+            cpu_loaded: Some(Duration::ZERO),
         }
     }
 }
@@ -603,10 +609,15 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
                 .zip(cpu_of(&path.pids))
                 .map(|(a, b)| b.saturating_sub(a));
             path.cpu = path.cpu.zip(used).map(|(total, used)| total + used);
+            let before = cpu_of(&path.pids);
             let (done, took) = path
                 .probe
                 .throughput(pipelined_per_round, w, &mut path.loaded)
                 .await?;
+            let used = before
+                .zip(cpu_of(&path.pids))
+                .map(|(a, b)| b.saturating_sub(a));
+            path.cpu_loaded = path.cpu_loaded.zip(used).map(|(total, used)| total + used);
             path.done += done;
             path.busy += took;
         }
@@ -639,6 +650,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             distribution(&path.samples),
         );
         row.loaded = Some(Latency::of(path.loaded.clone()));
+        row.loaded_cpu_us_per_request = path
+            .cpu_loaded
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / path.done.max(1) as f64);
         row.cpu_us_per_request = path
             .cpu
             .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);

@@ -166,15 +166,16 @@ fn print_table(report: &Report) {
         report.clients, report.window
     );
     println!(
-        "{:<33} {:>9} {:>8} {:>11} | {:>11} {:>11}",
-        "path", "req/s", "req/s×pp", "req/s×relay", "load p50 µs", "load p99 µs"
+        "{:<33} {:>9} {:>6} {:>8} {:>11} | {:>11} {:>11}",
+        "path", "req/s", "CPU µs", "req/s×pp", "req/s×relay", "load p50 µs", "load p99 µs"
     );
     for row in report.rows.iter().filter(|r| r.throughput.is_some()) {
         let l = row.loaded;
         println!(
-            "{:<33} {:>9} {:>8} {:>11} | {:>11} {:>11}",
+            "{:<33} {:>9} {:>6} {:>8} {:>11} | {:>11} {:>11}",
             row.path,
             opt(row.throughput, 0),
+            opt(row.loaded_cpu_us_per_request, 1),
             opt(row.throughput_ratio, 2),
             opt(row.relay_throughput_ratio, 2),
             opt(l.map(|l| l.p50_us), 0),
@@ -183,9 +184,9 @@ fn print_table(report: &Report) {
     }
     println!();
     println!("raw relay: client → relay → server, the floor for a path with the hub's hop; what");
-    println!("remains over it is qnllm's own software. CPU µs: CPU time per one-at-a-time round");
+    println!("remains over it is qnllm's own software. CPU µs: CPU time per request of every");
     println!(
-        "trip of every process on the path, client included. busy-poll: {} µs.",
+        "process on the path, client included (10 ms ticks over the run). busy-poll: {} µs.",
         report.busy_poll_us
     );
     if let Some(share) = report.engine_share {
