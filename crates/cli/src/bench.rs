@@ -10,10 +10,10 @@ use qnllm_bench::{BenchConfig, Report};
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// Round trips per latency figure, per path.
-    #[arg(long, default_value_t = 4_000)]
+    #[arg(long, default_value_t = 10_000)]
     requests: usize,
     /// Requests per throughput figure, per path.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     pipelined: usize,
     /// Requests in flight on each connection for the throughput figures.
     #[arg(long, default_value_t = 64)]
