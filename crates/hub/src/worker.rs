@@ -199,6 +199,7 @@ async fn session(
 
     let requests = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize));
+    let compute_ns = Arc::new(AtomicU64::new(0));
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(10)));
     let mut draining = false;
@@ -221,7 +222,7 @@ async fn session(
             }
             read = reader.read_frame() => match read {
                 Ok(Some(frame)) => {
-                    let work = Work { engine, sender: &sender, requests: &requests, permits: &permits, served, shutdown };
+                    let work = Work { engine, compute_ns: &compute_ns, sender: &sender, requests: &requests, permits: &permits, served, shutdown };
                     if let Some(end) = serve_burst(frame, &mut reader, &work).await {
                         break end;
                     }
@@ -272,9 +273,15 @@ fn error_message(err: &BackendError) -> Message {
     Message::Error(WireError::new(code, err.to_string()))
 }
 
+/// Requests whose estimated compute is below this are answered on the task that read them:
+/// handing work to another thread and back costs tens of microseconds on a busy VM.
+const INLINE_NS: u64 = 50_000;
+
 /// What serving a request needs from its session.
 struct Work<'a> {
     engine: &'a LocalBackend,
+    /// Recent compute time per reason, ns (a moving average).
+    compute_ns: &'a Arc<AtomicU64>,
     sender: &'a FrameSender,
     requests: &'a TaskTracker,
     permits: &'a Arc<Semaphore>,
@@ -323,8 +330,20 @@ async fn serve_burst(
     None
 }
 
-fn answer(engine: &LocalBackend, encoding: &Encoding, served: &AtomicU64) -> Message {
-    match engine.reason_now(encoding.as_slice()) {
+/// Computes one reason; keeps `compute_ns`, the moving average of the compute time, current.
+fn answer(
+    engine: &LocalBackend,
+    encoding: &Encoding,
+    served: &AtomicU64,
+    compute_ns: &AtomicU64,
+) -> Message {
+    let started = std::time::Instant::now();
+    let outcome = engine.reason_now(encoding.as_slice());
+    let took = started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
+    let average = compute_ns.load(Ordering::Relaxed);
+    // Racing updates may lose a sample: an estimate is all it is.
+    compute_ns.store(average - average / 8 + took / 8, Ordering::Relaxed);
+    match outcome {
         Ok(answer) => {
             served.fetch_add(1, Ordering::Relaxed);
             Message::Result(result_body(&answer))
@@ -339,11 +358,20 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
     if group.is_empty() {
         return;
     }
-    if group.len() == 1 && work.requests.is_empty() {
-        // Microseconds of compute: shorter than a wake of another thread.
-        let (id, encoding) = &group[0];
-        let reply = answer(work.engine, encoding, work.served);
-        work.sender.send(&reply, *id, Deadline::NONE).await;
+    // Work shorter than a hand-off to another thread and back is done here, on the task
+    // that read it; a lone request always is.
+    let estimate = group.len() as u64 * work.compute_ns.load(Ordering::Relaxed);
+    if (group.len() == 1 && work.requests.is_empty()) || estimate <= INLINE_NS {
+        let replies: Vec<(Message, u64)> = group
+            .iter()
+            .map(|(id, encoding)| {
+                (
+                    answer(work.engine, encoding, work.served, work.compute_ns),
+                    *id,
+                )
+            })
+            .collect();
+        work.sender.send_all(&replies).await;
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -359,17 +387,18 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
         else {
             return;
         };
-        let (engine, sender, served) = (
+        let (engine, sender, served, compute_ns) = (
             work.engine.clone(),
             work.sender.clone(),
             work.served.clone(),
+            work.compute_ns.clone(),
         );
         work.requests.spawn(async move {
             let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
             let job = move || {
                 chunk
                     .iter()
-                    .map(|(id, encoding)| (answer(&engine, encoding, &served), *id))
+                    .map(|(id, encoding)| (answer(&engine, encoding, &served, &compute_ns), *id))
                     .collect::<Vec<_>>()
             };
             let replies = match tokio::task::spawn_blocking(job).await {
@@ -427,6 +456,7 @@ async fn handle(frame: Frame, work: &Work<'_>) -> Option<SessionEnd> {
         permits,
         served,
         shutdown,
+        ..
     } = *work;
     let id = frame.header.request_id;
     let message = match frame.message() {
