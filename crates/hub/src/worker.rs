@@ -377,6 +377,8 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let most = work.permits.available_permits().max(1);
     let part = group.len().div_ceil(cores).clamp(1, most);
+    // One part stays here, computed while the others run on the pool: one hand-off fewer.
+    let here: Vec<(u64, Encoding)> = group.drain(group.len().saturating_sub(part)..).collect();
     while !group.is_empty() {
         let chunk: Vec<(u64, Encoding)> = group.drain(..part.min(group.len())).collect();
         let Ok(permit) = work
@@ -417,6 +419,16 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
             drop(permit);
         });
     }
+    let replies: Vec<(Message, u64)> = here
+        .iter()
+        .map(|(id, encoding)| {
+            (
+                answer(work.engine, encoding, work.served, work.compute_ns),
+                *id,
+            )
+        })
+        .collect();
+    work.sender.send_all(&replies).await;
 }
 
 /// Runs `job` on the blocking pool as a tracked request and sends its reply. Waiting for a
