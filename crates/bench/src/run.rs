@@ -81,6 +81,8 @@ pub struct Row {
     /// p50 over the raw relay's p50 on the same transport: the cost of qnllm's software
     /// on a path with the hub's hop.
     pub relay_p50_ratio: Option<f64>,
+    /// p99 over the raw relay's p99.
+    pub relay_p99_ratio: Option<f64>,
     /// Throughput over the raw relay's.
     pub relay_throughput_ratio: Option<f64>,
     /// CPU time per one-at-a-time round trip, in µs, of every process on the path (servers
@@ -327,6 +329,7 @@ fn row(
         p99_ratio: ratio(latency.map(|l| l.p99_us), ping_pong.map(|b| b.0.p99_us)),
         throughput_ratio: ratio(throughput, ping_pong.map(|b| b.1)),
         relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
+        relay_p99_ratio: ratio(latency.map(|l| l.p99_us), relay.map(|b| b.0.p99_us)),
         relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
         cpu_us_per_request: None,
         loaded: None,

@@ -132,7 +132,7 @@ fn print_table(report: &Report) {
     println!();
     println!("one request at a time");
     println!(
-        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>7}",
+        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9} {:>9}",
         "path",
         "p50 µs",
         "p90 µs",
@@ -142,12 +142,13 @@ fn print_table(report: &Report) {
         "CPU µs",
         "p50×pp",
         "p99×pp",
-        "p50×relay"
+        "p50×relay",
+        "p99×relay"
     );
     for row in &report.rows {
         let l = row.latency;
         println!(
-            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9}",
+            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9} {:>9}",
             row.path,
             opt(l.map(|l| l.p50_us), 1),
             opt(l.map(|l| l.p90_us), 1),
@@ -158,6 +159,7 @@ fn print_table(report: &Report) {
             opt(row.p50_ratio, 2),
             opt(row.p99_ratio, 2),
             opt(row.relay_p50_ratio, 2),
+            opt(row.relay_p99_ratio, 2),
         );
     }
     println!();

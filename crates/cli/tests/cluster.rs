@@ -524,6 +524,8 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
         let worker_hop = !row["path"].as_str().unwrap().contains("engine in hub");
         assert_eq!(row["relay_p50_ratio"].is_f64(), worker_hop, "{row}");
+        assert_eq!(row["relay_p99_ratio"].is_f64(), worker_hop, "{row}");
+        assert_eq!(row["relay_throughput_ratio"].is_f64(), worker_hop, "{row}");
     }
     // The table a person reads: both sections, every path, the engine's share and memory.
     let table = Command::new(env!("CARGO_BIN_EXE_qnllm"))
