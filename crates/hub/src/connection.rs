@@ -18,8 +18,9 @@ const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 const GATHER_WINDOW: Duration = Duration::from_micros(50);
 /// Room for the first read of a connection.
 const MIN_READ_BYTES: usize = 8 * 1024;
-/// Most room made for one read.
-const MAX_READ_BYTES: usize = 256 * 1024;
+/// Most room made for one read: about 20 reason frames, and at most this much buffer per
+/// busy connection.
+const MAX_READ_BYTES: usize = 64 * 1024;
 /// Longest a closing connection may take to flush what it has queued.
 const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
