@@ -47,10 +47,13 @@ pub(crate) enum Probe {
         request: Vec<u8>,
         reply: usize,
     },
-    /// qnllm clients of one hub: the first for latency, all of them for throughput.
+    /// qnllm clients of one hub: the first for latency, all of them for throughput. With
+    /// more than one encoding, each request is a `reason_batch` of all of them.
     Hub {
         clients: Vec<Arc<Client>>,
-        encoding: Arc<Vec<f32>>,
+        encodings: Arc<Vec<Vec<f32>>>,
+        /// Requests in flight per connection, if not the run's window.
+        window: Option<usize>,
     },
 }
 
@@ -88,8 +91,22 @@ impl Probe {
         }
         Ok(Probe::Hub {
             clients,
-            encoding: Arc::new(NormalInputs::new(1, 768).next().unwrap_or_default()),
+            encodings: Arc::new(NormalInputs::new(1, 768).take(1).collect()),
+            window: None,
         })
+    }
+
+    /// Makes every request a `reason_batch` of `size` encodings, `window` of them in flight
+    /// per connection.
+    pub(crate) fn batches(self, size: usize, window: usize) -> Probe {
+        match self {
+            Probe::Hub { clients, .. } => Probe::Hub {
+                clients,
+                encodings: Arc::new(NormalInputs::new(2, 768).take(size.max(1)).collect()),
+                window: Some(window.max(1)),
+            },
+            raw => raw,
+        }
     }
 
     /// The first hub client, to wait for engines with.
@@ -123,14 +140,13 @@ impl Probe {
                     samples.push(t.elapsed());
                 }
             }
-            Probe::Hub { clients, encoding } => {
+            Probe::Hub {
+                clients, encodings, ..
+            } => {
                 let client = clients.first().ok_or_else(no_connection)?;
                 for _ in 0..n {
                     let t = Instant::now();
-                    client
-                        .reason(encoding, Duration::from_secs(5))
-                        .await
-                        .map_err(|e| BenchError::Measure(e.to_string()))?;
+                    call(client, encodings).await?;
                     samples.push(t.elapsed());
                 }
             }
@@ -172,20 +188,24 @@ impl Probe {
                     Ok::<usize, BenchError>(done)
                 })?
             }
-            Probe::Hub { clients, encoding } => {
-                let per = n.div_ceil(clients.len().max(1));
-                let encoding = &*encoding;
+            Probe::Hub {
+                clients,
+                encodings,
+                window: own,
+            } => {
+                // `n` counts encodings; each call carries `size` of them.
+                let size = encodings.len().max(1);
+                let window = own.unwrap_or(window);
+                let per = n.div_ceil(size).div_ceil(clients.len().max(1));
+                let encodings = &*encodings;
                 let lanes = clients.iter().flat_map(|client| {
                     (0..window).map(move |lane| {
-                        let (client, x) = (client.clone(), encoding.clone());
+                        let (client, xs) = (client.clone(), encodings.clone());
                         async move {
                             let mut times = Vec::new();
                             for _ in (lane..per).step_by(window) {
                                 let t = Instant::now();
-                                client
-                                    .reason(&x, Duration::from_secs(10))
-                                    .await
-                                    .map_err(|e| BenchError::Measure(e.to_string()))?;
+                                call(&client, &xs).await?;
                                 times.push(t.elapsed());
                             }
                             Ok::<Vec<Duration>, BenchError>(times)
@@ -195,7 +215,7 @@ impl Probe {
                 let mut done = 0;
                 for lane in futures::future::join_all(lanes).await {
                     let times = lane?;
-                    done += times.len();
+                    done += times.len() * size;
                     samples.extend(times);
                 }
                 done
@@ -203,6 +223,18 @@ impl Probe {
         };
         Ok((done, t.elapsed()))
     }
+}
+
+/// One request: a reason, or a `reason_batch` when there are several encodings.
+async fn call(client: &Client, encodings: &[Vec<f32>]) -> Result<(), BenchError> {
+    let outcome = match encodings {
+        [one] => client.reason(one, Duration::from_secs(10)).await.map(drop),
+        many => client
+            .reason_batch(many, Duration::from_secs(10))
+            .await
+            .map(drop),
+    };
+    outcome.map_err(|e| BenchError::Measure(e.to_string()))
 }
 
 fn no_connection() -> BenchError {

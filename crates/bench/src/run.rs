@@ -114,6 +114,8 @@ pub struct Report {
     /// The default engine's pipelined throughput through the hub over the in-process
     /// engine's `reason_batch` on every core of the same machine.
     pub engine_share: Option<f64>,
+    /// The same with requests that are `reason_batch`es of 64, as the in-process figure is.
+    pub engine_share_batched: Option<f64>,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
     /// Hub memory, idle and with idle connections open.
@@ -375,6 +377,8 @@ struct Path {
     cpu: Option<Duration>,
     /// Their CPU time during the pipelined requests.
     cpu_loaded: Option<Duration>,
+    /// Encodings per request.
+    per_request: usize,
 }
 
 impl Path {
@@ -399,9 +403,22 @@ impl Path {
             pids,
             cpu: Some(Duration::ZERO),
             cpu_loaded: Some(Duration::ZERO),
+            per_request: 1,
         }
     }
+
+    /// Requests carry `n` encodings each: a `reason_batch` path, whose one-at-a-time
+    /// figures are per batch and whose throughput counts encodings.
+    fn per_request(mut self, n: usize) -> Path {
+        self.per_request = n.max(1);
+        self
+    }
 }
+
+/// Encodings per request on the `reason_batch` path, as in the in-process batch row.
+const BATCH: usize = 64;
+/// Batches in flight per connection on that path: enough to keep every core busy.
+const BATCH_WINDOW: usize = 4;
 
 /// Runs every measurement; `progress` hears what is being measured and the fraction done.
 ///
@@ -567,6 +584,16 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             &[&default_hub, &default_worker],
         ),
         Path::new(
+            "qnllm Unix, default, batch 64",
+            Probe::hub(&default_unix, c, z)
+                .await?
+                .batches(BATCH, BATCH_WINDOW),
+            None,
+            None,
+            &[&default_hub, &default_worker],
+        )
+        .per_request(BATCH),
+        Path::new(
             "qnllm Unix, fixed, batching",
             Probe::hub(&batching_unix, c, z).await?,
             Some(1),
@@ -607,7 +634,8 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
                 (round * count + i) as f64 / (rounds * count) as f64,
             );
             let before = cpu_of(&path.pids);
-            path.probe.latency(per_round, &mut path.samples).await?;
+            let count = per_round.div_ceil(path.per_request).max(1);
+            path.probe.latency(count, &mut path.samples).await?;
             let used = before
                 .zip(cpu_of(&path.pids))
                 .map(|(a, b)| b.saturating_sub(a));
@@ -668,8 +696,12 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             .filter_map(|r| r.throughput)
             .next_back()
     };
+    let local = throughput_of("in-process reason_batch 64");
     let engine_share = throughput_of("qnllm Unix, default engine")
-        .zip(throughput_of("in-process reason_batch 64"))
+        .zip(local)
+        .map(|(hub, local)| hub / local);
+    let engine_share_batched = throughput_of("qnllm Unix, default, batch 64")
+        .zip(local)
         .map(|(hub, local)| hub / local);
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(Report {
@@ -680,6 +712,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         rounds: completed,
         busy_poll_us: spin.as_micros() as u64,
         engine_share,
+        engine_share_batched,
         rows,
         memory,
     })
@@ -764,6 +797,9 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
             samples.push(t.elapsed());
         }
         let batch_latency = Latency::of(samples.clone());
+        // Encodings over the whole time taken, as the pipelined paths are counted.
+        let total: Duration = samples.iter().sum();
+        let throughput = (rounds * 64) as f64 / total.as_secs_f64().max(1e-9);
         let name = if threads.get() == 1 {
             "in-process reason_batch 64".to_string()
         } else {
@@ -772,7 +808,7 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
         rows.push(row(
             &name,
             Some(batch_latency),
-            Some(64.0 / (batch_latency.p50_us / 1e6)),
+            Some(throughput),
             None,
             None,
             distribution(&samples),

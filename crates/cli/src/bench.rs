@@ -197,6 +197,12 @@ fn print_table(report: &Report) {
             share * 100.0
         );
     }
+    if let Some(share) = report.engine_share_batched {
+        println!(
+            "  and {:.0} % with requests that are reason_batch of 64, as in process",
+            share * 100.0
+        );
+    }
     if let Some(m) = report.memory {
         println!(
             "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",

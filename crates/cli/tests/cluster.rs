@@ -486,7 +486,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
     // One reason_batch row per thread count: one thread, and every core if there are more.
     let cores = std::thread::available_parallelism().unwrap().get();
-    let expected = if cores > 1 { 14 } else { 13 };
+    let expected = if cores > 1 { 15 } else { 14 };
     assert_eq!(paths.len(), expected, "{paths:?}");
     assert!(report["engine_share"].as_f64().unwrap() > 0.0);
     assert!(paths.contains(&"qnllm Unix, fixed, busy-poll"), "{paths:?}");
@@ -501,25 +501,30 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         let points: Vec<f64> = distribution.iter().map(|v| v.as_f64().unwrap()).collect();
         assert!(points.windows(2).all(|w| w[0] <= w[1]), "not sorted: {row}");
     }
-    // Two rounds of 10 round trips on every path over a socket.
+    // Two rounds of 10 round trips on every path over a socket; the batch path sends one
+    // batch of 64 per round for them.
     for row in rows.iter().filter(|r| {
         let path = r["path"].as_str().unwrap();
         path.starts_with("raw") || path.starts_with("qnllm")
     }) {
-        assert_eq!(row["latency"]["count"], 20, "{row}");
+        let batch = row["path"].as_str().unwrap().contains("batch 64");
+        assert_eq!(row["latency"]["count"], if batch { 2 } else { 20 }, "{row}");
         assert!(row["throughput"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["cpu_us_per_request"].as_f64().unwrap() >= 0.0, "{row}");
         // Every pipelined request's round trip is measured too.
         let loaded = &row["loaded"];
-        assert!(loaded["count"].as_u64().unwrap() >= 200, "{row}");
+        let least = if batch { 2 } else { 200 };
+        assert!(loaded["count"].as_u64().unwrap() >= least, "{row}");
         assert!(loaded["p99_us"].as_f64().unwrap() >= loaded["p50_us"].as_f64().unwrap());
     }
-    // Every qnllm path is reported against its ping-pong, and those with a worker hop
-    // against the relay too.
-    for row in rows
-        .iter()
-        .filter(|r| r["path"].as_str().unwrap().starts_with("qnllm"))
-    {
+    // Every qnllm path of single requests is reported against its ping-pong, and those
+    // with a worker hop against the relay too; the batch path is compared with the
+    // in-process batch through the engine's share instead.
+    assert!(report["engine_share_batched"].as_f64().unwrap() > 0.0);
+    for row in rows.iter().filter(|r| {
+        let path = r["path"].as_str().unwrap();
+        path.starts_with("qnllm") && !path.contains("batch 64")
+    }) {
         assert!(row["p50_ratio"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
         let worker_hop = !row["path"].as_str().unwrap().contains("engine in hub");
@@ -550,6 +555,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         "one request at a time",
         "pipelined: 1 connection(s) × 4 requests in flight",
         "of the in-process engine's throughput on all cores",
+        "with requests that are reason_batch of 64",
         "hub memory:",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
