@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qnllm_engine::NormalInputs;
+use qnllm_engine::{NormalInputs, SpikingEngine};
 use qnllm_hub::{Client, Endpoint};
 
 use crate::run::BenchError;
@@ -54,6 +54,11 @@ pub(crate) enum Probe {
         encodings: Arc<Vec<Vec<f32>>>,
         /// Requests in flight per connection, if not the run's window.
         window: Option<usize>,
+    },
+    /// The engine in this process, `reason_batch` of all `encodings` per call.
+    Engine {
+        engine: SpikingEngine,
+        encodings: Vec<Vec<f32>>,
     },
 }
 
@@ -109,11 +114,19 @@ impl Probe {
         }
     }
 
+    /// `engine` in this process, called with `reason_batch` of `size` encodings.
+    pub(crate) fn engine(engine: SpikingEngine, size: usize) -> Probe {
+        Probe::Engine {
+            engine,
+            encodings: NormalInputs::new(2, 768).take(size.max(1)).collect(),
+        }
+    }
+
     /// The first hub client, to wait for engines with.
     pub(crate) fn client(&self) -> Option<&Client> {
         match self {
             Probe::Hub { clients, .. } => clients.first().map(Arc::as_ref),
-            Probe::Raw { .. } => None,
+            Probe::Raw { .. } | Probe::Engine { .. } => None,
         }
     }
 
@@ -147,6 +160,13 @@ impl Probe {
                 for _ in 0..n {
                     let t = Instant::now();
                     call(client, encodings).await?;
+                    samples.push(t.elapsed());
+                }
+            }
+            Probe::Engine { engine, encodings } => {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    batch(engine, encodings)?;
                     samples.push(t.elapsed());
                 }
             }
@@ -220,6 +240,16 @@ impl Probe {
                 }
                 done
             }
+            Probe::Engine { engine, encodings } => {
+                // One caller, as an application calling reason_batch in a loop.
+                let size = encodings.len().max(1);
+                for _ in 0..n.div_ceil(size) {
+                    let t = Instant::now();
+                    batch(engine, encodings)?;
+                    samples.push(t.elapsed());
+                }
+                n.div_ceil(size) * size
+            }
         };
         Ok((done, t.elapsed()))
     }
@@ -235,6 +265,14 @@ async fn call(client: &Client, encodings: &[Vec<f32>]) -> Result<(), BenchError>
             .map(drop),
     };
     outcome.map_err(|e| BenchError::Measure(e.to_string()))
+}
+
+/// One `reason_batch` on the engine in this process.
+fn batch(engine: &SpikingEngine, encodings: &[Vec<f32>]) -> Result<(), BenchError> {
+    let refs: Vec<&[f32]> = encodings.iter().map(Vec::as_slice).collect();
+    qnllm_engine::Engine::reason_batch(engine, &refs)
+        .map(drop)
+        .map_err(|e| BenchError::Measure(e.to_string()))
 }
 
 fn no_connection() -> BenchError {

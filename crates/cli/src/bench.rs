@@ -193,7 +193,7 @@ fn print_table(report: &Report) {
     );
     if let Some(share) = report.engine_share {
         println!(
-            "default engine through the hub: {:.0} % of the in-process engine's throughput on all cores",
+            "default engine through the hub: {:.0} % of the in-process engine's best throughput on these cores",
             share * 100.0
         );
     }

@@ -554,7 +554,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     for needle in [
         "one request at a time",
         "pipelined: 1 connection(s) × 4 requests in flight",
-        "of the in-process engine's throughput on all cores",
+        "of the in-process engine's best throughput on these cores",
         "with requests that are reason_batch of 64",
         "hub memory:",
     ] {
