@@ -668,14 +668,7 @@ mod tests {
         assert!(sender.try_send(&ping(), 2, Deadline::NONE));
         drop(gatherer); // its request was cancelled, say
         assert!(!sender.outbox_gathering());
-        for id in [1, 2] {
-            let frame = tokio::time::timeout(Duration::from_secs(10), reader.read_frame())
-                .await
-                .expect("a gathered frame never went out")
-                .unwrap()
-                .unwrap();
-            assert_eq!(frame.header.request_id, id);
-        }
+        expect_ids(&mut reader, [1, 2]).await;
         // And a completed gather writes what it gathered itself.
         sender.handle.outbox.lock().last_send =
             Some(std::time::Instant::now() + Duration::from_secs(3_600));
@@ -684,7 +677,15 @@ mod tests {
             sender.send(&message, 4, Deadline::NONE)
         );
         assert!(a && b);
-        for id in [3, 4] {
+        expect_ids(&mut reader, [3, 4]).await;
+        drop(sender);
+        writer.finish().await;
+    }
+
+    /// Reads frames with these request ids, in order; fails rather than hang if one never
+    /// goes out.
+    async fn expect_ids(reader: &mut FrameReader<crate::endpoint::ReadHalf>, ids: [u64; 2]) {
+        for id in ids {
             let frame = tokio::time::timeout(Duration::from_secs(10), reader.read_frame())
                 .await
                 .expect("a gathered frame never went out")
@@ -692,8 +693,6 @@ mod tests {
                 .unwrap();
             assert_eq!(frame.header.request_id, id);
         }
-        drop(sender);
-        writer.finish().await;
     }
 
     impl FrameSender {

@@ -362,15 +362,7 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
     // that read it; a lone request always is.
     let estimate = group.len() as u64 * work.compute_ns.load(Ordering::Relaxed);
     if (group.len() == 1 && work.requests.is_empty()) || estimate <= INLINE_NS {
-        let replies: Vec<(Message, u64)> = group
-            .iter()
-            .map(|(id, encoding)| {
-                (
-                    answer(work.engine, encoding, work.served, work.compute_ns),
-                    *id,
-                )
-            })
-            .collect();
+        let replies = answer_all(work.engine, &group, work.served, work.compute_ns);
         work.sender.send_all(&replies).await;
         return;
     }
@@ -397,12 +389,7 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
         );
         work.requests.spawn(async move {
             let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
-            let job = move || {
-                chunk
-                    .iter()
-                    .map(|(id, encoding)| (answer(&engine, encoding, &served, &compute_ns), *id))
-                    .collect::<Vec<_>>()
-            };
+            let job = move || answer_all(&engine, &chunk, &served, &compute_ns);
             let replies = match tokio::task::spawn_blocking(job).await {
                 Ok(replies) => replies,
                 Err(join) => ids
@@ -419,16 +406,21 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
             drop(permit);
         });
     }
-    let replies: Vec<(Message, u64)> = here
-        .iter()
-        .map(|(id, encoding)| {
-            (
-                answer(work.engine, encoding, work.served, work.compute_ns),
-                *id,
-            )
-        })
-        .collect();
+    let replies = answer_all(work.engine, &here, work.served, work.compute_ns);
     work.sender.send_all(&replies).await;
+}
+
+/// Answers each request of a group, replies paired with their request ids.
+fn answer_all(
+    engine: &LocalBackend,
+    group: &[(u64, Encoding)],
+    served: &AtomicU64,
+    compute_ns: &AtomicU64,
+) -> Vec<(Message, u64)> {
+    group
+        .iter()
+        .map(|(id, encoding)| (answer(engine, encoding, served, compute_ns), *id))
+        .collect()
 }
 
 /// Runs `job` on the blocking pool as a tracked request and sends its reply. Waiting for a
