@@ -22,7 +22,7 @@ const MIN_READ_BYTES: usize = 8 * 1024;
 /// busy connection.
 const MAX_READ_BYTES: usize = 64 * 1024;
 /// Longest a closing connection may take to flush what it has queued.
-const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -159,9 +159,11 @@ pub(crate) struct Elapsed;
 /// A frame is written straight to the socket by the task that sends it when nothing is
 /// queued ahead of it: a request or reply costs one syscall and no hop to another task or
 /// thread. What the socket does not take at once is queued, and the connection's writer
-/// task flushes the queue, many frames per syscall, as the socket drains. The queue is
-/// bounded: past `QUEUE_BYTES`, [`FrameSender::send`] waits for room and
-/// [`FrameSender::try_send`] gives up.
+/// task flushes the queue, many frames per syscall, as the socket drains. In a burst
+/// (frames closer than `GATHER_WINDOW`), an async sender first lets the frames due at the
+/// same moment join its own, then writes them in one syscall. The queue is bounded: past
+/// `QUEUE_BYTES`, [`FrameSender::send`] waits for room and [`FrameSender::try_send`] gives
+/// up.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameSender {
     handle: Arc<SenderHandle>,
