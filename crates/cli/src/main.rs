@@ -37,10 +37,11 @@ enum Command {
     /// reasoning, batches, redundant verification, multi-teacher learning, strategies,
     /// cache and monitoring. Exits non-zero if any scenario fails its checks.
     Demo(demo::DemoArgs),
-    /// Measure qnllm against a raw socket ping-pong in the same run: latency one request at
-    /// a time, throughput with requests in flight, over TCP and a Unix socket.
+    /// Measure qnllm against raw socket baselines (a ping-pong and a relay) in the same run:
+    /// latency one request at a time, throughput and latency with requests in flight, CPU
+    /// per request, over TCP and a Unix socket; about 30 s, loopback only.
     Bench(bench::BenchArgs),
-    /// The baseline server `bench` starts (raw ping-pong, no protocol).
+    /// The baseline server `bench` starts (raw ping-pong or relay, no protocol).
     #[command(hide = true)]
     BenchEcho(bench::EchoArgs),
     /// Describe a model: name, sizes, version and digest.
