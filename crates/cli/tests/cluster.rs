@@ -532,6 +532,30 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         assert_eq!(row["relay_p99_ratio"].is_f64(), worker_hop, "{row}");
         assert_eq!(row["relay_throughput_ratio"].is_f64(), worker_hop, "{row}");
     }
+    // --duration stops starting rounds: with no time at all, exactly one round runs.
+    let bounded = Command::new(env!("CARGO_BIN_EXE_qnllm"))
+        .args([
+            "bench",
+            "--requests",
+            "6",
+            "--pipelined",
+            "12",
+            "--window",
+            "2",
+            "--rounds",
+            "3",
+            "--duration",
+            "0",
+            "--connections",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(bounded.status.success());
+    let bounded: serde_json::Value = serde_json::from_slice(&bounded.stdout).unwrap();
+    assert_eq!(bounded["rounds"], 1, "{bounded}");
+
     // The table a person reads: both sections, every path, the engine's share and memory.
     let table = Command::new(env!("CARGO_BIN_EXE_qnllm"))
         .args([
