@@ -5,10 +5,13 @@
 mod echo;
 mod plot;
 mod probe;
+mod process;
+mod report;
 mod run;
 mod stats;
 
 pub use echo::{serve_echo, Baseline};
 pub use plot::svg;
-pub use run::{run, BenchConfig, BenchError, Memory, Report, Row, DISTRIBUTION_POINTS};
+pub use report::{Memory, Report, Row, DISTRIBUTION_POINTS};
+pub use run::{run, BenchConfig, BenchError};
 pub use stats::Latency;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::run::{Report, DISTRIBUTION_POINTS};
+use crate::report::{Report, DISTRIBUTION_POINTS};
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 540.0;

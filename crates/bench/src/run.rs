@@ -1,20 +1,19 @@
-//! The measurement plan: baseline ping-pong, then the same round trips through the hub,
-//! then the in-process paths; every figure next to its baseline.
+//! The measurement plan: start the baselines, hubs and workers, then measure every path
+//! round by round, then the in-process figures; every figure next to its baseline.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use qnllm_engine::{Digest, NormalInputs, Params, SpikingEngine};
-use qnllm_hub::{Client, Endpoint};
+use qnllm_hub::Client;
 use qnllm_protocol::{encode_frame, Deadline, Message, ResultBody};
 use qnllm_router::{LocalBackend, Router, RouterConfig};
-use serde::Serialize;
 
 use crate::probe::{Probe, RawAddr};
+use crate::process::{cpu_of, hub, hub_memory, start, worker, Server};
+use crate::report::{distribution, row, Report, Row};
 use crate::stats::Latency;
 
 /// What to measure and how much.
@@ -59,219 +58,6 @@ pub enum BenchError {
     Measure(String),
 }
 
-/// One line of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    /// What was measured.
-    pub path: String,
-    /// One request at a time.
-    pub latency: Option<Latency>,
-    /// Requests per second with `window` in flight on each of `clients` connections.
-    pub throughput: Option<f64>,
-    /// Round trips under that load (each request from its send to its answer).
-    pub loaded: Option<Latency>,
-    /// CPU time per pipelined request, in µs, of every process on the path.
-    pub loaded_cpu_us_per_request: Option<f64>,
-    /// p50 over the raw ping-pong's p50 on the same transport.
-    pub p50_ratio: Option<f64>,
-    /// p99 over the raw ping-pong's p99.
-    pub p99_ratio: Option<f64>,
-    /// Throughput over the raw ping-pong's.
-    pub throughput_ratio: Option<f64>,
-    /// p50 over the raw relay's p50 on the same transport: the cost of qnllm's software
-    /// on a path with the hub's hop.
-    pub relay_p50_ratio: Option<f64>,
-    /// p99 over the raw relay's p99.
-    pub relay_p99_ratio: Option<f64>,
-    /// Throughput over the raw relay's.
-    pub relay_throughput_ratio: Option<f64>,
-    /// CPU time per one-at-a-time round trip, in µs, of every process on the path (servers
-    /// and the measuring client); 10 ms resolution over the whole run.
-    pub cpu_us_per_request: Option<f64>,
-    /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
-    /// spaced quantiles from 0 to 1, in µs; empty without latency.
-    pub distribution: Vec<f64>,
-}
-
-/// Points in each row's latency distribution.
-pub const DISTRIBUTION_POINTS: usize = 201;
-
-/// Everything measured in one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// Request size in bytes (a 768-value reason frame).
-    pub request_bytes: usize,
-    /// Reply size in bytes (a result frame).
-    pub reply_bytes: usize,
-    /// In flight per connection for the throughput figures.
-    pub window: usize,
-    /// Connections per path for the throughput figures.
-    pub clients: usize,
-    /// Rounds completed: each measured every path once.
-    pub rounds: usize,
-    /// Busy-poll time of the busy-poll path, µs.
-    pub busy_poll_us: u64,
-    /// The default engine's pipelined throughput through the hub over the in-process
-    /// engine's best `reason_batch` throughput (one thread or every core) on the same machine.
-    pub engine_share: Option<f64>,
-    /// The same with requests that are `reason_batch`es of 64, as the in-process figure is.
-    pub engine_share_batched: Option<f64>,
-    /// The rows, baselines first.
-    pub rows: Vec<Row>,
-    /// Hub memory, idle and with idle connections open.
-    pub memory: Option<Memory>,
-}
-
-/// Resident memory of a hub process (Linux: `/proc/PID/status`).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Memory {
-    /// RSS with no client connected, KiB.
-    pub idle_kib: u64,
-    /// Idle connections opened (each said hello and was welcomed).
-    pub connections: usize,
-    /// RSS with them open, KiB.
-    pub loaded_kib: u64,
-    /// `(loaded - idle) / connections`, bytes.
-    pub per_connection_bytes: u64,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// CPU time a process has used, user and system (Linux: `/proc/PID/stat`, in the kernel's
-/// fixed 100 ticks per second).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// CPU time used by all of `pids` together.
-fn cpu_of(pids: &[u32]) -> Option<Duration> {
-    pids.iter().map(|&pid| cpu_time(pid)).sum()
-}
-
-/// Opens `n` idle client connections to a fresh hub and reads its RSS before and after.
-async fn hub_memory(exe: &PathBuf, n: usize) -> Result<Option<Memory>, BenchError> {
-    let (hub, lines) = start(
-        exe,
-        "hub",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-connections",
-            &(n + 16).to_string(),
-        ],
-        1,
-    )?;
-    let addr = lines[0]
-        .trim_start_matches("qnllm hub listening on tcp ")
-        .to_string();
-    let pid = hub.0.id();
-    // One connection first, so the runtime's threads and buffers exist before "idle".
-    let warm = Client::connect(&Endpoint::Tcp(addr.clone()), "warm", None)
-        .await
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
-    let Some(idle_kib) = rss_kib(pid) else {
-        return Ok(None);
-    };
-    let mut open = Vec::with_capacity(n);
-    for _ in 0..n {
-        open.push(
-            Client::connect(&Endpoint::Tcp(addr.clone()), "idle", None)
-                .await
-                .map_err(|e| BenchError::Measure(e.to_string()))?,
-        );
-    }
-    // Every connection has been welcomed, so the hub holds its session state.
-    let Some(loaded_kib) = rss_kib(pid) else {
-        return Ok(None);
-    };
-    drop((warm, open));
-    let per_connection_bytes = loaded_kib.saturating_sub(idle_kib) * 1024 / n.max(1) as u64;
-    Ok(Some(Memory {
-        idle_kib,
-        connections: n,
-        loaded_kib,
-        per_connection_bytes,
-    }))
-}
-
-/// Kills a server process when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(
-    exe: &PathBuf,
-    what: &'static str,
-    args: &[&str],
-    lines: usize,
-) -> Result<(Server, Vec<String>), BenchError> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Start {
-            what,
-            reason: e.to_string(),
-        })?;
-    let stdout = child.stdout.take().ok_or_else(|| BenchError::Start {
-        what,
-        reason: "no stdout".into(),
-    })?;
-    let server = Server(child);
-    let mut out = Vec::new();
-    for line in BufReader::new(stdout).lines().take(lines) {
-        out.push(line.map_err(|e| BenchError::Start {
-            what,
-            reason: e.to_string(),
-        })?);
-    }
-    if out.len() < lines {
-        return Err(BenchError::Start {
-            what,
-            reason: "it exited before listening".into(),
-        });
-    }
-    Ok((server, out))
-}
-
-/// Starts `qnllm worker --connect hub` with `args`; stopped when the handle drops.
-fn worker(exe: &PathBuf, hub: &str, args: &[&str]) -> Result<Server, BenchError> {
-    let child = Command::new(exe)
-        .args(["worker", "--connect", hub])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Start {
-            what: "worker",
-            reason: e.to_string(),
-        })?;
-    Ok(Server(child))
-}
-
 fn sizes() -> (usize, usize) {
     let mut request = BytesMut::new();
     encode_frame(
@@ -312,51 +98,6 @@ async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
         what: "worker",
         reason: "it never registered".into(),
     })
-}
-
-fn row(
-    path: &str,
-    latency: Option<Latency>,
-    throughput: Option<f64>,
-    ping_pong: Option<(Latency, f64)>,
-    relay: Option<(Latency, f64)>,
-    distribution: Vec<f64>,
-) -> Row {
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
-    Row {
-        path: path.into(),
-        latency,
-        throughput,
-        p50_ratio: ratio(latency.map(|l| l.p50_us), ping_pong.map(|b| b.0.p50_us)),
-        p99_ratio: ratio(latency.map(|l| l.p99_us), ping_pong.map(|b| b.0.p99_us)),
-        throughput_ratio: ratio(throughput, ping_pong.map(|b| b.1)),
-        relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
-        relay_p99_ratio: ratio(latency.map(|l| l.p99_us), relay.map(|b| b.0.p99_us)),
-        relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
-        cpu_us_per_request: None,
-        loaded: None,
-        loaded_cpu_us_per_request: None,
-        distribution,
-    }
-}
-
-/// Starts a hub with `args` after `serve`; its TCP address and Unix path, as it printed.
-fn hub(exe: &PathBuf, what: &'static str, args: &[&str]) -> Result<(Server, Endpoint), BenchError> {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    let (server, lines) = start(exe, what, &all, 1)?;
-    let line = &lines[0];
-    let endpoint = if let Some(addr) = line.strip_prefix("qnllm hub listening on tcp ") {
-        Endpoint::Tcp(addr.to_string())
-    } else if let Some(path) = line.strip_prefix("qnllm hub listening on unix ") {
-        Endpoint::Unix(PathBuf::from(path))
-    } else {
-        return Err(BenchError::Start {
-            what,
-            reason: format!("unexpected first line {line:?}"),
-        });
-    };
-    Ok((server, endpoint))
 }
 
 /// A path under measurement and what it is compared with.
@@ -749,21 +490,6 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         rows,
         memory,
     })
-}
-
-/// The round trip at each of `DISTRIBUTION_POINTS` evenly spaced quantiles, in µs.
-fn distribution(samples: &[Duration]) -> Vec<f64> {
-    let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_nanos() as f64 / 1e3).collect();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return Vec::new();
-    }
-    (0..DISTRIBUTION_POINTS)
-        .map(|i| {
-            let q = i as f64 / (DISTRIBUTION_POINTS - 1) as f64;
-            sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-        })
-        .collect()
 }
 
 /// The in-process rows: the engine alone and a cache hit (`reason_batch` is measured in
