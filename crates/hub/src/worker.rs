@@ -200,6 +200,16 @@ async fn session(
     let requests = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize));
     let compute_ns = Arc::new(AtomicU64::new(0));
+    let work = Work {
+        engine,
+        compute_ns: &compute_ns,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        sender: &sender,
+        requests: &requests,
+        permits: &permits,
+        served,
+        shutdown,
+    };
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(10)));
     let mut draining = false;
@@ -222,7 +232,6 @@ async fn session(
             }
             read = reader.read_frame() => match read {
                 Ok(Some(frame)) => {
-                    let work = Work { engine, compute_ns: &compute_ns, sender: &sender, requests: &requests, permits: &permits, served, shutdown };
                     if let Some(end) = serve_burst(frame, &mut reader, &work).await {
                         break end;
                     }
@@ -282,6 +291,9 @@ struct Work<'a> {
     engine: &'a LocalBackend,
     /// Recent compute time per reason, ns (a moving average).
     compute_ns: &'a Arc<AtomicU64>,
+    /// Cores to split a long group over, looked up once per session (on Linux the lookup
+    /// reads cgroup files).
+    cores: usize,
     sender: &'a FrameSender,
     requests: &'a TaskTracker,
     permits: &'a Arc<Semaphore>,
@@ -366,9 +378,8 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
         work.sender.send_all(&replies).await;
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let most = work.permits.available_permits().max(1);
-    let part = group.len().div_ceil(cores).clamp(1, most);
+    let part = group.len().div_ceil(work.cores).clamp(1, most);
     // One part stays here, computed while the others run on the pool: one hand-off fewer.
     let here: Vec<(u64, Encoding)> = group.drain(group.len().saturating_sub(part)..).collect();
     while !group.is_empty() {
