@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use qnllm_protocol::{encode_frame, Deadline, Frame, FrameDecoder, Message, ProtocolError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use crate::endpoint::{ReadHalf, WriteHalf};
@@ -40,8 +40,8 @@ pub(crate) enum ReadError {
 
 /// Reads whole frames from a stream.
 #[derive(Debug)]
-pub(crate) struct FrameReader<R = ReadHalf> {
-    io: R,
+pub(crate) struct FrameReader {
+    io: ReadHalf,
     buf: BytesMut,
     decoder: FrameDecoder,
     /// How long to poll for the next bytes before sleeping on the socket; zero by default.
@@ -50,8 +50,8 @@ pub(crate) struct FrameReader<R = ReadHalf> {
     read_size: usize,
 }
 
-impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
-    pub(crate) fn new(io: R, max_frame_bytes: u32) -> FrameReader<R> {
+impl FrameReader {
+    pub(crate) fn new(io: ReadHalf, max_frame_bytes: u32) -> FrameReader {
         FrameReader {
             io,
             buf: BytesMut::with_capacity(MIN_READ_BYTES),
@@ -63,7 +63,7 @@ impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
 
     /// Polls for up to `spin` before each sleep on the socket (see
     /// [`FrameReader::read_frame`]).
-    pub(crate) fn busy_poll(mut self, spin: Duration) -> FrameReader<R> {
+    pub(crate) fn busy_poll(mut self, spin: Duration) -> FrameReader {
         self.busy_poll = spin;
         self
     }
@@ -135,18 +135,6 @@ impl<R: AsyncRead + TryRead + Unpin> FrameReader<R> {
         tokio::time::timeout(limit, self.read_frame())
             .await
             .map_err(|_| Elapsed)
-    }
-}
-
-/// A stream with a non-blocking read, for busy polling.
-pub(crate) trait TryRead {
-    /// Reads what is there now; `WouldBlock` when nothing is.
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
-}
-
-impl TryRead for ReadHalf {
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        ReadHalf::try_read_buf(self, buf)
     }
 }
 
@@ -335,7 +323,8 @@ impl FrameSender {
         request_id: u64,
         deadline: Deadline,
     ) -> bool {
-        self.send_bytes(encode(message, request_id, deadline)).await
+        self.send_encoded(encode(message, request_id, deadline))
+            .await
     }
 
     /// Sends several replies (message, request id) in one write, in order.
@@ -344,15 +333,11 @@ impl FrameSender {
         for (message, request_id) in replies {
             encode_frame(message, *request_id, Deadline::NONE, &mut frames);
         }
-        self.send_bytes(frames).await
+        self.send_encoded(frames).await
     }
 
     /// Sends frames already encoded, waiting while the queue is full.
-    pub(crate) async fn send_encoded(&self, frames: BytesMut) -> bool {
-        self.send_bytes(frames).await
-    }
-
-    async fn send_bytes(&self, frame: BytesMut) -> bool {
+    pub(crate) async fn send_encoded(&self, frame: BytesMut) -> bool {
         let outbox = &self.handle.outbox;
         match outbox.start_gathering(&frame) {
             Some(true) => {
@@ -511,7 +496,7 @@ mod tests {
     }
 
     /// A sender on one end of a socket pair, a frame reader on the other.
-    fn pair() -> (FrameSender, Writer, FrameReader<crate::endpoint::ReadHalf>) {
+    fn pair() -> (FrameSender, Writer, FrameReader) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let (_, write) = Stream::Unix(a).into_split();
         let (read, _) = Stream::Unix(b).into_split();
@@ -686,7 +671,7 @@ mod tests {
 
     /// Reads frames with these request ids, in order; fails rather than hang if one never
     /// goes out.
-    async fn expect_ids(reader: &mut FrameReader<crate::endpoint::ReadHalf>, ids: [u64; 2]) {
+    async fn expect_ids(reader: &mut FrameReader, ids: [u64; 2]) {
         for id in ids {
             let frame = tokio::time::timeout(Duration::from_secs(10), reader.read_frame())
                 .await

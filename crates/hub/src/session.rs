@@ -13,11 +13,11 @@ use subtle::ConstantTimeEq;
 
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
-use crate::endpoint::{ReadHalf, Stream};
+use crate::endpoint::Stream;
 use crate::hub::Shared;
 use crate::stats::{ConnectionStats, Counters};
 
-type Reader = FrameReader<ReadHalf>;
+type Reader = FrameReader;
 
 /// Runs one connection to its end.
 pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
