@@ -85,6 +85,7 @@ pub fn encode_reason_frame(
     deadline: Deadline,
     out: &mut BytesMut,
 ) {
+    out.reserve(HEADER_BYTES + values.len() * 4);
     frame_with(
         MessageKind::Reason,
         request_id,
@@ -112,6 +113,7 @@ pub fn encode_batch_frame(
     let Some(count) = crate::body::Batch::count_of(dim, values.len()) else {
         return false;
     };
+    out.reserve(HEADER_BYTES + 8 + values.len() * 4);
     frame_with(
         MessageKind::Batch,
         request_id,
