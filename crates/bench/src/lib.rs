@@ -2,7 +2,7 @@
 //! run and one process layout (client process ↔ server process), and reports each figure as
 //! a ratio to its baseline.
 
-mod echo;
+mod baseline;
 mod plot;
 mod probe;
 mod process;
@@ -10,7 +10,7 @@ mod report;
 mod run;
 mod stats;
 
-pub use echo::{serve_echo, Baseline};
+pub use baseline::{serve_baseline, Baseline};
 pub use plot::svg;
 pub use report::{Memory, Report, Row, DISTRIBUTION_POINTS};
 pub use run::{run, BenchConfig, BenchError};

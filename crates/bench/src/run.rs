@@ -178,9 +178,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
 
     progress("starting the baseline servers, hubs and workers", 0.0);
     let (req_s, rep_s) = (request.to_string(), reply.to_string());
-    let echo_args = |upstream: Option<&str>, unix: &str| {
+    let baseline_args = |upstream: Option<&str>, unix: &str| {
         let mut args = vec![
-            "bench-echo".to_string(),
+            "bench-baseline".to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--unix".into(),
@@ -195,21 +195,23 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         }
         args
     };
-    let start_echo = |what, args: Vec<String>| {
+    let start_baseline = |what, args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (server, lines) = start(&config.exe, what, &args, 2)?;
         let tcp = lines[0].trim_start_matches("tcp ").to_string();
         Ok::<_, BenchError>((server, tcp))
     };
-    let echo_unix = dir("echo.sock");
-    let (echo, echo_tcp) = start_echo("the ping-pong server", echo_args(None, &echo_unix))?;
+    let pong_unix = dir("pong.sock");
+    let (pong, pong_tcp) = start_baseline("the ping-pong server", baseline_args(None, &pong_unix))?;
     let relay_tcp_unix = dir("relay-tcp.sock");
-    let (tcp_relay, relay_tcp) =
-        start_echo("the TCP relay", echo_args(Some(&echo_tcp), &relay_tcp_unix))?;
+    let (tcp_relay, relay_tcp) = start_baseline(
+        "the TCP relay",
+        baseline_args(Some(&pong_tcp), &relay_tcp_unix),
+    )?;
     let relay_unix = dir("relay.sock");
-    let (unix_relay, _) = start_echo(
+    let (unix_relay, _) = start_baseline(
         "the Unix relay",
-        echo_args(Some(&format!("unix:{echo_unix}")), &relay_unix),
+        baseline_args(Some(&format!("unix:{pong_unix}")), &relay_unix),
     )?;
 
     // One hub per qnllm path, each worker on the hub's transport, as the relays are.
@@ -275,31 +277,31 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
     let mut paths = vec![
         Path::new(
             "raw TCP ping-pong",
-            raw(RawAddr::Tcp(echo_tcp.clone()))?,
+            raw(RawAddr::Tcp(pong_tcp.clone()))?,
             None,
             None,
-            &[&echo],
+            &[&pong],
         ),
         Path::new(
             "raw Unix ping-pong",
-            raw(RawAddr::Unix(echo_unix.clone().into()))?,
+            raw(RawAddr::Unix(pong_unix.clone().into()))?,
             None,
             None,
-            &[&echo],
+            &[&pong],
         ),
         Path::new(
             "raw TCP relay",
             raw(RawAddr::Tcp(relay_tcp))?,
             Some(0),
             None,
-            &[&tcp_relay, &echo],
+            &[&tcp_relay, &pong],
         ),
         Path::new(
             "raw Unix relay",
             raw(RawAddr::Unix(relay_unix.into()))?,
             Some(1),
             None,
-            &[&unix_relay, &echo],
+            &[&unix_relay, &pong],
         ),
         Path::new(
             "qnllm TCP, fixed engine",

@@ -44,7 +44,7 @@ pub(crate) struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct EchoArgs {
+pub(crate) struct BaselineArgs {
     #[arg(long)]
     listen: String,
     #[arg(long)]
@@ -58,8 +58,8 @@ pub(crate) struct EchoArgs {
     relay_to: Option<String>,
 }
 
-pub(crate) fn echo(args: EchoArgs) -> Result<()> {
-    qnllm_bench::serve_echo(
+pub(crate) fn baseline(args: BaselineArgs) -> Result<()> {
+    qnllm_bench::serve_baseline(
         &args.listen,
         args.unix.as_deref(),
         args.request_bytes,

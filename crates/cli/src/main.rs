@@ -43,7 +43,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The baseline server `bench` starts (raw ping-pong or relay, no protocol).
     #[command(hide = true)]
-    BenchEcho(bench::EchoArgs),
+    BenchBaseline(bench::BaselineArgs),
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
     /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
@@ -163,7 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reason(args) => reason(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::BenchEcho(args) => bench::echo(args),
+        Command::BenchBaseline(args) => bench::baseline(args),
         Command::Serve(args) => net::serve(*args),
         Command::Worker(args) => net::worker(args),
         Command::Stats(args) => net::stats(args),

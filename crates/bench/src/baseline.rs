@@ -22,7 +22,7 @@ pub enum Baseline {
 /// # Errors
 ///
 /// When a listener cannot be opened.
-pub fn serve_echo(
+pub fn serve_baseline(
     tcp: &str,
     unix: Option<&Path>,
     request_bytes: usize,
