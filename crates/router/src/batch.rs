@@ -172,6 +172,10 @@ impl Backend for DynamicBatcher {
         self.inner.describe()
     }
 
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],

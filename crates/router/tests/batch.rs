@@ -18,6 +18,7 @@ use qnllm_router::{
 struct Echo {
     singles: AtomicU64,
     batches: Mutex<Vec<usize>>,
+    describes: AtomicU64,
 }
 
 fn answer(x: &[f32]) -> Result<Answer, BackendError> {
@@ -41,7 +42,11 @@ impl Backend for Echo {
     fn name(&self) -> &str {
         "echo"
     }
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
     fn describe(&self) -> EngineInfo {
+        self.describes.fetch_add(1, Ordering::Relaxed);
         EngineInfo {
             name: "echo".into(),
             kind: "remote",
@@ -151,4 +156,14 @@ async fn without_a_policy_requests_pass_straight_through() {
     assert!(answers.iter().all(Result::is_ok));
     assert_eq!(echo.singles.load(Ordering::Relaxed), 5);
     assert!(echo.batches.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_batcher_reports_its_engine_kind_without_building_a_description() {
+    // The router asks every engine's kind on every request: through the batcher that must
+    // stay as cheap as the wrapped engine makes it.
+    let (echo, b) = batcher(None);
+    let before = echo.describes.load(Ordering::Relaxed);
+    assert_eq!(b.kind(), "remote");
+    assert_eq!(echo.describes.load(Ordering::Relaxed), before);
 }
