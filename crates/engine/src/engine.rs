@@ -41,6 +41,12 @@ pub trait Engine: Send + Sync {
     /// The model this engine serves.
     fn info(&self) -> ModelInfo;
 
+    /// The model's digest, as in [`Engine::info`] without building the rest (a router with
+    /// a cache asks on every request).
+    fn digest(&self) -> Digest {
+        self.info().digest
+    }
+
     /// Reasons over one encoding.
     ///
     /// # Errors

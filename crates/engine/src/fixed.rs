@@ -1,6 +1,7 @@
 //! `FixedEngine`: answers every valid encoding with one precomputed result, so benchmarks
 //! can measure the transport apart from the computation.
 
+use crate::digest::Digest;
 use crate::engine::{Engine, Learned, ModelInfo};
 use crate::error::EngineError;
 use crate::reasoning::Reasoning;
@@ -28,6 +29,10 @@ impl FixedEngine {
 impl Engine for FixedEngine {
     fn info(&self) -> ModelInfo {
         self.info.clone()
+    }
+
+    fn digest(&self) -> Digest {
+        self.info.digest
     }
 
     fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
 
+use crate::digest::Digest;
 use crate::engine::{Engine, Learned, ModelInfo};
 use crate::error::EngineError;
 use crate::kernel::{Activity, Kernel};
@@ -114,6 +115,10 @@ impl Engine for SpikingEngine {
             version: self.model.version(),
             digest: self.model.digest(),
         }
+    }
+
+    fn digest(&self) -> Digest {
+        self.model.digest()
     }
 
     fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {

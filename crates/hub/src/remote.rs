@@ -254,6 +254,13 @@ impl Backend for RemoteEngine {
         "remote"
     }
 
+    fn model_digest(&self) -> Digest {
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .model_digest
+    }
+
     fn describe(&self) -> EngineInfo {
         self.info
             .lock()

@@ -128,6 +128,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.describe().kind
     }
 
+    /// The digest of the model it serves, as [`EngineInfo::model_digest`], without
+    /// building the whole description (a router with a cache asks on every request).
+    fn model_digest(&self) -> Digest {
+        self.describe().model_digest
+    }
+
     /// Reasons over one encoding within `budget`.
     fn reason<'a>(
         &'a self,

@@ -176,6 +176,10 @@ impl Backend for DynamicBatcher {
         self.inner.kind()
     }
 
+    fn model_digest(&self) -> qnllm_engine::Digest {
+        self.inner.model_digest()
+    }
+
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],

@@ -139,6 +139,10 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn model_digest(&self) -> qnllm_engine::Digest {
+        self.read().digest()
+    }
+
     fn describe(&self) -> EngineInfo {
         let info = self.info();
         EngineInfo {

@@ -418,11 +418,7 @@ impl Router {
     /// The digest of the model in rotation: the first engine's, or, with every engine gone,
     /// the last one seen, so cached answers are still served (graceful degradation).
     fn serving_model(&self) -> Option<Digest> {
-        let current = self
-            .slots
-            .load()
-            .first()
-            .map(|s| s.backend.describe().model_digest);
+        let current = self.slots.load().first().map(|s| s.backend.model_digest());
         let mut last = self
             .last_model
             .lock()

@@ -27,6 +27,7 @@ struct Mock {
     failing: AtomicBool,
     lying: AtomicBool,
     calls: AtomicU64,
+    describes: AtomicU64,
 }
 
 impl Mock {
@@ -38,6 +39,7 @@ impl Mock {
             failing: AtomicBool::new(false),
             lying: AtomicBool::new(false),
             calls: AtomicU64::new(0),
+            describes: AtomicU64::new(0),
         })
     }
     fn set_latency(&self, latency: Duration) {
@@ -65,7 +67,18 @@ impl Backend for Mock {
     fn name(&self) -> &str {
         &self.name
     }
+    fn kind(&self) -> &'static str {
+        if self.local {
+            "local"
+        } else {
+            "remote"
+        }
+    }
+    fn model_digest(&self) -> Digest {
+        Digest([9; 32])
+    }
     fn describe(&self) -> EngineInfo {
+        self.describes.fetch_add(1, Ordering::Relaxed);
         EngineInfo {
             name: self.name.clone(),
             kind: if self.local { "local" } else { "remote" },
@@ -435,6 +448,28 @@ async fn hedging_cuts_the_tail_when_one_engine_stalls() {
         hedged <= Duration::from_millis(3),
         "hedged worst case {hedged:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn routing_and_caching_build_no_engine_description_per_request() {
+    // Descriptions clone strings under a lock; the per-request path asks engines only for
+    // their kind and model digest.
+    let (a, b) = (Mock::new("a", true), Mock::new("b", false));
+    let cfg = RouterConfig {
+        cache_capacity: Some(100),
+        ..RouterConfig::default()
+    };
+    let router = router(cfg, &[a.clone(), b.clone()]);
+    router.reason(&[0.5, 0.25], BUDGET).await.unwrap();
+    let before = a.describes.load(Ordering::Relaxed) + b.describes.load(Ordering::Relaxed);
+    for i in 0..50 {
+        let hit = router.reason(&[0.5, 0.25], BUDGET).await.unwrap();
+        assert!(hit.cached);
+        let miss = router.reason(&[i as f32, 1.0], BUDGET).await.unwrap();
+        assert!(!miss.cached);
+    }
+    let after = a.describes.load(Ordering::Relaxed) + b.describes.load(Ordering::Relaxed);
+    assert_eq!(after, before, "descriptions built while routing");
 }
 
 #[tokio::test(start_paused = true)]
