@@ -9,7 +9,7 @@ use qnllm_protocol::{encode_frame, Deadline, Frame, FrameDecoder, Message, Proto
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use crate::endpoint::{ReadHalf, WriteHalf};
+use crate::stream::{ReadHalf, WriteHalf};
 
 /// Bytes queued per connection before senders wait: bounds memory per slow peer.
 const QUEUE_BYTES: usize = 4 * 1024 * 1024;
@@ -486,7 +486,7 @@ fn fail(outbox: &Outbox) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::endpoint::Stream;
+    use crate::stream::Stream;
     use qnllm_protocol::{Goodbye, MessageKind};
 
     fn ping() -> Message {

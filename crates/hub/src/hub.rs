@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::cmd::call::{Handler, Handlers};
 use crate::config::{ConfigError, HubConfig};
-use crate::endpoint::Stream;
 use crate::registry::{Event, Registry};
 use crate::session;
 use crate::stats::{Connections, Counters};
+use crate::stream::Stream;
 
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]

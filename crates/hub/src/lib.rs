@@ -12,6 +12,7 @@ mod registry;
 mod remote;
 mod session;
 mod stats;
+mod stream;
 
 pub mod client;
 pub mod cmd;
@@ -19,6 +20,7 @@ pub mod worker;
 
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, HubConfig};
-pub use endpoint::{Endpoint, Stream};
+pub use endpoint::Endpoint;
 pub use hub::{Hub, HubError, RunningHub};
+pub use stream::Stream;
 pub use worker::{WorkerConfig, WorkerError};

@@ -13,9 +13,9 @@ use subtle::ConstantTimeEq;
 
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
-use crate::endpoint::Stream;
 use crate::hub::Shared;
 use crate::stats::{ConnectionStats, Counters};
+use crate::stream::Stream;
 
 type Reader = FrameReader;
 
