@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use qnllm::UnifiedEngine;
 use qnllm_engine::SpikingEngine;
-use qnllm_hub::{Client, Endpoint, Hub, HubConfig, WorkerConfig};
+use qnllm_hub::{Client, Endpoint, HubConfig, WorkerConfig};
 use qnllm_router::LocalBackend;
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +176,38 @@ fn on_signal() -> CancellationToken {
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    let threads = args.threads;
+    let local = args.local;
+    let model = if local > 0 {
+        Some(args.model.load()?)
+    } else {
+        None
+    };
+    let mut builder = UnifiedEngine::builder()
+        .hub_config(hub_config(args)?)
+        .local_engines(local);
+    if let Some(model) = model {
+        builder = builder.model(model);
+    }
+    let mut engine = builder.build()?;
+    runtime_with(threads)?.block_on(async move {
+        let shutdown = on_signal();
+        engine.start().await?;
+        // One line per listener on stdout, so scripts (and tests) can find the address.
+        if let Some(addr) = engine.tcp_addr() {
+            println!("qnllm hub listening on tcp {addr}");
+        }
+        if let Some(path) = engine.unix_path() {
+            println!("qnllm hub listening on unix {}", path.display());
+        }
+        shutdown.cancelled().await;
+        engine.stop().await;
+        Ok(())
+    })
+}
+
+/// The hub's settings: the `--config` file if any, then the flags over it.
+fn hub_config(args: ServeArgs) -> Result<HubConfig> {
     let mut config = match &args.config {
         Some(path) => HubConfig::from_file(path)?,
         None => HubConfig::default(),
@@ -207,30 +240,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     if !args.teachers.is_empty() {
         config.teachers = args.teachers;
     }
-    let hub = Hub::new(config)?;
-    if args.local > 0 {
-        let model = args.model.load()?;
-        for i in 0..args.local {
-            hub.add_local(LocalBackend::new(
-                format!("local-{i}"),
-                SpikingEngine::new(model.clone()),
-            ));
-        }
-    }
-    let threads = args.threads;
-    runtime_with(threads)?.block_on(async move {
-        let shutdown = on_signal();
-        let running = hub.start(shutdown).await?;
-        // One line per listener on stdout, so scripts (and tests) can find the address.
-        if let Some(addr) = running.tcp {
-            println!("qnllm hub listening on tcp {addr}");
-        }
-        if let Some(path) = &running.unix {
-            println!("qnllm hub listening on unix {}", path.display());
-        }
-        running.wait().await;
-        Ok(())
-    })
+    Ok(config)
 }
 
 pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
