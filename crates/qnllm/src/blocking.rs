@@ -5,7 +5,8 @@ use std::time::Duration;
 use qnllm_router::{Answer, Coordination, ModelState};
 
 use crate::builder::Builder;
-use crate::unified::{Error, Metrics};
+use crate::error::Error;
+use crate::unified::Metrics;
 
 /// [`crate::UnifiedEngine`] with blocking methods.
 #[derive(Debug)]

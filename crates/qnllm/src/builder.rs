@@ -7,7 +7,8 @@ use qnllm_engine::{Model, Params, SpikingEngine};
 use qnllm_hub::{Hub, HubConfig};
 use qnllm_router::LocalBackend;
 
-use crate::unified::{Error, UnifiedEngine};
+use crate::error::Error;
+use crate::unified::UnifiedEngine;
 
 /// Settings for a [`UnifiedEngine`]; every one has a default.
 #[derive(Debug, Clone)]

@@ -18,11 +18,13 @@
 
 pub mod blocking;
 mod builder;
+mod error;
 mod unified;
 
 pub use builder::Builder;
+pub use error::Error;
 pub use qnllm_engine::{Model, NormalInputs, Params, Reasoning, SpikingEngine};
 pub use qnllm_router::{
     Answer, BatchPolicy, Coordination, CoordinationMetrics, Mode, ModelState, RouterMetrics,
 };
-pub use unified::{Error, Metrics, UnifiedEngine};
+pub use unified::{Metrics, UnifiedEngine};

@@ -5,37 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qnllm_engine::EngineError;
-use qnllm_hub::{ConfigError, Hub, HubError, RunningHub};
+use qnllm_hub::{Hub, RunningHub};
 use qnllm_router::{
     Answer, Backend, Coordination, CoordinationMetrics, Coordinator, LocalBackend, ModelState,
-    Router, RouterError, RouterMetrics,
+    Router, RouterMetrics,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::Builder;
-
-/// What can go wrong with a `UnifiedEngine`.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A setting is wrong.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The hub could not start.
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    /// A model could not be built or loaded.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// A request failed: bad input, no engine, deadline, disagreement.
-    #[error(transparent)]
-    Request(#[from] RouterError),
-    /// Batches need encodings of one non-zero length.
-    #[error("a batch needs encodings of one non-zero length")]
-    RaggedBatch,
-}
+use crate::error::Error;
 
 /// Everything the engine can report.
 #[derive(Debug, Clone, Serialize)]
