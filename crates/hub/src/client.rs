@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use qnllm_protocol::{
-    Batch, BatchResult, Call, Deadline, ErrorCode, Frame, Hello, Message, Welcome,
-    DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    Batch, BatchResult, Call, Deadline, ErrorCode, Event, Frame, Hello, Message, MessageKind,
+    Welcome, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use qnllm_router::Answer;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{spawn_writer, FrameReader, FrameSender, ReadError};
+use crate::connection::{spawn_writer, Closer, FrameReader, FrameSender, ReadError};
 use crate::convert;
 use crate::endpoint::Endpoint;
 
@@ -48,10 +48,32 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// Longest wait for the hub's welcome after hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 struct Pending {
     closed: Option<String>,
     waiting: HashMap<u64, oneshot::Sender<Frame>>,
+    /// Open subscriptions by request id: where their events go.
+    subscriptions: HashMap<u64, mpsc::Sender<Event>>,
+}
+
+/// Events a subscription has not handed out yet, at most this many: a subscriber that
+/// falls further behind misses events, as on the hub.
+const SUBSCRIPTION_EVENTS: usize = 1_024;
+
+/// Hub events on the topics of one [`Client::subscribe`], in the order the hub sent them.
+#[derive(Debug)]
+pub struct Subscription {
+    events: mpsc::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the connection has closed.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
 }
 
 /// A connection to a hub as a client.
@@ -111,7 +133,10 @@ impl Client {
             token: token.map(str::to_string),
         };
         sender.send(&Message::Hello(hello), 0, Deadline::NONE).await;
-        let welcome = match reader.read_frame().await {
+        let read = tokio::time::timeout(WELCOME_TIMEOUT, reader.read_frame())
+            .await
+            .map_err(|_| ClientError::Timeout(WELCOME_TIMEOUT))?;
+        let welcome = match read {
             Ok(Some(frame)) => match frame.message() {
                 Ok(Message::Welcome(welcome)) => welcome,
                 Ok(Message::Error(e)) => {
@@ -130,7 +155,7 @@ impl Client {
             Err(e) => return Err(ClientError::Closed(e.to_string())),
         };
         let pending = Arc::new(Mutex::new(Pending::default()));
-        tokio::spawn(read_replies(reader, pending.clone()));
+        tokio::spawn(read_replies(reader, pending.clone(), sender.closer()));
         Ok(Client {
             sender,
             pending,
@@ -261,6 +286,61 @@ impl Client {
         }
     }
 
+    /// Subscribes to hub events on `topics` (`*` for all; `engines` for joins and leaves,
+    /// `connections` for connections that pause or close); returns once the hub has
+    /// confirmed, so no later event is missed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub async fn subscribe(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<Subscription, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut events) = mpsc::channel(SUBSCRIPTION_EVENTS);
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(reason) = &pending.closed {
+                return Err(ClientError::Closed(reason.clone()));
+            }
+            pending.subscriptions.insert(id, tx);
+        }
+        let subscribe = Message::Subscribe(qnllm_protocol::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        });
+        let confirmed = async {
+            if !self.sender.send(&subscribe, id, Deadline::NONE).await {
+                return Err(ClientError::Closed("before the subscription".into()));
+            }
+            match events.recv().await {
+                Some(event) if event.topic == "subscribed" => Ok(()),
+                Some(event) if event.topic == "error" => {
+                    Err(ClientError::Unexpected(event.data.to_string()))
+                }
+                Some(other) => Err(ClientError::Unexpected(format!(
+                    "{} before the confirmation",
+                    other.topic
+                ))),
+                None => Err(ClientError::Closed(
+                    lock(&self.pending).closed.clone().unwrap_or_default(),
+                )),
+            }
+        };
+        match tokio::time::timeout(timeout, confirmed).await {
+            Ok(Ok(())) => Ok(Subscription { events }),
+            Ok(Err(e)) => {
+                lock(&self.pending).subscriptions.remove(&id);
+                Err(e)
+            }
+            Err(_) => {
+                lock(&self.pending).subscriptions.remove(&id);
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+
     /// The hub's metrics snapshot.
     ///
     /// # Errors
@@ -277,20 +357,46 @@ impl Client {
     }
 }
 
-async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
+async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>, closer: Closer) {
     let reason = loop {
         match reader.read_frame().await {
             Ok(Some(frame)) => {
-                let waiter = lock(&pending).waiting.remove(&frame.header.request_id);
+                let id = frame.header.request_id;
+                if frame.kind == MessageKind::Event || frame.kind == MessageKind::Error {
+                    let subscription = lock(&pending).subscriptions.get(&id).cloned();
+                    if let Some(subscription) = subscription {
+                        let event = match frame.message() {
+                            Ok(Message::Event(event)) => event,
+                            Ok(Message::Error(e)) => Event {
+                                topic: "error".into(),
+                                data: serde_json::json!({ "code": e.code.as_u16(), "message": e.message }),
+                            },
+                            _ => continue,
+                        };
+                        if subscription.try_send(event).is_err() && subscription.is_closed() {
+                            lock(&pending).subscriptions.remove(&id);
+                        }
+                        continue;
+                    }
+                }
+                let waiter = lock(&pending).waiting.remove(&id);
                 match waiter {
                     Some(waiter) => {
                         let _ = waiter.send(frame);
                     }
-                    None if frame.header.request_id == 0 => {
-                        if let Ok(Message::Error(e)) = frame.message() {
-                            break format!("{}: {}", e.code, e.message);
+                    None if frame.header.request_id == 0 => match frame.message() {
+                        Ok(Message::Error(e)) => break format!("{}: {}", e.code, e.message),
+                        Ok(Message::Goodbye(goodbye)) => {
+                            // The hub is stopping: send nothing more and close our side, so
+                            // the hub knows it has read every request; the replies to those
+                            // still come (a result or `ShuttingDown` each).
+                            lock(&pending).closed.get_or_insert_with(|| {
+                                format!("the hub said goodbye: {}", goodbye.reason)
+                            });
+                            closer.close();
                         }
-                    }
+                        _ => {}
+                    },
                     None => {} // an answer nobody waits for any more (timed out)
                 }
             }
@@ -300,6 +406,7 @@ async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
         }
     };
     let mut pending = lock(&pending);
-    pending.closed = Some(reason);
+    pending.closed.get_or_insert(reason);
     pending.waiting.clear(); // wakes every waiter with `Closed`
+    pending.subscriptions.clear(); // ends every subscription
 }

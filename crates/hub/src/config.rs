@@ -46,6 +46,21 @@ pub struct HubConfig {
     pub token: Option<String>,
     /// Most open connections; more are refused with `TooManyConnections`.
     pub max_connections: usize,
+    /// Of `max_connections`, how many only workers may take: clients cannot lock workers
+    /// out.
+    pub worker_reserved_connections: usize,
+    /// Most connections still in their handshake (before hello). These do not count
+    /// against `max_connections`; when the budget is full, the one that has waited longest
+    /// is closed to make room, so silent sockets cannot lock anyone out.
+    pub max_handshakes: usize,
+    /// Most requests one client connection may have in flight; at the limit, the hub stops
+    /// reading that socket until replies drain (back-pressure).
+    pub max_requests_per_connection: usize,
+    /// Most request bytes (frame payloads) one client connection may have in flight; at the
+    /// limit, the hub stops reading that socket until replies drain.
+    pub max_request_bytes_per_connection: usize,
+    /// Most subscriptions one client connection may hold.
+    pub max_subscriptions_per_connection: usize,
     /// Largest frame payload accepted, in bytes.
     pub max_frame_bytes: u32,
     /// How long a new connection has to say hello, in milliseconds.
@@ -92,8 +107,13 @@ impl Default for HubConfig {
             unix: None,
             token: None,
             max_connections: 1_024,
+            worker_reserved_connections: 32,
+            max_handshakes: 64,
+            max_requests_per_connection: 512,
+            max_request_bytes_per_connection: 8 * 1024 * 1024,
+            max_subscriptions_per_connection: 16,
             max_frame_bytes: qnllm_protocol::DEFAULT_MAX_FRAME_BYTES,
-            hello_timeout_ms: 5_000,
+            hello_timeout_ms: 2_000,
             idle_timeout_ms: 300_000,
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 1_500,
@@ -145,11 +165,22 @@ impl HubConfig {
         if self.max_connections == 0
             || self.heartbeat_interval_ms == 0
             || self.hello_timeout_ms == 0
+            || self.max_handshakes == 0
+            || self.max_requests_per_connection == 0
+            || self.max_request_bytes_per_connection == 0
         {
             return Err(ConfigError::Invalid(
-                "max_connections, heartbeat_interval_ms and hello_timeout_ms must be positive"
+                "max_connections, max_handshakes, max_requests_per_connection, \
+                 max_request_bytes_per_connection, heartbeat_interval_ms and hello_timeout_ms \
+                 must be positive"
                     .into(),
             ));
+        }
+        if self.worker_reserved_connections >= self.max_connections {
+            return Err(ConfigError::Invalid(format!(
+                "worker_reserved_connections ({}) must be below max_connections ({}): clients need room too",
+                self.worker_reserved_connections, self.max_connections
+            )));
         }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::Invalid(

@@ -372,6 +372,30 @@ impl FrameSender {
     }
 }
 
+impl FrameSender {
+    /// A handle that can end this connection's writing side without keeping it open.
+    pub(crate) fn closer(&self) -> Closer {
+        Closer {
+            outbox: self.handle.outbox.clone(),
+        }
+    }
+}
+
+/// Ends the writing side of a connection: what is queued is flushed, later frames are
+/// refused, then the socket's write half is shut down (the peer reads end of stream).
+#[derive(Debug, Clone)]
+pub(crate) struct Closer {
+    outbox: Arc<Outbox>,
+}
+
+impl Closer {
+    pub(crate) fn close(&self) {
+        self.outbox.lock().closed = true;
+        self.outbox.flush.notify_one();
+        self.outbox.room.notify_waiters();
+    }
+}
+
 fn encode(message: &Message, request_id: u64, deadline: Deadline) -> BytesMut {
     let mut out = BytesMut::new();
     encode_frame(message, request_id, deadline, &mut out);

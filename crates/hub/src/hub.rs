@@ -27,6 +27,9 @@ pub enum HubError {
     /// A teacher model could not be built or loaded.
     #[error("teacher model: {0}")]
     Teacher(#[from] qnllm_engine::EngineError),
+    /// The async runtime could not be built.
+    #[error("cannot build the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -54,10 +57,15 @@ pub(crate) struct Shared {
     /// Per-connection counters of the open connections.
     pub(crate) open: Connections,
     pub(crate) connections: Arc<Semaphore>,
+    /// Connections still in their handshake, with their own budget.
+    pub(crate) handshakes: session::Handshakes,
     pub(crate) next_session: AtomicU64,
-    /// Held while a broadcast is delivered, so every engine sees broadcasts in one order.
-    pub(crate) broadcast_order: tokio::sync::Mutex<()>,
+    /// Held (never across an await) while a broadcast is queued on every worker, so every
+    /// engine sees broadcasts in one order.
+    pub(crate) broadcast_order: std::sync::Mutex<()>,
     pub(crate) shutdown: CancellationToken,
+    /// When the grace period of a shutdown ends; set as the shutdown starts.
+    pub(crate) grace_end: std::sync::OnceLock<tokio::time::Instant>,
     /// Request tasks, waited for (within the grace period) at shutdown.
     pub(crate) requests: TaskTracker,
     /// Connection tasks, waited for at shutdown so goodbyes are flushed before exit.
@@ -68,7 +76,26 @@ impl Shared {
     pub(crate) fn open_connections(&self) -> usize {
         self.config.max_connections - self.connections.available_permits()
     }
+
+    /// When work still in flight is cut: the end of the shutdown's grace period, or a grace
+    /// period from now when the hub is not shutting down.
+    pub(crate) fn grace_deadline(&self) -> tokio::time::Instant {
+        self.grace_end
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.config.grace())
+    }
+
+    /// Whether a shutdown's grace period is over.
+    pub(crate) fn past_grace(&self) -> bool {
+        self.grace_end
+            .get()
+            .is_some_and(|end| tokio::time::Instant::now() >= *end)
+    }
 }
+
+/// How long past the grace period sessions get to send their last errors and goodbyes.
+const SESSION_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A hub, configured but not yet listening.
 #[derive(Debug, Clone)]
@@ -96,14 +123,16 @@ impl Hub {
             batching,
             handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            handshakes: session::Handshakes::new(config.max_handshakes),
             config,
             router,
             events,
             counters: Counters::default(),
             open: Connections::default(),
             next_session: AtomicU64::new(1),
-            broadcast_order: tokio::sync::Mutex::new(()),
+            broadcast_order: std::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
+            grace_end: std::sync::OnceLock::new(),
             requests: TaskTracker::new(),
             sessions: TaskTracker::new(),
         };
@@ -207,22 +236,31 @@ impl Hub {
         let done = tokio::spawn(async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: no new connections, draining in-flight requests");
+            let end = *shared
+                .grace_end
+                .get_or_init(|| tokio::time::Instant::now() + shared.config.grace());
             inner.cancel();
             accepting.wait().await;
             shared.requests.close();
             shared.sessions.close();
-            let drained = async {
-                shared.requests.wait().await;
-                shared.sessions.wait().await;
-            };
-            if tokio::time::timeout(shared.config.grace(), drained)
+            if tokio::time::timeout_at(end, shared.requests.wait())
                 .await
                 .is_err()
             {
                 tracing::warn!(
                     requests = shared.requests.len(),
-                    connections = shared.sessions.len(),
                     "grace period over; cutting what is still in flight"
+                );
+            }
+            // Sessions answer what was cut with `ShuttingDown` and flush; each flush is
+            // bounded, so this wait is too.
+            if tokio::time::timeout_at(end + SESSION_CLOSE, shared.sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connections = shared.sessions.len(),
+                    "connections still open after the grace period; closing them"
                 );
             }
             if let Some(path) = &shared.config.unix {

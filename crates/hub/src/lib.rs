@@ -18,7 +18,7 @@ pub mod client;
 pub mod cmd;
 pub mod worker;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Subscription};
 pub use config::{ConfigError, HubConfig};
 pub use endpoint::Endpoint;
 pub use hub::{Hub, HubError, RunningHub};

@@ -47,7 +47,9 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a worker's engine under a name unique on this hub and starts routing to it.
+    /// Adds a worker's engine under a name unique on this hub, not yet routable: the
+    /// session first writes `registered`, then calls [`Registry::route`], so no request can
+    /// reach the worker before its `registered`.
     pub(crate) fn register(&self, register: &Register, sender: FrameSender) -> Remote {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let taken = self
@@ -62,21 +64,27 @@ impl Registry {
         };
         let engine = Arc::new(RemoteEngine::new(id, name.clone(), register, sender));
         self.engines().insert(id, engine.clone());
+        tracing::info!(engine = %name, id, digest = %register.model_digest, "engine joined");
+        engine
+    }
+
+    /// Starts routing to a registered engine (after its `registered` was written).
+    pub(crate) fn route(&self, engine: &Remote) {
         // Single requests to the worker go through a batcher, which passes them straight on
         // unless dynamic batching is switched on.
         self.router.add(Arc::new(DynamicBatcher::new(
             engine.clone(),
             self.batching.clone(),
         )));
-        tracing::info!(engine = %name, id, digest = %register.model_digest, "engine joined");
-        let _ = self
-            .events
-            .send(("engines".into(), json!({ "joined": name, "id": id })));
-        engine
+        let _ = self.events.send((
+            "engines".into(),
+            json!({ "joined": engine.name(), "id": engine.id }),
+        ));
     }
 
     /// Stops routing new requests to an engine that is leaving; what it holds may finish.
     pub(crate) fn withdraw(&self, engine: &RemoteEngine) {
+        engine.drain();
         self.router.remove(engine.name());
         tracing::info!(engine = %engine.name(), "engine withdrawn; finishing its in-flight requests");
     }

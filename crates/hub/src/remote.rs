@@ -24,6 +24,8 @@ use crate::convert;
 struct Pending {
     /// Set once the worker is gone: why. No request is accepted after that.
     closed: Option<String>,
+    /// The worker is draining: no new request is sent to it.
+    draining: bool,
     waiting: HashMap<u64, oneshot::Sender<Frame>>,
 }
 
@@ -91,9 +93,21 @@ impl RemoteEngine {
             .elapsed()
     }
 
-    /// Queues a message that expects no reply (broadcast, drain).
-    pub(crate) async fn notify(&self, message: &Message) -> bool {
-        self.sender.send(message, 0, Deadline::NONE).await
+    /// Queues a message that expects no reply if the queue has room now; never waits.
+    pub(crate) fn try_notify(&self, message: &Message) -> bool {
+        self.sender.try_send(message, 0, Deadline::NONE)
+    }
+
+    /// Sends this engine no new requests (each is refused with `Gone`, before it is sent,
+    /// so the router tries elsewhere); what it holds may finish.
+    pub(crate) fn drain(&self) {
+        self.pending().draining = true;
+    }
+
+    /// Draining and holding no request: nothing more will be sent to it.
+    pub(crate) fn drained(&self) -> bool {
+        let pending = self.pending();
+        pending.draining && pending.waiting.is_empty()
     }
 
     /// Requests sent and not yet answered.
@@ -143,6 +157,12 @@ impl RemoteEngine {
             if pending.closed.is_some() {
                 drop(pending);
                 return Err(self.gone());
+            }
+            if pending.draining {
+                return Err(BackendError::Gone {
+                    engine: self.name.clone(),
+                    reason: "draining".into(),
+                });
             }
             let (tx, rx) = oneshot::channel();
             pending.waiting.insert(id, tx);

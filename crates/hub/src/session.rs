@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{
-    Deadline, ErrorCode, Frame, Goodbye, Hello, Message, Registered, Welcome, WireError,
+    Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message, Registered, Welcome, WireError,
     PROTOCOL_VERSION,
 };
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
@@ -19,15 +20,102 @@ use crate::stream::Stream;
 
 type Reader = FrameReader;
 
+/// Connections still in their handshake. They have their own budget, apart from the
+/// connection cap: when it is full, the connection that has waited longest is closed to
+/// make room, so silent sockets can neither lock peers out nor hold more than the budget.
+#[derive(Debug)]
+pub(crate) struct Handshakes {
+    budget: usize,
+    waiting: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>,
+}
+
+impl Handshakes {
+    pub(crate) fn new(budget: usize) -> Handshakes {
+        Handshakes {
+            budget: budget.max(1),
+            waiting: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::BTreeMap<u64, CancellationToken>)> {
+        // Single inserts and removes: a poisoned map is still consistent.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one handshake; evicts the oldest when the budget is full. Returns the slot
+    /// and whether one was evicted.
+    fn enter(&self) -> (HandshakeSlot<'_>, bool) {
+        let evicted = CancellationToken::new();
+        let mut waiting = self.lock();
+        let mut made_room = false;
+        while waiting.1.len() >= self.budget {
+            if let Some((_, oldest)) = waiting.1.pop_first() {
+                oldest.cancel();
+                made_room = true;
+            }
+        }
+        waiting.0 += 1;
+        let key = waiting.0;
+        waiting.1.insert(key, evicted.clone());
+        (
+            HandshakeSlot {
+                handshakes: self,
+                key,
+                evicted,
+            },
+            made_room,
+        )
+    }
+
+    /// Connections in their handshake now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+}
+
+/// A handshake's place in the budget; freed on drop.
+struct HandshakeSlot<'a> {
+    handshakes: &'a Handshakes,
+    key: u64,
+    evicted: CancellationToken,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.handshakes.lock().1.remove(&self.key);
+    }
+}
+
 /// Runs one connection to its end.
 pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
     let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
-    match shared.connections.clone().try_acquire_owned() {
-        Ok(_permit) => {
-            let mut reader = FrameReader::new(read, shared.config.max_frame_bytes)
-                .busy_poll(shared.config.busy_poll());
-            if let Some(hello) = handshake(&shared, &mut reader, &sender).await {
+    let mut reader =
+        FrameReader::new(read, shared.config.max_frame_bytes).busy_poll(shared.config.busy_poll());
+    let (slot, made_room) = shared.handshakes.enter();
+    if made_room {
+        Counters::add(&shared.counters.handshakes_evicted, 1);
+    }
+    let hello = tokio::select! {
+        hello = handshake(&shared, &mut reader, &sender) => hello,
+        () = slot.evicted.cancelled() => {
+            tracing::debug!(%peer, "handshake evicted: the handshake budget is full");
+            let message = format!(
+                "{} connections are waiting to say hello; this one waited longest and was closed",
+                shared.config.max_handshakes
+            );
+            fail(&sender, 0, ErrorCode::HelloTimeout, message).await;
+            None
+        }
+    };
+    drop(slot);
+    if let Some(hello) = hello {
+        match admit(&shared, &hello.role) {
+            Ok(_permit) => {
                 let session = shared
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -48,20 +136,45 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                     client_loop(&shared, &mut reader, &sender, &open.stats).await;
                 }
                 tracing::debug!(session, %peer, "session closed");
+                drop(open);
+                let _ = shared.events.send((
+                    "connections".into(),
+                    serde_json::json!({ "closed": hello.name, "session": session }),
+                ));
             }
-        }
-        Err(_) => {
-            Counters::add(&shared.counters.refused, 1);
-            tracing::warn!(%peer, max = shared.config.max_connections, "connection refused: at the connection cap");
-            let message = format!(
-                "the hub is at its cap of {} connections; retry later",
-                shared.config.max_connections
-            );
-            fail(&sender, 0, ErrorCode::TooManyConnections, message).await;
+            Err(message) => {
+                Counters::add(&shared.counters.refused, 1);
+                tracing::warn!(%peer, role = %hello.role, max = shared.config.max_connections, "connection refused: at the connection cap");
+                fail(&sender, 0, ErrorCode::TooManyConnections, message).await;
+            }
         }
     }
     drop(sender);
     writer.finish().await; // flush what was queued, then the socket closes
+}
+
+/// A slot under the connection cap for a peer that said hello as `role`: clients may not
+/// take the slots kept for workers.
+fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+    let reserved = if role == "worker" {
+        0
+    } else {
+        shared.config.worker_reserved_connections
+    };
+    let full = || {
+        format!(
+            "the hub is at its cap of {} connections ({} kept for workers); retry later",
+            shared.config.max_connections, shared.config.worker_reserved_connections
+        )
+    };
+    if shared.connections.available_permits() <= reserved {
+        return Err(full());
+    }
+    shared
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| full())
 }
 
 /// Sends an error frame.
@@ -170,41 +283,79 @@ async fn handshake(shared: &Shared, reader: &mut Reader, sender: &FrameSender) -
     Some(hello)
 }
 
+/// While the hub drains, a client connection with nothing in flight is closed after this
+/// long without a frame; a client that closes its side first ends it at once.
+const DRAIN_LINGER: Duration = Duration::from_millis(250);
+
 async fn client_loop(
     shared: &Arc<Shared>,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &Arc<ConnectionStats>,
 ) {
-    let session = cmd::ClientSession::new(sender.clone(), stats.clone());
+    let session = cmd::ClientSession::new(sender.clone(), stats.clone(), &shared.config);
+    let paused = || {
+        let _ = shared.events.send((
+            "connections".into(),
+            serde_json::json!({ "paused": stats.name(), "session": stats.session }),
+        ));
+    };
+    let mut draining = false;
     loop {
-        let frame = tokio::select! {
-            () = shared.shutdown.cancelled() => {
-                let goodbye = Message::Goodbye(Goodbye { reason: "hub shutting down".into() });
-                sender.send(&goodbye, 0, Deadline::NONE).await;
+        if !draining {
+            // Back-pressure: at its budget of requests or bytes in flight, the connection
+            // is not read until replies drain, so a peer that never reads cannot grow the hub.
+            tokio::select! {
+                biased;
+                () = session.room(&paused) => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+        }
+        if !draining && shared.shutdown.is_cancelled() {
+            // Not ready: say so, then keep reading so every request already sent gets its
+            // result or `ShuttingDown`, until the client closes its side or falls silent.
+            draining = true;
+            let goodbye = Message::Goodbye(Goodbye {
+                reason: "hub shutting down".into(),
+            });
+            sender.send(&goodbye, 0, Deadline::NONE).await;
+        }
+        let limit = if draining {
+            DRAIN_LINGER
+        } else {
+            shared.config.idle_timeout()
+        };
+        let read = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled(), if !draining => continue,
+            read = reader.read_frame_within(limit) => read,
+        };
+        let frame = match read {
+            Err(Elapsed) if draining => {
+                if session.idle() || shared.past_grace() {
+                    break;
+                }
+                continue;
+            }
+            Err(Elapsed) => {
+                let message = format!("idle for {:?}; closing", shared.config.idle_timeout());
+                fail(sender, 0, ErrorCode::IdleTimeout, message).await;
                 break;
             }
-            read = reader.read_frame_within(shared.config.idle_timeout()) => match read {
-                Err(Elapsed) => {
-                    let message = format!("idle for {:?}; closing", shared.config.idle_timeout());
-                    fail(sender, 0, ErrorCode::IdleTimeout, message).await;
-                    break;
-                }
-                Ok(Ok(Some(frame))) => frame,
-                Ok(Ok(None)) => break,
-                Ok(Err(ReadError::Protocol(err))) => {
-                    protocol_error(shared, sender, &err, 0).await;
-                    break;
-                }
-                Ok(Err(_)) => break,
-            },
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => break,
+            Ok(Err(ReadError::Protocol(err))) => {
+                protocol_error(shared, sender, &err, 0).await;
+                break;
+            }
+            Ok(Err(_)) => break,
         };
         count_in(shared, stats, &frame);
         if let Flow::Close = cmd::dispatch(shared, &session, frame).await {
             break;
         }
     }
-    session.end(shared.config.grace()).await;
+    session.end(shared.grace_deadline()).await;
 }
 
 fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {
@@ -259,9 +410,12 @@ async fn worker_loop(
         engine_id: engine.id,
         heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
     };
+    // `registered` is queued before the engine becomes routable: the connection's queue is
+    // first in, first out, so no request can overtake it.
     sender
         .send(&Message::Registered(registered), 0, Deadline::NONE)
         .await;
+    shared.registry.route(&engine);
 
     let timeout = shared.config.heartbeat_timeout();
     let mut check = tokio::time::interval(
@@ -271,11 +425,27 @@ async fn worker_loop(
             .min(timeout / 3)
             .max(Duration::from_millis(10)),
     );
-    let mut draining = false;
+    let mut hub_draining = false;
+    // The worker asked to leave (`status: draining`): once it holds nothing, the hub says
+    // goodbye, and the worker leaves with nothing to fail over.
+    let mut released = false;
     let reason = loop {
+        if !released && engine.drained() {
+            released = true;
+            let goodbye = Message::Goodbye(Goodbye {
+                reason: "drained: no requests left for this worker".into(),
+            });
+            sender.send(&goodbye, 0, Deadline::NONE).await;
+        }
         tokio::select! {
-            () = shared.shutdown.cancelled(), if !draining => draining = true,
-            () = shared.requests.wait(), if draining => {
+            () = shared.shutdown.cancelled(), if !hub_draining => {
+                hub_draining = true;
+                // No new work comes from new requests; what is in flight may still reach
+                // the worker, and the goodbye follows when it is done.
+                let drain = Message::Drain(Grace { grace_ms: shared.config.grace_ms });
+                sender.send(&drain, 0, Deadline::NONE).await;
+            }
+            () = shared.requests.wait(), if hub_draining => {
                 let goodbye = Message::Goodbye(Goodbye { reason: "hub shutting down".into() });
                 sender.send(&goodbye, 0, Deadline::NONE).await;
                 break "hub shutting down".to_string();
@@ -290,27 +460,8 @@ async fn worker_loop(
                 Ok(Some(frame)) => {
                     count_in(shared, stats, &frame);
                     engine.heard();
-                    match frame.kind {
-                        qnllm_protocol::MessageKind::Result
-                        | qnllm_protocol::MessageKind::BatchResult
-                        | qnllm_protocol::MessageKind::Learned
-                        | qnllm_protocol::MessageKind::ModelInfo
-                        | qnllm_protocol::MessageKind::Error if frame.header.request_id != 0 => engine.complete(frame),
-                        qnllm_protocol::MessageKind::Heartbeat
-                        | qnllm_protocol::MessageKind::Pong
-                        | qnllm_protocol::MessageKind::Status => {}
-                        qnllm_protocol::MessageKind::Ping => {
-                            sender.send(&Message::Pong, frame.header.request_id, Deadline::NONE).await;
-                        }
-                        qnllm_protocol::MessageKind::Unregister => shared.registry.withdraw(&engine),
-                        qnllm_protocol::MessageKind::Goodbye => break "worker said goodbye".to_string(),
-                        qnllm_protocol::MessageKind::Error => {
-                            tracing::warn!(engine = %qnllm_router::Backend::name(&*engine), message = ?frame.message(), "worker reported an error");
-                        }
-                        other => {
-                            let message = format!("{other} is not something a worker sends to the hub");
-                            fail(sender, frame.header.request_id, ErrorCode::UnexpectedMessage, message).await;
-                        }
+                    if let Some(reason) = worker_frame(shared, sender, &engine, frame).await {
+                        break reason;
                     }
                 }
                 Ok(None) => break "connection closed".to_string(),
@@ -326,4 +477,63 @@ async fn worker_loop(
     let failed_over = shared.registry.remove(&engine, &reason);
     Counters::add(&shared.counters.engines_lost, 1);
     Counters::add(&shared.counters.failed_over, failed_over as u64);
+}
+
+/// Handles one frame from a worker; `Some(reason)` ends the session. Replies go to the
+/// request waiting for them; control frames are decoded and checked here, and a frame that
+/// does not decode, or that a worker may not send, closes the connection.
+async fn worker_frame(
+    shared: &Shared,
+    sender: &FrameSender,
+    engine: &crate::remote::RemoteEngine,
+    frame: Frame,
+) -> Option<String> {
+    use qnllm_protocol::MessageKind;
+    let id = frame.header.request_id;
+    match frame.kind {
+        MessageKind::Result
+        | MessageKind::BatchResult
+        | MessageKind::Learned
+        | MessageKind::ModelInfo
+        | MessageKind::Error
+            if id != 0 =>
+        {
+            engine.complete(frame);
+            return None;
+        }
+        _ => {}
+    }
+    let message = match frame.message() {
+        Ok(message) => message,
+        Err(err) => {
+            protocol_error(shared, sender, &err, id).await;
+            return Some(format!("undecodable {} from the worker: {err}", frame.kind));
+        }
+    };
+    match message {
+        Message::Heartbeat(_) | Message::Pong => {}
+        Message::Status(status) => {
+            tracing::debug!(engine = %qnllm_router::Backend::name(engine), state = %status.state, "worker status");
+            if status.state == "draining" || status.state == "stopped" {
+                shared.registry.withdraw(engine);
+            }
+        }
+        Message::Ping => {
+            sender.send(&Message::Pong, id, Deadline::NONE).await;
+        }
+        Message::Unregister(_) => shared.registry.withdraw(engine),
+        Message::Goodbye(_) => return Some("worker said goodbye".to_string()),
+        Message::Error(error) => {
+            tracing::warn!(engine = %qnllm_router::Backend::name(engine), code = %error.code, message = %error.message, "worker reported an error");
+        }
+        other => {
+            let message = format!(
+                "{} is not something a worker sends to the hub",
+                other.kind()
+            );
+            fail(sender, id, ErrorCode::UnexpectedMessage, message).await;
+            return Some(format!("unexpected {} from the worker", other.kind()));
+        }
+    }
+    None
 }

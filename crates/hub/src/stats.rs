@@ -20,6 +20,12 @@ pub(crate) struct Counters {
     pub(crate) engines_lost: AtomicU64,
     /// Requests that were waiting on an engine when it went, and were failed over.
     pub(crate) failed_over: AtomicU64,
+    /// Connections closed in their handshake to make room in the handshake budget.
+    pub(crate) handshakes_evicted: AtomicU64,
+    /// Broadcasts a worker missed because its queue was full.
+    pub(crate) broadcasts_dropped: AtomicU64,
+    /// Requests answered `DeadlineExceeded` as they arrived, their deadline already past.
+    pub(crate) expired_on_arrival: AtomicU64,
 }
 
 impl Counters {
@@ -39,11 +45,18 @@ pub(crate) struct ConnectionStats {
     pub(crate) bytes_in: AtomicU64,
     /// Requests from this client not answered yet.
     pub(crate) in_flight: AtomicU64,
+    /// The connection is at its budget of requests or bytes in flight and is not read
+    /// until replies drain.
+    pub(crate) paused: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionStats {
     pub(crate) fn peer(&self) -> &str {
         &self.peer
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     fn describe(&self) -> Value {
@@ -56,6 +69,7 @@ impl ConnectionStats {
             "frames_in": load(&self.frames_in),
             "bytes_in": load(&self.bytes_in),
             "in_flight": load(&self.in_flight),
+            "paused": self.paused.load(Ordering::Relaxed),
         })
     }
 }
@@ -83,6 +97,7 @@ impl Connections {
             frames_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            paused: std::sync::atomic::AtomicBool::new(false),
         });
         self.lock().insert(session, stats.clone());
         OpenConnection { list: self, stats }

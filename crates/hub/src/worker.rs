@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{
-    BatchResult, Deadline, Encoding, ErrorCode, Frame, Goodbye, Heartbeat, Hello, Learned, Message,
-    MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    BatchResult, Deadline, Encoding, EngineStatus, ErrorCode, Frame, Goodbye, Heartbeat, Hello,
+    Learned, Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use qnllm_router::{BackendError, LocalBackend};
 use tokio::sync::Semaphore;
@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     /// How long the reader polls for the next request before its thread sleeps; zero (the
     /// default) never polls. See `HubConfig::busy_poll_us`.
     pub busy_poll: Duration,
+    /// On shutdown, the longest the worker waits for the hub to release it (goodbye once
+    /// it has nothing left in flight) before it leaves anyway.
+    pub drain_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -52,6 +55,7 @@ impl WorkerConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -199,7 +203,9 @@ async fn session(
 
     let requests = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1) as usize));
+    let waiting = Arc::new(Semaphore::new(4 * config.max_in_flight.max(1) as usize));
     let compute_ns = Arc::new(AtomicU64::new(0));
+    let queued = Arc::new(Queued::default());
     let work = Work {
         engine,
         compute_ns: &compute_ns,
@@ -207,23 +213,33 @@ async fn session(
         sender: &sender,
         requests: &requests,
         permits: &permits,
+        waiting: &waiting,
+        queued: &queued,
         served,
         shutdown,
     };
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(10)));
     let mut draining = false;
+    let drain_limit = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(drain_limit);
     let end = loop {
         tokio::select! {
             () = shutdown.cancelled(), if !draining => {
-                // Stop new work, finish what is in flight, then say goodbye.
+                // Tell the hub to stop choosing this engine and keep serving what comes;
+                // the hub says goodbye once it holds nothing for us, so nothing fails over.
                 draining = true;
-                let leaving = Message::Unregister(Goodbye { reason: "worker stopping".into() });
-                sender.send(&leaving, 0, Deadline::NONE).await;
-                requests.close();
+                drain_limit.as_mut().reset(tokio::time::Instant::now() + config.drain_timeout);
+                let status = EngineStatus {
+                    state: "draining".into(),
+                    in_flight: requests.len() as u32,
+                    served: served.load(Ordering::Relaxed),
+                    model_version: engine.info().version,
+                };
+                sender.send(&Message::Status(status), 0, Deadline::NONE).await;
             }
-            () = requests.wait(), if draining => {
-                sender.send(&Message::Goodbye(Goodbye { reason: "worker stopped".into() }), 0, Deadline::NONE).await;
+            () = &mut drain_limit, if draining => {
+                tracing::warn!(hub = %config.endpoint, "the hub did not release this worker in time; leaving");
                 break SessionEnd::Stopped;
             }
             _ = heartbeat.tick() => {
@@ -241,9 +257,92 @@ async fn session(
             },
         }
     };
+    let end = if shutdown.is_cancelled() {
+        // Finish what is in flight, then say goodbye.
+        requests.close();
+        if tokio::time::timeout(config.drain_timeout, requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                requests = requests.len(),
+                "leaving with requests unfinished"
+            );
+        }
+        let goodbye = Message::Goodbye(Goodbye {
+            reason: "worker stopped".into(),
+        });
+        sender.send(&goodbye, 0, Deadline::NONE).await;
+        SessionEnd::Stopped
+    } else {
+        end
+    };
     drop(sender);
     writer.finish().await;
     Ok(end)
+}
+
+/// Requests read and not yet computed, with when each expires: a `cancel` removes its
+/// entry, and a request whose entry is gone or expired when its turn comes is answered
+/// without computing.
+#[derive(Debug, Default)]
+struct Queued(std::sync::Mutex<std::collections::HashMap<u64, Option<std::time::Instant>>>);
+
+/// Why a queued request is not computed.
+enum Skip {
+    Cancelled,
+    Expired,
+}
+
+impl Queued {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Option<std::time::Instant>>> {
+        // Single inserts and removes: a poisoned map is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes a request as it is read; `Err` if its deadline has already passed.
+    fn admit(&self, id: u64, deadline: Deadline) -> Result<(), Skip> {
+        let expires = match deadline.remaining() {
+            Some(budget) if budget < MIN_BUDGET => return Err(Skip::Expired),
+            Some(budget) => Some(std::time::Instant::now() + budget),
+            None => None,
+        };
+        self.lock().insert(id, expires);
+        Ok(())
+    }
+
+    /// The request's turn has come: whether to compute it.
+    fn take(&self, id: u64) -> Result<(), Skip> {
+        match self.lock().remove(&id) {
+            None => Err(Skip::Cancelled),
+            Some(Some(expires)) if std::time::Instant::now() >= expires => Err(Skip::Expired),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn cancel(&self, id: u64) -> bool {
+        self.lock().remove(&id).is_some()
+    }
+}
+
+/// A budget below this on arrival has passed before any work could start.
+const MIN_BUDGET: Duration = Duration::from_micros(20);
+
+fn skipped(skip: &Skip) -> Message {
+    match skip {
+        Skip::Cancelled => Message::Error(WireError::new(
+            ErrorCode::Cancelled,
+            "cancelled by the hub before it was computed",
+        )),
+        Skip::Expired => Message::Error(WireError::new(
+            ErrorCode::DeadlineExceeded,
+            "the deadline passed before the worker could start; not computed",
+        )),
+    }
 }
 
 /// Reads the next frame during the handshake; an error frame is a refusal.
@@ -297,6 +396,10 @@ struct Work<'a> {
     sender: &'a FrameSender,
     requests: &'a TaskTracker,
     permits: &'a Arc<Semaphore>,
+    /// Bounds the requests waiting for a permit, so reading goes on (cancels are seen)
+    /// while work waits, yet what waits stays bounded.
+    waiting: &'a Arc<Semaphore>,
+    queued: &'a Arc<Queued>,
     served: &'a Arc<AtomicU64>,
     shutdown: &'a CancellationToken,
 }
@@ -317,7 +420,12 @@ async fn serve_burst(
         let id = frame.header.request_id;
         if frame.kind == MessageKind::Reason {
             if let Ok(Message::Reason(encoding)) = frame.message() {
-                group.push((id, encoding));
+                match work.queued.admit(id, frame.header.deadline) {
+                    Ok(()) => group.push((id, encoding)),
+                    Err(skip) => {
+                        work.sender.send(&skipped(&skip), id, Deadline::NONE).await;
+                    }
+                }
             } else {
                 serve_group(std::mem::take(&mut group), work).await;
                 if let Some(end) = handle(frame, work).await {
@@ -345,10 +453,15 @@ async fn serve_burst(
 /// Computes one reason; keeps `compute_ns`, the moving average of the compute time, current.
 fn answer(
     engine: &LocalBackend,
+    id: u64,
     encoding: &Encoding,
+    queued: &Queued,
     served: &AtomicU64,
     compute_ns: &AtomicU64,
 ) -> Message {
+    if let Err(skip) = queued.take(id) {
+        return skipped(&skip);
+    }
     let started = std::time::Instant::now();
     let outcome = engine.reason_now(encoding.as_slice());
     let took = started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
@@ -374,7 +487,13 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
     // that read it; a lone request always is.
     let estimate = group.len() as u64 * work.compute_ns.load(Ordering::Relaxed);
     if (group.len() == 1 && work.requests.is_empty()) || estimate <= INLINE_NS {
-        let replies = answer_all(work.engine, &group, work.served, work.compute_ns);
+        let replies = answer_all(
+            work.engine,
+            &group,
+            work.queued,
+            work.served,
+            work.compute_ns,
+        );
         work.sender.send_all(&replies).await;
         return;
     }
@@ -392,15 +511,16 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
         else {
             return;
         };
-        let (engine, sender, served, compute_ns) = (
+        let (engine, sender, queued, served, compute_ns) = (
             work.engine.clone(),
             work.sender.clone(),
+            work.queued.clone(),
             work.served.clone(),
             work.compute_ns.clone(),
         );
         work.requests.spawn(async move {
             let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
-            let job = move || answer_all(&engine, &chunk, &served, &compute_ns);
+            let job = move || answer_all(&engine, &chunk, &queued, &served, &compute_ns);
             let replies = match tokio::task::spawn_blocking(job).await {
                 Ok(replies) => replies,
                 Err(join) => ids
@@ -417,7 +537,13 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
             drop(permit);
         });
     }
-    let replies = answer_all(work.engine, &here, work.served, work.compute_ns);
+    let replies = answer_all(
+        work.engine,
+        &here,
+        work.queued,
+        work.served,
+        work.compute_ns,
+    );
     work.sender.send_all(&replies).await;
 }
 
@@ -425,37 +551,56 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
 fn answer_all(
     engine: &LocalBackend,
     group: &[(u64, Encoding)],
+    queued: &Queued,
     served: &AtomicU64,
     compute_ns: &AtomicU64,
 ) -> Vec<(Message, u64)> {
     group
         .iter()
-        .map(|(id, encoding)| (answer(engine, encoding, served, compute_ns), *id))
+        .map(|(id, encoding)| {
+            let reply = answer(engine, *id, encoding, queued, served, compute_ns);
+            (reply, *id)
+        })
         .collect()
 }
 
-/// Runs `job` on the blocking pool as a tracked request and sends its reply. Waiting for a
-/// permit first applies backpressure to the hub when `max_in_flight` are running.
+/// Runs `job` on the blocking pool as a tracked request and sends its reply. The request
+/// waits for a permit in its own task (the reader goes on, so a `cancel` for it is seen);
+/// at most `waiting` requests wait, which applies backpressure to the hub past that.
 async fn serve(
     id: u64,
+    deadline: Deadline,
     job: impl FnOnce() -> Result<Message, BackendError> + Send + 'static,
-    sender: &FrameSender,
-    requests: &TaskTracker,
-    permits: &Arc<Semaphore>,
-    served: &Arc<AtomicU64>,
+    work: &Work<'_>,
 ) {
-    let Ok(permit) = permits.clone().acquire_owned().await else {
+    if let Err(skip) = work.queued.admit(id, deadline) {
+        work.sender.send(&skipped(&skip), id, Deadline::NONE).await;
+        return;
+    }
+    let Ok(waiting) = work.waiting.clone().acquire_owned().await else {
         return;
     };
-    let (sender, served) = (sender.clone(), served.clone());
-    requests.spawn(async move {
-        let reply = match tokio::task::spawn_blocking(job).await {
-            Ok(Ok(reply)) => {
-                served.fetch_add(1, Ordering::Relaxed);
-                reply
-            }
-            Ok(Err(err)) => error_message(&err),
-            Err(join) => Message::Error(WireError::new(ErrorCode::Internal, join.to_string())),
+    let (sender, served, permits, queued) = (
+        work.sender.clone(),
+        work.served.clone(),
+        work.permits.clone(),
+        work.queued.clone(),
+    );
+    work.requests.spawn(async move {
+        let Ok(permit) = permits.acquire_owned().await else {
+            return;
+        };
+        drop(waiting);
+        let reply = match queued.take(id) {
+            Err(skip) => skipped(&skip),
+            Ok(()) => match tokio::task::spawn_blocking(job).await {
+                Ok(Ok(reply)) => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    reply
+                }
+                Ok(Err(err)) => error_message(&err),
+                Err(join) => Message::Error(WireError::new(ErrorCode::Internal, join.to_string())),
+            },
         };
         sender.send(&reply, id, Deadline::NONE).await;
         drop(permit);
@@ -467,13 +612,12 @@ async fn handle(frame: Frame, work: &Work<'_>) -> Option<SessionEnd> {
     let Work {
         engine,
         sender,
-        requests,
-        permits,
-        served,
+        queued,
         shutdown,
         ..
     } = *work;
     let id = frame.header.request_id;
+    let frame_deadline = frame.header.deadline;
     let message = match frame.message() {
         Ok(message) => message,
         Err(err) => {
@@ -496,7 +640,7 @@ async fn handle(frame: Frame, work: &Work<'_>) -> Option<SessionEnd> {
                     results: answers.iter().map(result_body).collect(),
                 }))
             };
-            serve(id, job, sender, requests, permits, served).await;
+            serve(id, frame_deadline, job, work).await;
         }
         Message::Learn(learn) => {
             // Applied in arrival order, on this task: updates must not overtake each other.
@@ -528,8 +672,17 @@ async fn handle(frame: Frame, work: &Work<'_>) -> Option<SessionEnd> {
                 goodbye.reason
             )))
         }
-        // Answers take microseconds, so a cancel almost always arrives after the answer.
-        Message::Cancel | Message::Pong | Message::Drain(_) => {}
+        Message::Cancel => {
+            if queued.cancel(id) {
+                tracing::debug!(request = id, "cancelled before it was computed");
+            }
+        }
+        Message::Drain(grace) => {
+            // The hub is stopping: it sends no new work, only what it already holds, and
+            // says goodbye when done; then this worker reconnects to its successor.
+            tracing::info!(grace_ms = grace.grace_ms, "the hub is draining");
+        }
+        Message::Pong => {}
         Message::Broadcast(topic) => {
             tracing::debug!(topic = %topic.topic, bytes = topic.payload.len(), "broadcast received")
         }

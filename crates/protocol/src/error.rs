@@ -156,6 +156,7 @@ error_codes! {
     ShuttingDown = 39, "The server is shutting down and takes no new work.";
     VersionConflict = 40, "A learn update named a model version other than the engine's.";
     Disagreement = 41, "Redundant engines returned different results.";
+    DuplicateRequestId = 42, "The request id is already in flight on this connection.";
     Internal = 255, "A bug on the answering side; the message says more.";
 }
 

@@ -25,12 +25,7 @@ impl UnifiedEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .map_err(|e| {
-                Error::Hub(qnllm_hub::HubError::Listen {
-                    what: "runtime".into(),
-                    source: e,
-                })
-            })?;
+            .map_err(|e| Error::Hub(qnllm_hub::HubError::Runtime(e)))?;
         let inner = runtime.block_on(async { builder.build() })?;
         Ok(UnifiedEngine {
             runtime,

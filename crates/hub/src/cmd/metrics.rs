@@ -17,6 +17,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
             "refused": load(&c.refused),
             "max": shared.config.max_connections,
             "list": shared.open.describe(),
+            "handshaking": shared.handshakes.len(),
+            "max_handshakes": shared.config.max_handshakes,
+            "handshakes_evicted": load(&c.handshakes_evicted),
         },
         "frames_in": load(&c.frames_in),
         "bytes_in": load(&c.bytes_in),
@@ -26,6 +29,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
         "engines_joined": load(&c.engines_joined),
         "engines_lost": load(&c.engines_lost),
         "failed_over": load(&c.failed_over),
+        "broadcasts_dropped": load(&c.broadcasts_dropped),
+        "expired_on_arrival": load(&c.expired_on_arrival),
         "requests_in_flight": shared.requests.len(),
         "router": shared.router.metrics(),
     })

@@ -15,12 +15,13 @@ pub(crate) fn one(
     shared: &Arc<Shared>,
     session: &ClientSession,
     id: u64,
+    cost: usize,
     encoding: Vec<f32>,
     deadline: Duration,
 ) {
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
-    session.spawn(shared, id, async move {
+    session.spawn_costing(shared, id, cost, async move {
         // The router's future is about 3 KB: boxed, it is written once, where the task
         // would otherwise copy it on every move into place.
         match Box::pin(shared_.router.reason(&encoding, deadline)).await {
@@ -41,12 +42,13 @@ pub(crate) fn batch(
     shared: &Arc<Shared>,
     session: &ClientSession,
     id: u64,
+    cost: usize,
     batch: Batch,
     deadline: Duration,
 ) {
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
-    session.spawn(shared, id, async move {
+    session.spawn_costing(shared, id, cost, async move {
         match Box::pin(
             shared_
                 .router

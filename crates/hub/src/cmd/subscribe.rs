@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use qnllm_protocol::{Deadline, Event, Message};
+use std::sync::atomic::Ordering;
+
+use qnllm_protocol::{Deadline, ErrorCode, Event, Message};
 use serde_json::json;
 
 use crate::cmd::ClientSession;
 use crate::hub::Shared;
+use crate::session::fail;
 
 /// Subscribes; `*` means every topic. Confirms with an event on topic `subscribed`.
 pub(crate) async fn start(
@@ -15,6 +18,16 @@ pub(crate) async fn start(
     id: u64,
     topics: Vec<String>,
 ) {
+    let held = session.subscriptions.fetch_add(1, Ordering::AcqRel);
+    if held >= session.max_subscriptions {
+        session.subscriptions.fetch_sub(1, Ordering::AcqRel);
+        let message = format!(
+            "this connection already holds {held} subscriptions, the most allowed; \
+             subscribe once with several topics (or `*`)"
+        );
+        fail(&session.sender, id, ErrorCode::Overloaded, message).await;
+        return;
+    }
     let mut events = shared.events.subscribe();
     let confirm = Event {
         topic: "subscribed".into(),
