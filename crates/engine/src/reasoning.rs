@@ -40,17 +40,6 @@ impl Reasoning {
         model_digest: Digest,
     ) -> Reasoning {
         let label = argmax(&activity.scores);
-        let mut h = Sha256::new();
-        h.update(RESULT_DOMAIN);
-        h.update(label.to_le_bytes());
-        h.update(activity.total_spikes.to_le_bytes());
-        h.update((activity.scores.len() as u32).to_le_bytes());
-        for score in &activity.scores {
-            h.update(score.to_le_bytes());
-        }
-        for spikes in &activity.label_spikes {
-            h.update(spikes.to_le_bytes());
-        }
         Reasoning {
             label,
             confidence: confidence(&activity.scores, label),
@@ -59,9 +48,41 @@ impl Reasoning {
             label_spikes: activity.label_spikes.clone(),
             model_version,
             model_digest,
-            result_digest: Digest(h.finalize().into()),
+            result_digest: result_digest(
+                label,
+                activity.total_spikes,
+                &activity.scores,
+                &activity.label_spikes,
+            ),
         }
     }
+
+    /// The result digest its integer outputs call for: a reply whose `result_digest`
+    /// differs was altered or computed wrongly.
+    pub fn expected_result_digest(&self) -> Digest {
+        result_digest(
+            self.label,
+            self.total_spikes,
+            &self.scores,
+            &self.label_spikes,
+        )
+    }
+}
+
+/// SHA-256 over the domain separator and the integer outputs, as `docs/engine.md` says.
+fn result_digest(label: u32, total_spikes: u32, scores: &[i32], label_spikes: &[u32]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(RESULT_DOMAIN);
+    h.update(label.to_le_bytes());
+    h.update(total_spikes.to_le_bytes());
+    h.update((scores.len() as u32).to_le_bytes());
+    for score in scores {
+        h.update(score.to_le_bytes());
+    }
+    for spikes in label_spikes {
+        h.update(spikes.to_le_bytes());
+    }
+    Digest(h.finalize().into())
 }
 
 /// Index of the highest score; the lowest index wins a tie.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qnllm_protocol::Register;
-use qnllm_router::{Backend, DynamicBatcher, Router, SharedBatchPolicy};
+use qnllm_router::{Admission, Backend, DynamicBatcher, EngineId, Pool, Router, SharedBatchPolicy};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -15,10 +15,17 @@ use crate::remote::{Remote, RemoteEngine};
 /// Something subscribers hear about: a topic and a JSON body.
 pub(crate) type Event = (String, Value);
 
+/// A worker's engine and its id in the router, once routed.
+#[derive(Debug, Clone)]
+struct Entry {
+    remote: Remote,
+    route: Option<EngineId>,
+}
+
 /// Live engines by id.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    engines: Mutex<BTreeMap<u64, Remote>>,
+    engines: Mutex<BTreeMap<u64, Entry>>,
     next_id: AtomicU64,
     router: Arc<Router>,
     events: broadcast::Sender<Event>,
@@ -40,7 +47,7 @@ impl Registry {
         }
     }
 
-    fn engines(&self) -> MutexGuard<'_, BTreeMap<u64, Remote>> {
+    fn engines(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
         // Single inserts and removes only: a poisoned map is still consistent.
         self.engines
             .lock()
@@ -49,53 +56,94 @@ impl Registry {
 
     /// Adds a worker's engine under a name unique on this hub, not yet routable: the
     /// session first writes `registered`, then calls [`Registry::route`], so no request can
-    /// reach the worker before its `registered`.
-    pub(crate) fn register(&self, register: &Register, sender: FrameSender) -> Remote {
+    /// reach the worker before its `registered`. The name is chosen and the engine added
+    /// under one lock, so two workers registering one name at once get two names.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the registration (e.g. a malformed model digest).
+    pub(crate) fn register(
+        &self,
+        register: &Register,
+        sender: FrameSender,
+    ) -> Result<Remote, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let taken = self
-            .router
-            .backends()
-            .iter()
-            .any(|b| b.name() == register.name);
-        let name = if taken || register.name.is_empty() {
+        let mut engines = self.engines();
+        let taken = register.name.is_empty()
+            || engines.values().any(|e| e.remote.name() == register.name)
+            || self
+                .router
+                .engines()
+                .iter()
+                .any(|(_, _, info)| info.name == register.name);
+        let name = if taken {
             format!("{}#{id}", register.name)
         } else {
             register.name.clone()
         };
-        let engine = Arc::new(RemoteEngine::new(id, name.clone(), register, sender));
-        self.engines().insert(id, engine.clone());
-        tracing::info!(engine = %name, id, digest = %register.model_digest, "engine joined");
-        engine
+        let engine = Arc::new(RemoteEngine::new(id, name, register, sender)?);
+        engines.insert(
+            id,
+            Entry {
+                remote: engine.clone(),
+                route: None,
+            },
+        );
+        Ok(engine)
     }
 
-    /// Starts routing to a registered engine (after its `registered` was written).
-    pub(crate) fn route(&self, engine: &Remote) {
+    /// Hands a registered engine to the router (after its `registered` was written), which
+    /// routes to it if it serves the hub's model lineage and keeps it in its foreign pool
+    /// (listed, never routed) if not.
+    pub(crate) fn route(&self, engine: &Remote) -> Option<Admission> {
+        let mut engines = self.engines();
+        // The worker may have left between `registered` and now.
+        let entry = engines.get_mut(&engine.id)?;
         // Single requests to the worker go through a batcher, which passes them straight on
         // unless dynamic batching is switched on.
-        self.router.add(Arc::new(DynamicBatcher::new(
+        let admission = self.router.add(Arc::new(DynamicBatcher::new(
             engine.clone(),
             self.batching.clone(),
         )));
+        entry.route = Some(admission.id);
+        drop(engines);
+        let (name, id) = (engine.name(), engine.id);
+        let pool = pool_name(admission.pool);
+        if admission.pool == Pool::Foreign {
+            tracing::warn!(engine = %name, id, digest = %engine.model_digest(), serving = %admission.lineage.to_hex(),
+                "engine joined with another model: kept in the foreign pool, never routed to");
+        } else {
+            tracing::info!(engine = %name, id, digest = %engine.model_digest(), pool, "engine joined");
+        }
         let _ = self.events.send((
             "engines".into(),
-            json!({ "joined": engine.name(), "id": engine.id }),
+            json!({ "joined": name, "id": id, "pool": pool }),
         ));
+        Some(admission)
+    }
+
+    fn route_of(&self, engine: &RemoteEngine) -> Option<EngineId> {
+        self.engines().get(&engine.id).and_then(|e| e.route)
     }
 
     /// Stops routing new requests to an engine that is leaving; what it holds may finish.
     pub(crate) fn withdraw(&self, engine: &RemoteEngine) {
         engine.drain();
-        self.router.remove(engine.name());
+        if let Some(route) = self.route_of(engine) {
+            self.router.remove(route);
+        }
         tracing::info!(engine = %engine.name(), "engine withdrawn; finishing its in-flight requests");
     }
 
     /// Stops routing to an engine and fails what it held (the router retries those
     /// elsewhere); returns how many that was. Idempotent.
     pub(crate) fn remove(&self, engine: &RemoteEngine, reason: &str) -> usize {
-        if self.engines().remove(&engine.id).is_none() {
+        let Some(entry) = self.engines().remove(&engine.id) else {
             return 0;
+        };
+        if let Some(route) = entry.route {
+            self.router.remove(route);
         }
-        self.router.remove(engine.name());
         let failed = engine.close(reason);
         tracing::info!(engine = %engine.name(), id = engine.id, failed_over = failed, reason, "engine left");
         let _ = self.events.send((
@@ -107,22 +155,27 @@ impl Registry {
 
     /// Every live remote engine.
     pub(crate) fn all(&self) -> Vec<Remote> {
-        self.engines().values().cloned().collect()
+        self.engines().values().map(|e| e.remote.clone()).collect()
     }
 
-    /// A JSON description of every engine the router uses, local and remote.
+    /// A JSON description of every engine the router holds, local and remote, with the
+    /// pool each is in (serving, lagging, foreign).
     pub(crate) fn describe(&self) -> Value {
-        let remotes = self.engines();
+        let remotes: BTreeMap<EngineId, Remote> = self
+            .engines()
+            .values()
+            .filter_map(|e| Some((e.route?, e.remote.clone())))
+            .collect();
         let list: Vec<Value> = self
             .router
-            .backends()
-            .iter()
-            .map(|b| {
-                let info = b.describe();
-                let remote = remotes.values().find(|r| r.name() == info.name);
+            .engines()
+            .into_iter()
+            .map(|(route, pool, info)| {
+                let remote = remotes.get(&route);
                 json!({
                     "name": info.name,
                     "kind": info.kind,
+                    "pool": pool_name(pool),
                     "input_size": info.input_size,
                     "labels": info.labels,
                     "model_version": info.model_version,
@@ -134,5 +187,13 @@ impl Registry {
             })
             .collect();
         Value::Array(list)
+    }
+}
+
+fn pool_name(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Serving => "serving",
+        Pool::Lagging => "lagging",
+        Pool::Foreign => "foreign",
     }
 }

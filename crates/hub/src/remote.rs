@@ -34,6 +34,8 @@ struct Pending {
 pub(crate) struct RemoteEngine {
     pub(crate) id: u64,
     name: String,
+    /// Requests the worker takes at once, as it registered (0: no limit given).
+    max_in_flight: u32,
     /// Updated when the engine learns, so the router's view of its model stays current.
     info: Mutex<EngineInfo>,
     sender: FrameSender,
@@ -44,29 +46,48 @@ pub(crate) struct RemoteEngine {
 }
 
 impl RemoteEngine {
+    /// The engine a `register` describes.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the registration (a model digest that is not 64 hex digits, no
+    /// labels, no inputs): such a worker is refused, never given an all-zero digest.
     pub(crate) fn new(
         id: u64,
         name: String,
         register: &Register,
         sender: FrameSender,
-    ) -> RemoteEngine {
-        RemoteEngine {
+    ) -> Result<RemoteEngine, String> {
+        let model_digest = Digest::from_hex(&register.model_digest).ok_or_else(|| {
+            format!(
+                "model_digest {:?} is not 64 hex digits",
+                register.model_digest
+            )
+        })?;
+        if register.labels == 0 || register.input_size == 0 {
+            return Err(format!(
+                "an engine needs inputs and labels (input_size {}, labels {})",
+                register.input_size, register.labels
+            ));
+        }
+        Ok(RemoteEngine {
             id,
             name: name.clone(),
+            max_in_flight: register.max_in_flight,
             info: Mutex::new(EngineInfo {
                 name,
                 kind: "remote",
                 input_size: register.input_size,
                 labels: register.labels,
                 model_version: register.model_version,
-                model_digest: Digest::from_hex(&register.model_digest).unwrap_or_default(),
+                model_digest,
             }),
             sender,
             pending: Mutex::new(Pending::default()),
             next_request: AtomicU64::new(1),
             last_heard: Mutex::new(Instant::now()),
             served: AtomicU64::new(0),
-        }
+        })
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -281,6 +302,21 @@ impl Backend for RemoteEngine {
             .model_digest
     }
 
+    fn model_state(&self) -> ModelState {
+        let info = self
+            .info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ModelState {
+            version: info.model_version,
+            digest: info.model_digest,
+        }
+    }
+
+    fn max_in_flight(&self) -> Option<u32> {
+        (self.max_in_flight > 0).then_some(self.max_in_flight)
+    }
+
     fn describe(&self) -> EngineInfo {
         self.info
             .lock()
@@ -337,6 +373,19 @@ impl Backend for RemoteEngine {
                 )
                 .await?;
             match frame.message() {
+                // A short (or long) reply would shift answers against their inputs.
+                Ok(Message::BatchResult(body))
+                    if body.results.len() as u64 * u64::from(dim) != values.len() as u64 =>
+                {
+                    Err(BackendError::BadReply {
+                        engine: self.name.clone(),
+                        reason: format!(
+                            "batch of {} gave {} results",
+                            values.len() / dim as usize,
+                            body.results.len()
+                        ),
+                    })
+                }
                 Ok(Message::BatchResult(body)) => {
                     self.served
                         .fetch_add(body.results.len() as u64, Ordering::Relaxed);

@@ -404,7 +404,14 @@ async fn worker_loop(
         }
         Ok(_) => return,
     };
-    let engine = shared.registry.register(&register, sender.clone());
+    let engine = match shared.registry.register(&register, sender.clone()) {
+        Ok(engine) => engine,
+        Err(why) => {
+            tracing::warn!(%peer, %why, "registration refused");
+            let message = format!("registration refused: {why}");
+            return fail(sender, 0, ErrorCode::MalformedBody, message).await;
+        }
+    };
     Counters::add(&shared.counters.engines_joined, 1);
     let registered = Registered {
         engine_id: engine.id,

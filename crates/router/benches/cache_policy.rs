@@ -107,7 +107,13 @@ fn main() {
             for &k in &keys {
                 let encoding = [f32::from_bits(k as u32), f32::from_bits((k >> 32) as u32)];
                 let _ = cache
-                    .get_or_compute::<()>(Digest::default(), &encoding, async { Ok(answer()) })
+                    .get_or_compute::<()>(
+                        Digest::default(),
+                        &encoding,
+                        Duration::from_secs(1),
+                        async { Ok(answer()) },
+                        || (),
+                    )
                     .await;
             }
         });

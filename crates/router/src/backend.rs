@@ -23,6 +23,39 @@ pub struct Answer {
     pub latency: Duration,
     /// Whether the answer came from the result cache.
     pub cached: bool,
+    /// In redundant mode, how many engines agreed on it out of how many were asked and
+    /// wanted; `None` in the other modes.
+    pub agreement: Option<Agreement>,
+}
+
+/// How a redundant answer was agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Agreement {
+    /// Engines whose result digest is this answer's.
+    pub agreed: u32,
+    /// Engines asked.
+    pub asked: u32,
+    /// Copies the mode asks for.
+    pub wanted: u32,
+}
+
+impl Agreement {
+    /// Fewer engines agreed than the mode wanted (fewer were healthy): the answer is
+    /// served, and marked so.
+    pub fn degraded(&self) -> bool {
+        self.agreed < self.wanted
+    }
+}
+
+/// The router's name for one engine it holds: unique for the router's life, so two
+/// engines with the same name never stand for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EngineId(pub u64);
+
+impl std::fmt::Display for EngineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
 }
 
 impl Answer {
@@ -34,6 +67,7 @@ impl Answer {
             compute,
             latency: Duration::ZERO,
             cached: false,
+            agreement: None,
         }
     }
 }
@@ -105,6 +139,15 @@ pub enum BackendError {
         /// What it said.
         reason: String,
     },
+    /// The engine's reply failed the router's checks (shape, model digest, batch count,
+    /// result digest): the engine is at fault, and the request goes elsewhere.
+    #[error("engine {engine} gave a bad reply: {reason}")]
+    BadReply {
+        /// Engine name.
+        engine: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 impl BackendError {
@@ -132,6 +175,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// building the whole description (a router with a cache asks on every request).
     fn model_digest(&self) -> Digest {
         self.describe().model_digest
+    }
+
+    /// The version and digest of the model it serves now, without building the whole
+    /// description: the router reads it for every request to keep lagging replicas and
+    /// other models out of rotation.
+    fn model_state(&self) -> ModelState {
+        let info = self.describe();
+        ModelState {
+            version: info.model_version,
+            digest: info.model_digest,
+        }
+    }
+
+    /// Most requests it takes at once (a worker says so in `register`); `None`: no limit.
+    /// The router sends no more than this many tries to it at a time, so one stalled
+    /// engine cannot hold every request.
+    fn max_in_flight(&self) -> Option<u32> {
+        None
     }
 
     /// Reasons over one encoding within `budget`.

@@ -3,7 +3,8 @@
 //! requests that arrive meanwhile leave together in the next one, so batches grow with load
 //! and an idle engine adds no delay. A `max_delay` of a millisecond or more also waits for
 //! stragglers, as Triton's dynamic batcher does. Fewer, larger frames cost fewer syscalls and
-//! wake-ups per encoding.
+//! wake-ups per encoding. A request whose deadline passes while it waits in the queue is
+//! answered (`Timeout`) when it is picked up, and never computed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +29,28 @@ pub type SharedBatchPolicy = Arc<ArcSwapOption<BatchPolicy>>;
 
 struct Job {
     encoding: Vec<f32>,
+    /// When the caller stops waiting: its budget from the moment it queued.
+    deadline: Instant,
     budget: Duration,
     reply: oneshot::Sender<Result<Answer, BackendError>>,
+}
+
+impl Job {
+    /// Answers a job whose deadline passed (or whose caller left) at once, uncomputed;
+    /// gives back the others.
+    fn live(self, engine: &str, now: Instant) -> Option<Job> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        if now >= self.deadline {
+            let _ = self.reply.send(Err(BackendError::Timeout {
+                engine: engine.to_string(),
+                budget: self.budget,
+            }));
+            return None;
+        }
+        Some(self)
+    }
 }
 
 /// Wraps a backend; single requests are batched while a policy is set.
@@ -78,6 +99,10 @@ async fn collect(
         let Some(first) = jobs.recv().await else {
             return;
         };
+        // Expired work is answered where it is picked up, and never computed.
+        let Some(first) = first.live(inner.name(), Instant::now()) else {
+            continue;
+        };
         let Some(policy) = policy.load_full() else {
             let inner = inner.clone();
             tokio::spawn(async move {
@@ -91,7 +116,7 @@ async fn collect(
         // are in flight, so batches grow with load and cost nothing when idle.
         while batch.len() < policy.max_batch {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => batch.extend(job.live(inner.name(), Instant::now())),
                 Err(_) => break,
             }
         }
@@ -102,7 +127,7 @@ async fn collect(
             while batch.len() < policy.max_batch {
                 tokio::select! {
                     job = jobs.recv() => match job {
-                        Some(job) => batch.push(job),
+                        Some(job) => batch.extend(job.live(inner.name(), Instant::now())),
                         None => break,
                     },
                     () = tokio::time::sleep_until(until) => break,
@@ -118,11 +143,24 @@ async fn collect(
 }
 
 async fn flush(inner: Arc<dyn Backend>, batch: Vec<Job>) {
-    let dim = batch[0].encoding.len();
+    // Checked again when the batch leaves: the straggler wait may have outlived some.
+    let now = Instant::now();
+    let batch: Vec<Job> = batch
+        .into_iter()
+        .filter_map(|job| job.live(inner.name(), now))
+        .collect();
+    let Some(dim) = batch.first().map(|j| j.encoding.len()) else {
+        return;
+    };
     if batch.len() == 1 || batch.iter().any(|j| j.encoding.len() != dim) {
         return one_by_one(inner, batch).await;
     }
-    let budget = batch.iter().map(|j| j.budget).min().unwrap_or_default();
+    // The batch may take as long as its most urgent member has left.
+    let budget = batch
+        .iter()
+        .map(|j| j.deadline.saturating_duration_since(now))
+        .min()
+        .unwrap_or_default();
     let values: Vec<f32> = batch
         .iter()
         .flat_map(|j| j.encoding.iter().copied())
@@ -156,7 +194,8 @@ async fn one_by_one(inner: Arc<dyn Backend>, batch: Vec<Job>) {
     let runs = batch.into_iter().map(|job| {
         let inner = inner.clone();
         async move {
-            let answer = inner.reason(&job.encoding, job.budget).await;
+            let left = job.deadline.saturating_duration_since(Instant::now());
+            let answer = inner.reason(&job.encoding, left).await;
             let _ = job.reply.send(answer);
         }
     });
@@ -180,6 +219,14 @@ impl Backend for DynamicBatcher {
         self.inner.model_digest()
     }
 
+    fn model_state(&self) -> ModelState {
+        self.inner.model_state()
+    }
+
+    fn max_in_flight(&self) -> Option<u32> {
+        self.inner.max_in_flight()
+    }
+
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -192,6 +239,7 @@ impl Backend for DynamicBatcher {
             let (reply, answer) = oneshot::channel();
             let job = Job {
                 encoding: encoding.to_vec(),
+                deadline: Instant::now() + budget,
                 budget,
                 reply,
             };

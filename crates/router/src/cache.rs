@@ -5,10 +5,12 @@
 //! `benches/cache_policy.rs` it hits 5–11 points more often than LRU. Keys are compared in
 //! full, so a hash
 //! collision never produces a wrong hit. Concurrent misses on one key compute once: the
-//! first caller computes, the others wait for its answer.
+//! first caller computes, the others wait for its answer, each no longer than its own
+//! deadline. An answer is stored under the model that produced it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use qnllm_engine::Digest;
 use quick_cache::sync::Cache;
@@ -91,31 +93,52 @@ impl ResultCache {
         }
     }
 
-    /// The cached answer for `(model, encoding)`, or the one `compute` produces (stored when
-    /// it succeeds). The flag says whether it came from the cache.
+    /// The cached answer for `(model, encoding)`, or the one `compute` produces. The flag
+    /// says whether it came from the cache.
+    ///
+    /// A computed answer is stored under the digest of the model that produced it (its
+    /// `reasoning.model_digest`): under `model` when that is the one, and under its own
+    /// model's key otherwise (the rotation moved on while it computed), so an answer is
+    /// never served as another model's. A caller that waits for another caller's computation
+    /// of the same key waits at most `wait` (what is left of its own deadline), then gets
+    /// `expired()`.
     ///
     /// # Errors
     ///
-    /// `compute`'s error; nothing is stored then, and a waiting caller computes itself.
+    /// `compute`'s error (nothing is stored, and a waiting caller computes itself), or
+    /// `expired()`.
     pub async fn get_or_compute<E>(
         &self,
         model: Digest,
         encoding: &[f32],
+        wait: Duration,
         compute: impl std::future::Future<Output = Result<Answer, E>>,
+        expired: impl FnOnce() -> E,
     ) -> Result<(Answer, bool), E> {
         let key = Key {
             model,
             bytes: encoding.iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
-        match self.cache.get_value_or_guard_async(&key).await {
-            Ok(answer) => {
+        let lookup = tokio::time::timeout(wait, self.cache.get_value_or_guard_async(&key));
+        match lookup.await {
+            Err(_) => Err(expired()),
+            Ok(Ok(answer)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Ok((answer, true))
             }
-            Err(guard) => {
+            Ok(Err(guard)) => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 let answer = compute.await?;
-                let _ = guard.insert(answer.clone());
+                if answer.reasoning.model_digest == model {
+                    let _ = guard.insert(answer.clone());
+                } else {
+                    drop(guard); // waiters on `model` compute for themselves
+                    let key = Key {
+                        model: answer.reasoning.model_digest,
+                        bytes: key.bytes,
+                    };
+                    self.cache.insert(key, answer.clone());
+                }
                 Ok((answer, false))
             }
         }

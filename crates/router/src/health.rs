@@ -1,5 +1,6 @@
 //! `Health`: what the router has seen of one engine: latency (HDR histogram and a
-//! peak-EWMA), load, failures in a row, and ejection with probation.
+//! peak-EWMA), load, failures in a row, and ejection with probation. An ejection lasts a time, and probation is a
+//! time after it, whatever the number of requests that failed meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -23,7 +24,14 @@ struct Inner {
     ewma_ns: f64,
     ewma_at: Instant,
     failures_in_a_row: u32,
-    ejected_until: Option<Instant>,
+    /// When the last ejection began: a try that started before it belongs to the failure
+    /// episode that caused it, so its failure is not counted again.
+    ejected_at: Option<Instant>,
+    /// After an ejection ends the engine is on probation until this instant: an ejection
+    /// then lasts twice as long as the last; once it passes, the period starts over.
+    probation_until: Option<Instant>,
+    /// Doublings of the next ejection period.
+    level: u32,
     ejections: u32,
 }
 
@@ -34,6 +42,10 @@ pub(crate) struct Health {
     pub(crate) errors: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) picks: AtomicU64,
+    /// Read by every request without a lock: nanoseconds after `born` until which the
+    /// engine is ejected (0: never ejected).
+    ejected_until_ns: AtomicU64,
+    born: Instant,
     inner: Mutex<Inner>,
 }
 
@@ -73,17 +85,22 @@ fn latency_histogram() -> Histogram<u64> {
 
 impl Health {
     pub(crate) fn new() -> Health {
+        let now = Instant::now();
         Health {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             picks: AtomicU64::new(0),
+            ejected_until_ns: AtomicU64::new(0),
+            born: now,
             inner: Mutex::new(Inner {
                 latency_us: latency_histogram(),
                 ewma_ns: 0.0,
-                ewma_at: Instant::now(),
+                ewma_at: now,
                 failures_in_a_row: 0,
-                ejected_until: None,
+                ejected_at: None,
+                probation_until: None,
+                level: 0,
                 ejections: 0,
             }),
         }
@@ -96,6 +113,10 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn since_born(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Records a success that took `latency`.
     pub(crate) fn success(&self, latency: Duration) {
         let mut inner = self.inner();
@@ -104,48 +125,67 @@ impl Health {
             .latency_us
             .record(latency.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
         let sample = latency.as_nanos() as f64;
-        // The estimate decays while unused (as `cost` sees it); start from that.
+        // Peak-EWMA: the weight of the old estimate decays with the time since it was
+        // last updated (as `cost` sees it); a slower sample replaces it at once.
         let w = (-now.saturating_duration_since(inner.ewma_at).as_secs_f64()
             / EWMA_DECAY.as_secs_f64())
         .exp();
-        let prior = inner.ewma_ns * w;
-        inner.ewma_ns = if sample > prior {
+        inner.ewma_ns = if sample > inner.ewma_ns {
             sample // peak: react to a slowdown at once
         } else {
-            prior * w + sample * (1.0 - w)
+            inner.ewma_ns * w + sample * (1.0 - w)
         };
         inner.ewma_at = now;
         inner.failures_in_a_row = 0;
-        if inner.ejected_until.is_some_and(|until| now >= until) {
-            inner.ejected_until = None; // probation passed
-        }
     }
 
-    /// Records a failure; ejects after enough in a row, at once when `eject_now` is set
-    /// (a wrong answer), or at once on probation. Returns whether it ejected.
-    pub(crate) fn failure(&self, eject_now: bool) -> bool {
+    /// Records the failure of a try that began at `started`; ejects after enough failures
+    /// in a row, at once when `eject_now` is set (a wrong answer), or at once on probation.
+    /// Returns whether it ejected.
+    ///
+    /// One failure episode ejects once: tries that began before the ejection (the requests
+    /// in flight when an engine stalled) and tries made while it is ejected (when every
+    /// engine is out) fail without counting again.
+    pub(crate) fn failure(&self, eject_now: bool, started: Instant) -> bool {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let mut inner = self.inner();
-        inner.failures_in_a_row += 1;
-        // On probation (back from an ejection, no success since): one failure is enough.
-        let probation = inner.ejected_until.is_some();
-        if eject_now || probation || inner.failures_in_a_row >= EJECT_AFTER_FAILURES {
-            let period = EJECT_BASE
-                .saturating_mul(1 << inner.ejections.min(6))
-                .min(EJECT_MAX);
-            inner.ejected_until = Some(Instant::now() + period);
-            inner.ejections += 1;
-            inner.failures_in_a_row = 0;
-            return true;
+        if inner.ejected_at.is_some_and(|at| started < at) || self.is_ejected_at(now) {
+            return false;
         }
-        false
+        inner.failures_in_a_row += 1;
+        let probation = inner.probation_until.is_some_and(|until| now < until);
+        if !(eject_now || probation || inner.failures_in_a_row >= EJECT_AFTER_FAILURES) {
+            return false;
+        }
+        inner.level = if probation {
+            (inner.level + 1).min(6)
+        } else {
+            0
+        };
+        let period = EJECT_BASE.saturating_mul(1 << inner.level).min(EJECT_MAX);
+        let until = now + period;
+        inner.ejected_at = Some(now);
+        inner.probation_until = Some(until + period);
+        inner.ejections += 1;
+        inner.failures_in_a_row = 0;
+        self.ejected_until_ns
+            .store(self.since_born(until), Ordering::Relaxed);
+        true
     }
 
-    /// Whether the engine is out of rotation now.
+    fn is_ejected_at(&self, now: Instant) -> bool {
+        self.since_born(now) < self.ejected_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Whether the engine is out of rotation now (no lock: every request asks).
     pub(crate) fn is_ejected(&self) -> bool {
-        self.inner()
-            .ejected_until
-            .is_some_and(|until| Instant::now() < until)
+        self.is_ejected_at(Instant::now())
+    }
+
+    /// Whether it may take one more try: below its in-flight limit.
+    pub(crate) fn has_room(&self, limit: Option<u64>) -> bool {
+        limit.is_none_or(|limit| self.in_flight.load(Ordering::Relaxed) < limit)
     }
 
     /// Expected cost of one more request: peak-EWMA latency × (in flight + 1). The latency
@@ -180,9 +220,7 @@ impl Health {
             p99_us: h.value_at_quantile(0.99),
             max_us: h.max(),
             ewma_us: inner.ewma_ns / 1_000.0,
-            ejected: inner
-                .ejected_until
-                .is_some_and(|until| Instant::now() < until),
+            ejected: self.is_ejected(),
             ejections: inner.ejections,
         }
     }

@@ -13,7 +13,9 @@ mod local;
 mod router;
 pub mod strategy;
 
-pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
+pub use backend::{
+    Agreement, Answer, Backend, BackendError, BackendFuture, EngineId, EngineInfo, ModelState,
+};
 pub use batch::{BatchPolicy, DynamicBatcher, SharedBatchPolicy};
 pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
@@ -23,5 +25,6 @@ pub use coordinate::{
 pub use health::HealthSnapshot;
 pub use local::LocalBackend;
 pub use router::{
-    EngineMetrics, Mode, Router, RouterConfig, RouterError, RouterMetrics, MIN_BATCH_PART,
+    Admission, EngineMetrics, Mode, Pool, RequestOptions, Router, RouterConfig, RouterError,
+    RouterMetrics, MIN_BATCH_PART,
 };

@@ -1,6 +1,6 @@
 //! `LocalBackend`: an engine in this process, behind the same trait as a remote one.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use qnllm_engine::{Engine, EngineError, Learned, ModelInfo};
@@ -10,10 +10,14 @@ use crate::backend::{EngineInfo, ModelState};
 use crate::backend::{Answer, Backend, BackendError, BackendFuture};
 
 /// Any [`Engine`] in this process. Reasoning takes a read lock; learning a write lock.
+/// Calls are lazy: the engine computes when the router polls the future, inside its timer.
 #[derive(Clone)]
 pub struct LocalBackend {
     name: String,
     engine: Arc<RwLock<dyn Engine>>,
+    /// The model's version and digest, updated by every learning update (the only way the
+    /// engine changes), so the router reads them per request without building `info()`.
+    state: Arc<Mutex<ModelState>>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -27,10 +31,22 @@ impl std::fmt::Debug for LocalBackend {
 impl LocalBackend {
     /// Wraps `engine` under `name`.
     pub fn new(name: impl Into<String>, engine: impl Engine + 'static) -> LocalBackend {
+        let info = engine.info();
         LocalBackend {
             name: name.into(),
             engine: Arc::new(RwLock::new(engine)),
+            state: Arc::new(Mutex::new(ModelState {
+                version: info.version,
+                digest: info.digest,
+            })),
         }
+    }
+
+    fn set_state(&self, version: u64, digest: qnllm_engine::Digest) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ModelState { version, digest };
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, dyn Engine> {
@@ -52,10 +68,13 @@ impl LocalBackend {
     ///
     /// The engine's refusal (unknown label, bad encoding).
     pub fn learn(&self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
-        self.engine
+        let mut engine = self
+            .engine
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .learn(encoding, label)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let learned = engine.learn(encoding, label)?;
+        self.set_state(learned.version, learned.digest);
+        Ok(learned)
     }
 
     /// Applies a learning update only if the model is at `base_version` (checked and applied
@@ -86,6 +105,7 @@ impl LocalBackend {
         let learned = engine
             .learn(encoding, label)
             .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        self.set_state(learned.version, learned.digest);
         Ok(ModelState {
             version: learned.version,
             digest: learned.digest,
@@ -140,7 +160,14 @@ impl Backend for LocalBackend {
     }
 
     fn model_digest(&self) -> qnllm_engine::Digest {
-        self.read().digest()
+        self.model_state().digest
+    }
+
+    fn model_state(&self) -> ModelState {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn describe(&self) -> EngineInfo {
@@ -161,7 +188,8 @@ impl Backend for LocalBackend {
         _budget: Duration,
     ) -> BackendFuture<'a, Result<Answer, BackendError>> {
         // One reasoning takes microseconds: running it inline is cheaper than a thread hop.
-        Box::pin(std::future::ready(self.reason_now(encoding)))
+        // It runs when polled, not here, so the router's timer and hedge see its time.
+        Box::pin(async move { self.reason_now(encoding) })
     }
 
     fn learn<'a>(
@@ -171,11 +199,7 @@ impl Backend for LocalBackend {
         base_version: u64,
         _budget: Duration,
     ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
-        Box::pin(std::future::ready(self.learn_at(
-            encoding,
-            label,
-            base_version,
-        )))
+        Box::pin(async move { self.learn_at(encoding, label, base_version) })
     }
 
     fn reason_batch<'a>(

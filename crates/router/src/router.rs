@@ -11,7 +11,7 @@ use futures::future::{select, Either};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::backend::{Answer, Backend, BackendError, EngineInfo};
+use crate::backend::{Agreement, Answer, Backend, BackendError, EngineId, EngineInfo, ModelState};
 use crate::budget::RetryBudget;
 use crate::cache::{CacheStats, ResultCache};
 use crate::health::{Health, HealthSnapshot};
@@ -25,11 +25,28 @@ pub enum RouterError {
     /// The request is bad; retrying elsewhere would not help.
     #[error("{0}")]
     InvalidInput(String),
-    /// No engine is registered, or every engine tried failed.
+    /// No engine of the served model is registered (or redundant mode has too few).
     #[error("no engine available ({reason}); start one with `qnllm worker --connect ADDR` or `qnllm serve --local 1`")]
     NoEngineAvailable {
-        /// What was tried and how it failed.
+        /// What is missing.
         reason: String,
+    },
+    /// Every engine tried failed (timed out, went away, answered badly).
+    #[error("every engine tried failed ({tried} tries): {detail}")]
+    EnginesFailed {
+        /// Tries made.
+        tried: usize,
+        /// What each said.
+        detail: String,
+    },
+    /// A try failed and the retry budget allows no other now (a sick fleet is not hammered
+    /// with retries); `last` is the failure that would have been retried.
+    #[error("retry budget exhausted after {tried} tries; the last failure: {last}")]
+    RetryBudgetExhausted {
+        /// Tries made.
+        tried: usize,
+        /// The last real cause.
+        last: String,
     },
     /// The deadline passed before any engine answered.
     #[error("deadline of {budget:?} exceeded after trying {tried} engine(s)")]
@@ -45,6 +62,37 @@ pub enum RouterError {
         /// Which engine said what.
         detail: String,
     },
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Neither read the cache nor fill it (the frame header's `NO_CACHE` flag).
+    pub no_cache: bool,
+}
+
+/// Where an engine stands with the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Of the served lineage, at its current model: requests go to it.
+    Serving,
+    /// Of the served lineage, at another version (behind, or diverged): no requests until
+    /// it holds the current model again.
+    Lagging,
+    /// Another model: listed, never routed to, never mixed in.
+    Foreign,
+}
+
+/// What [`Router::add`] made of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Its id in this router (what [`Router::remove`] takes).
+    pub id: EngineId,
+    /// The pool it joined.
+    pub pool: Pool,
+    /// The lineage's model digest at the time (the first of the lineage).
+    pub lineage: Digest,
 }
 
 /// Fewest encodings worth a batch frame of their own when a batch is split across engines.
@@ -111,8 +159,82 @@ struct Policy {
 /// An engine and what the router has seen of it.
 #[derive(Debug, Clone)]
 struct Slot {
+    id: EngineId,
     backend: Arc<dyn Backend>,
     health: Arc<Health>,
+    /// Most tries in flight at once (`max_in_flight` from its registration).
+    limit: Option<u64>,
+    /// Labels it registered: every reply is checked against it.
+    labels: u32,
+}
+
+/// The engines to try for one request, and the model they serve.
+#[derive(Debug)]
+struct Plan {
+    slots: Vec<Slot>,
+    head: Option<ModelState>,
+}
+
+/// Decrements a slot's in-flight count however a try ends (answered, failed, dropped).
+struct InFlight<'a>(&'a Health);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A reply the router checks before it uses it.
+trait Reply {
+    /// What is wrong with it, if anything, for a call of `items` encodings to `slot`,
+    /// whose model was `before` when the call began.
+    fn fault(&self, slot: &Slot, items: u32, before: &ModelState) -> Option<String>;
+}
+
+impl Reply for Answer {
+    fn fault(&self, slot: &Slot, _items: u32, before: &ModelState) -> Option<String> {
+        let r = &self.reasoning;
+        let labels = slot.labels as usize;
+        if r.scores.len() != labels || r.label_spikes.len() != labels {
+            return Some(format!(
+                "{} scores and {} label spike counts for {labels} labels",
+                r.scores.len(),
+                r.label_spikes.len()
+            ));
+        }
+        if r.label >= slot.labels {
+            return Some(format!("label {} of {labels}", r.label));
+        }
+        // The lowest label with the top score, as the engine spec says.
+        let top = r.scores.iter().copied().max().unwrap_or(0);
+        if r.scores.iter().position(|&s| s == top) != Some(r.label as usize) {
+            return Some(format!("label {} is not the top score's", r.label));
+        }
+        // The engine may have learned during the call: its model before or after is fine.
+        if r.model_digest != before.digest && r.model_digest != slot.backend.model_digest() {
+            return Some(format!(
+                "answered with model {}, the engine serves {}",
+                r.model_digest.short(),
+                before.digest.short()
+            ));
+        }
+        if r.result_digest != r.expected_result_digest() {
+            return Some("the result digest does not match the integer outputs".into());
+        }
+        None
+    }
+}
+
+impl Reply for Vec<Answer> {
+    fn fault(&self, slot: &Slot, items: u32, before: &ModelState) -> Option<String> {
+        if self.len() != items as usize {
+            return Some(format!("batch of {items} gave {} answers", self.len()));
+        }
+        self.iter().enumerate().find_map(|(i, a)| {
+            a.fault(slot, 1, before)
+                .map(|why| format!("answer {i} of the batch: {why}"))
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +246,7 @@ struct Counters {
     hedge_wins: AtomicU64,
     ejections: AtomicU64,
     disagreements: AtomicU64,
+    bad_replies: AtomicU64,
     batches: AtomicU64,
     batch_items: AtomicU64,
 }
@@ -131,6 +254,10 @@ struct Counters {
 /// One engine in a metrics snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EngineMetrics {
+    /// Its id in the router.
+    pub id: EngineId,
+    /// Serving, lagging or foreign.
+    pub pool: Pool,
     /// What the engine is.
     #[serde(flatten)]
     pub info: EngineInfo,
@@ -160,6 +287,8 @@ pub struct RouterMetrics {
     pub ejections: u64,
     /// Redundant answers outvoted (or ties).
     pub disagreements: u64,
+    /// Replies that failed the router's checks (each ejected its engine).
+    pub bad_replies: u64,
     /// Batches routed, and encodings in them.
     pub batches: u64,
     /// Encodings in those batches.
@@ -173,7 +302,14 @@ pub struct RouterMetrics {
 /// Chooses engines per request and survives their failures.
 #[derive(Debug)]
 pub struct Router {
+    /// Engines of the served lineage (serving or lagging).
     slots: ArcSwap<Vec<Slot>>,
+    /// Engines of other models: listed, never routed.
+    foreign: ArcSwap<Vec<Slot>>,
+    /// Digests the served lineage is known to have had: its first engine's, and those its
+    /// engines held whenever one was added.
+    lineage: Mutex<Vec<Digest>>,
+    next_id: AtomicU64,
     policy: ArcSwap<Policy>,
     cache_enabled: std::sync::atomic::AtomicBool,
     rng: Mutex<fastrand::Rng>,
@@ -200,6 +336,9 @@ impl Router {
     pub fn with_config(config: RouterConfig) -> Router {
         Router {
             slots: ArcSwap::from_pointee(Vec::new()),
+            foreign: ArcSwap::from_pointee(Vec::new()),
+            lineage: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(Policy {
                 strategy: config.strategy,
                 mode: config.mode,
@@ -214,36 +353,118 @@ impl Router {
         }
     }
 
-    /// Adds a backend; requests may reach it at once.
-    pub fn add(&self, backend: Arc<dyn Backend>) {
+    /// Adds a backend under a fresh id. An engine of the served model lineage (the first
+    /// engine's, or a version of it one of its engines holds) joins the lineage and gets
+    /// requests while it holds the current model; an engine of another model joins the
+    /// foreign pool, where it is listed and never routed to.
+    pub fn add(&self, backend: Arc<dyn Backend>) -> Admission {
+        let id = EngineId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let info = backend.describe();
         let slot = Slot {
+            id,
+            limit: backend.max_in_flight().filter(|&n| n > 0).map(u64::from),
+            labels: info.labels,
             backend,
             health: Arc::new(Health::new()),
         };
-        self.slots.rcu(|list| {
-            let mut list = Vec::clone(list);
-            list.push(slot.clone());
-            list
-        });
+        let push = |list: &ArcSwap<Vec<Slot>>| {
+            list.rcu(|list| {
+                let mut list = Vec::clone(list);
+                list.push(slot.clone());
+                list
+            });
+        };
+        let mut known = self
+            .lineage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Learning moves the lineage on: the models its engines hold now are its own.
+        for s in self.slots.load().iter() {
+            let digest = s.backend.model_digest();
+            if !known.contains(&digest) {
+                known.push(digest);
+            }
+        }
+        let digest = info.model_digest;
+        let pool = if known.is_empty() || known.contains(&digest) {
+            if !known.contains(&digest) {
+                known.push(digest);
+            }
+            push(&self.slots);
+            let slots = self.slots.load();
+            let head = head(
+                &slots
+                    .iter()
+                    .map(|s| s.backend.model_state())
+                    .collect::<Vec<_>>(),
+            );
+            if head.is_some_and(|h| h.digest == digest) {
+                Pool::Serving
+            } else {
+                Pool::Lagging
+            }
+        } else {
+            push(&self.foreign);
+            Pool::Foreign
+        };
+        Admission {
+            id,
+            pool,
+            lineage: known.first().copied().unwrap_or(digest),
+        }
     }
 
-    /// Removes the backend named `name`; requests already sent to it finish or fail over.
-    pub fn remove(&self, name: &str) {
-        self.slots.rcu(|list| {
-            list.iter()
-                .filter(|s| s.backend.name() != name)
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+    /// Removes the engine `id` (wherever it is); requests already sent to it finish or
+    /// fail over. Returns whether it was there.
+    pub fn remove(&self, id: EngineId) -> bool {
+        let mut found = false;
+        for list in [&self.slots, &self.foreign] {
+            if list.load().iter().any(|s| s.id == id) {
+                found = true;
+                list.rcu(|list| {
+                    list.iter()
+                        .filter(|s| s.id != id)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                });
+            }
+        }
+        found
     }
 
-    /// The backends now in service.
+    /// The backends of the served lineage (serving and lagging), the ones learning teaches.
     pub fn backends(&self) -> Vec<Arc<dyn Backend>> {
         self.slots
             .load()
             .iter()
             .map(|s| s.backend.clone())
             .collect()
+    }
+
+    /// Every engine the router holds, with its id and pool.
+    pub fn engines(&self) -> Vec<(EngineId, Pool, EngineInfo)> {
+        let slots = self.slots.load();
+        let states: Vec<ModelState> = slots.iter().map(|s| s.backend.model_state()).collect();
+        let head = head(&states);
+        let mut list: Vec<(EngineId, Pool, EngineInfo)> = slots
+            .iter()
+            .zip(&states)
+            .map(|(s, state)| {
+                let pool = if Some(*state) == head {
+                    Pool::Serving
+                } else {
+                    Pool::Lagging
+                };
+                (s.id, pool, s.backend.describe())
+            })
+            .collect();
+        list.extend(
+            self.foreign
+                .load()
+                .iter()
+                .map(|s| (s.id, Pool::Foreign, s.backend.describe())),
+        );
+        list
     }
 
     /// Changes strategy and mode; requests already routed finish under the old ones.
@@ -267,6 +488,28 @@ impl Router {
     pub fn metrics(&self) -> RouterMetrics {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let slots = self.slots.load();
+        let states: Vec<ModelState> = slots.iter().map(|s| s.backend.model_state()).collect();
+        let head = head(&states);
+        let entry = |s: &Slot, pool: Pool| EngineMetrics {
+            id: s.id,
+            pool,
+            info: s.backend.describe(),
+            health: s.health.snapshot(),
+        };
+        let mut engines: Vec<EngineMetrics> = slots
+            .iter()
+            .zip(&states)
+            .map(|(s, state)| {
+                let pool = if Some(*state) == head {
+                    Pool::Serving
+                } else {
+                    Pool::Lagging
+                };
+                entry(s, pool)
+            })
+            .collect();
+        engines.extend(self.foreign.load().iter().map(|s| entry(s, Pool::Foreign)));
         RouterMetrics {
             strategy: self.policy.load().strategy.name(),
             mode: self.policy.load().mode,
@@ -277,62 +520,62 @@ impl Router {
             hedge_wins: load(&c.hedge_wins),
             ejections: load(&c.ejections),
             disagreements: load(&c.disagreements),
+            bad_replies: load(&c.bad_replies),
             batches: load(&c.batches),
             batch_items: load(&c.batch_items),
-            engines: self
-                .slots
-                .load()
-                .iter()
-                .map(|s| EngineMetrics {
-                    info: s.backend.describe(),
-                    health: s.health.snapshot(),
-                })
-                .collect(),
+            engines,
             cache: self.cache.as_ref().map(ResultCache::stats),
         }
     }
 
-    /// The engines to try, best first: the strategy's order over the healthy ones, or over
-    /// all of them when every one is ejected (better a sick engine than none).
-    fn plan(&self) -> Vec<Slot> {
+    /// The engines to try, best first: the strategy's order over the lineage's engines at
+    /// the current model that are healthy and below their in-flight limit; or, when none
+    /// is, over every engine at the current model (better a sick or busy engine than none).
+    /// Lagging and foreign engines are never in it.
+    fn plan(&self) -> Plan {
         let slots = self.slots.load();
-        let healthy: Vec<Candidate> = slots
+        let states: Vec<ModelState> = slots.iter().map(|s| s.backend.model_state()).collect();
+        let head = head(&states);
+        let current: Vec<Candidate> = slots
             .iter()
+            .zip(&states)
             .enumerate()
-            .filter(|(_, s)| !s.health.is_ejected())
-            .map(|(index, s)| Candidate {
+            .filter(|(_, (_, state))| Some(**state) == head)
+            .map(|(index, (s, _))| Candidate {
                 index,
                 local: s.backend.kind() == "local",
-                cost: s.health.cost(),
             })
             .collect();
-        let candidates = if healthy.is_empty() {
-            slots
-                .iter()
-                .enumerate()
-                .map(|(index, s)| Candidate {
-                    index,
-                    local: s.backend.kind() == "local",
-                    cost: s.health.cost(),
-                })
-                .collect()
-        } else {
-            healthy
-        };
+        let ready: Vec<Candidate> = current
+            .iter()
+            .filter(|c| {
+                let health = &slots[c.index].health;
+                !health.is_ejected() && health.has_room(slots[c.index].limit)
+            })
+            .copied()
+            .collect();
+        let candidates = if ready.is_empty() { current } else { ready };
+        let cost = |index: usize| slots.get(index).map_or(f64::MAX, |s| s.health.cost());
         let order = {
             let mut rng = self
                 .rng
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.policy.load().strategy.order(&candidates, &mut rng)
+            self.policy
+                .load()
+                .strategy
+                .order(&candidates, &cost, &mut rng)
         };
         if let Some(first) = order.first().and_then(|&i| slots.get(i)) {
             first.health.picks.fetch_add(1, Ordering::Relaxed);
         }
-        order
-            .into_iter()
-            .filter_map(|i| slots.get(i).cloned())
-            .collect()
+        Plan {
+            slots: order
+                .into_iter()
+                .filter_map(|i| slots.get(i).cloned())
+                .collect(),
+            head,
+        }
     }
 
     /// The time one try may take when `left` remains and `more` engines could follow.
@@ -344,11 +587,13 @@ impl Router {
         }
     }
 
-    /// Runs one try on `slot` for at most `limit`, keeping its health up to date. The limit
-    /// is enforced here: a backend that ignores its budget still cannot hold the request.
+    /// Runs one try on `slot` for at most `limit`, keeping its health up to date, and
+    /// checks the reply before it is used. The limit is enforced here: a backend that
+    /// ignores its budget still cannot hold the request. A reply that fails its checks is
+    /// the engine's fault: counted, the engine ejected, and the try failed (retryable).
     /// `items` is how many encodings the call carries: a batch's latency is recorded per
     /// encoding, so one large batch does not make an engine look slow for single requests.
-    async fn attempt<T>(
+    async fn attempt<T: Reply>(
         &self,
         slot: &Slot,
         limit: Duration,
@@ -358,21 +603,34 @@ impl Router {
         let health = &slot.health;
         health.requests.fetch_add(1, Ordering::Relaxed);
         health.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(health);
+        let before = slot.backend.model_state();
         let started = Instant::now();
         let outcome = match tokio::time::timeout(limit, call).await {
-            Ok(outcome) => outcome,
+            Ok(Ok(reply)) => match reply.fault(slot, items, &before) {
+                None => Ok(reply),
+                Some(reason) => Err(BackendError::BadReply {
+                    engine: slot.backend.name().to_string(),
+                    reason,
+                }),
+            },
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(BackendError::Timeout {
                 engine: slot.backend.name().to_string(),
                 budget: limit,
             }),
         };
-        health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         match &outcome {
             Ok(_) => health.success(started.elapsed() / items.max(1)),
             // A bad request says nothing about the engine.
             Err(BackendError::InvalidInput(_)) => {}
-            Err(_) => {
-                if health.failure(false) {
+            Err(err) => {
+                let bad = matches!(err, BackendError::BadReply { .. });
+                if bad {
+                    self.counters.bad_replies.fetch_add(1, Ordering::Relaxed);
+                }
+                if health.failure(bad, started) {
                     self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -387,26 +645,49 @@ impl Router {
     ///
     /// See [`RouterError`].
     pub async fn reason(&self, encoding: &[f32], budget: Duration) -> Result<Answer, RouterError> {
+        self.reason_with(encoding, budget, RequestOptions::default())
+            .await
+    }
+
+    /// [`Router::reason`] with per-request options.
+    ///
+    /// # Errors
+    ///
+    /// See [`RouterError`].
+    pub async fn reason_with(
+        &self,
+        encoding: &[f32],
+        budget: Duration,
+        options: RequestOptions,
+    ) -> Result<Answer, RouterError> {
         let started = Instant::now();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
-        let routed = async {
-            let mode = self.policy.load().mode;
-            match mode {
-                Mode::Single => self.single(encoding, budget, started).await,
-                Mode::Hedged => self.hedged(encoding, budget, started).await,
-                Mode::Redundant { copies } => self.redundant(encoding, copies, budget).await,
-            }
-        };
+        let plan = self.plan();
         let cache = self
             .cache
             .as_ref()
-            .filter(|_| self.cache_enabled.load(Ordering::Relaxed));
+            .filter(|_| self.cache_enabled.load(Ordering::Relaxed) && !options.no_cache);
         // The model (what cache keys start with) is only looked up by a router with a cache.
-        let model = self.cache.as_ref().and_then(|_| self.serving_model());
+        let model = cache.and_then(|_| self.serving_model(plan.head));
+        let mode = self.policy.load().mode;
+        let routed = async {
+            match mode {
+                Mode::Single => self.single(encoding, plan.slots, budget, started).await,
+                Mode::Hedged => self.hedged(encoding, plan.slots, budget, started).await,
+                Mode::Redundant { copies } => {
+                    self.redundant(encoding, plan.slots, copies, budget, started)
+                        .await
+                }
+            }
+        };
         let mut answer = match (cache, model) {
             (Some(cache), Some(model)) => {
-                let (answer, cached) = cache.get_or_compute(model, encoding, routed).await?;
+                let wait = budget.saturating_sub(started.elapsed());
+                let expired = || RouterError::DeadlineExceeded { budget, tried: 0 };
+                let (answer, cached) = cache
+                    .get_or_compute(model, encoding, wait, routed, expired)
+                    .await?;
                 Answer { cached, ..answer }
             }
             _ => routed.await?,
@@ -415,16 +696,15 @@ impl Router {
         Ok(answer)
     }
 
-    /// The digest of the model in rotation: the first engine's, or, with every engine gone,
-    /// the last one seen, so cached answers are still served (graceful degradation).
-    fn serving_model(&self) -> Option<Digest> {
-        let current = self.slots.load().first().map(|s| s.backend.model_digest());
+    /// The digest of the model in rotation, or, with every engine gone, the last one seen,
+    /// so cached answers are still served (graceful degradation).
+    fn serving_model(&self, head: Option<ModelState>) -> Option<Digest> {
         let mut last = self
             .last_model
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.is_some() {
-            *last = current;
+        if let Some(head) = head {
+            *last = Some(head.digest);
         }
         *last
     }
@@ -432,37 +712,56 @@ impl Router {
     async fn single(
         &self,
         encoding: &[f32],
+        plan: Vec<Slot>,
         budget: Duration,
         started: Instant,
     ) -> Result<Answer, RouterError> {
-        self.with_failover(self.plan(), budget, started, 1, |slot, left| async move {
+        self.with_failover(&plan, budget, started, 1, None, |slot, left| async move {
             slot.backend.reason(encoding, left).await
         })
         .await
     }
 
+    /// The error for a request that got no answer after `failures`.
+    fn give_up(&self, budget: Duration, started: Instant, failures: Vec<String>) -> RouterError {
+        if started.elapsed() >= budget {
+            return RouterError::DeadlineExceeded {
+                budget,
+                tried: failures.len(),
+            };
+        }
+        RouterError::EnginesFailed {
+            tried: failures.len(),
+            detail: failures.join("; "),
+        }
+    }
+
     /// Tries `plan` in order until one answers, within `budget` and the retry budget.
-    async fn with_failover<T, F>(
+    /// `prior` is the failure of a try already made for this request (a hedged primary):
+    /// the first try here is then a retry, counted and charged as one.
+    async fn with_failover<T: Reply, F>(
         &self,
-        plan: Vec<Slot>,
+        plan: &[Slot],
         budget: Duration,
         started: Instant,
         items: u32,
+        prior: Option<BackendError>,
         call: impl Fn(Slot, Duration) -> F,
     ) -> Result<T, RouterError>
     where
         F: std::future::Future<Output = Result<T, BackendError>>,
     {
-        if plan.is_empty() {
+        if plan.is_empty() && prior.is_none() {
             return Err(RouterError::NoEngineAvailable {
-                reason: "no engine is registered".into(),
+                reason: "no engine of the served model is registered".into(),
             });
         }
-        let mut failures = Vec::new();
         // An engine that vanished never did the work: moving it elsewhere adds no load, so
         // that failover is not charged to the retry budget (timeouts and failures are).
-        let mut last_was_gone = false;
-        for (tried, slot) in plan.iter().enumerate() {
+        let mut last_was_gone = matches!(prior, Some(BackendError::Gone { .. }));
+        let mut failures: Vec<String> = prior.iter().map(ToString::to_string).collect();
+        for (i, slot) in plan.iter().enumerate() {
+            let tried = failures.len();
             let Some(left) = budget
                 .checked_sub(started.elapsed())
                 .filter(|d| !d.is_zero())
@@ -474,12 +773,14 @@ impl Router {
                     self.counters
                         .budget_exhausted
                         .fetch_add(1, Ordering::Relaxed);
-                    failures.push("retry budget exhausted".to_string());
-                    break;
+                    return Err(RouterError::RetryBudgetExhausted {
+                        tried,
+                        last: failures.pop().unwrap_or_default(),
+                    });
                 }
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let limit = self.try_budget(left, tried + 1 < plan.len());
+            let limit = self.try_budget(left, i + 1 < plan.len());
             match self
                 .attempt(slot, limit, items, call(slot.clone(), limit))
                 .await
@@ -492,36 +793,30 @@ impl Router {
                 }
             }
         }
-        if started.elapsed() >= budget {
-            return Err(RouterError::DeadlineExceeded {
-                budget,
-                tried: failures.len(),
-            });
-        }
-        Err(RouterError::NoEngineAvailable {
-            reason: failures.join("; "),
-        })
+        Err(self.give_up(budget, started, failures))
     }
 
     async fn hedged(
         &self,
         encoding: &[f32],
+        plan: Vec<Slot>,
         budget: Duration,
         started: Instant,
     ) -> Result<Answer, RouterError> {
-        let plan = self.plan();
+        let call =
+            |slot: Slot, left: Duration| async move { slot.backend.reason(encoding, left).await };
         // Without a second engine, or before the first has a latency history, there is
         // nothing to hedge with or to compare against.
         let p95 = plan.first().and_then(|s| s.health.quantile(0.95));
         let (Some(p95), true) = (p95, plan.len() >= 2) else {
             return self
-                .with_failover(plan, budget, started, 1, |slot, left| async move {
-                    slot.backend.reason(encoding, left).await
-                })
+                .with_failover(&plan, budget, started, 1, None, call)
                 .await;
         };
         let (primary, backup) = (&plan[0], &plan[1]);
-        let limit = self.try_budget(budget, true);
+        let limit = self.try_budget(budget.saturating_sub(started.elapsed()), true);
+        // The backend's future is made here but computes only when polled, inside
+        // `attempt`'s timer (a local engine too).
         let first =
             Box::pin(self.attempt(primary, limit, 1, primary.backend.reason(encoding, limit)));
         let wait = Box::pin(tokio::time::sleep(p95.min(budget)));
@@ -530,118 +825,171 @@ impl Router {
             Either::Left((Err(BackendError::InvalidInput(why)), _)) => {
                 return Err(RouterError::InvalidInput(why))
             }
-            Either::Left((Err(_), _)) => {
-                let rest = plan[1..].to_vec();
+            // Failing over from the primary is a retry: counted, and charged to the budget.
+            Either::Left((Err(err), _)) => {
                 return self
-                    .with_failover(rest, budget, started, 1, |slot, left| async move {
-                        slot.backend.reason(encoding, left).await
-                    })
+                    .with_failover(&plan[1..], budget, started, 1, Some(err), call)
                     .await;
             }
             Either::Right(((), first)) => first,
         };
-        // The primary is slower than usual: ask the backup too; the first answer wins.
+        // The primary is slower than usual: ask the backup too, if the retry budget allows
+        // the extra load; the first answer wins.
+        if !self.budget.withdraw() {
+            self.counters
+                .budget_exhausted
+                .fetch_add(1, Ordering::Relaxed);
+            return first.await.map_err(|err| match err {
+                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                err => self.give_up(budget, started, vec![err.to_string()]),
+            });
+        }
         self.counters.hedges.fetch_add(1, Ordering::Relaxed);
         let left = budget.saturating_sub(started.elapsed());
         let second = Box::pin(self.attempt(backup, left, 1, backup.backend.reason(encoding, left)));
-        let outcome = match select(first, second).await {
-            Either::Left((Ok(answer), _)) => Ok(answer),
+        let (err, other) = match select(first, second).await {
+            Either::Left((Ok(answer), _)) => return Ok(answer),
             Either::Right((Ok(answer), _)) => {
                 self.counters.hedge_wins.fetch_add(1, Ordering::Relaxed);
-                Ok(answer)
+                return Ok(answer);
             }
-            Either::Left((Err(_), other)) => other.await.map_err(|e| self.unavailable(e)),
-            Either::Right((Err(_), other)) => other.await.map_err(|e| self.unavailable(e)),
+            Either::Left((Err(err), other)) => (err, other.await),
+            Either::Right((Err(err), other)) => (err, other.await),
         };
-        outcome
-    }
-
-    fn unavailable(&self, err: BackendError) -> RouterError {
-        match err {
-            BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-            other => RouterError::NoEngineAvailable {
-                reason: other.to_string(),
-            },
+        match (err, other) {
+            (_, Ok(answer)) => Ok(answer),
+            (BackendError::InvalidInput(why), _) | (_, Err(BackendError::InvalidInput(why))) => {
+                Err(RouterError::InvalidInput(why))
+            }
+            (a, Err(b)) => Err(self.give_up(budget, started, vec![a.to_string(), b.to_string()])),
         }
     }
 
+    /// Runs `encoding` on every engine of `slots` at once, each within what is left.
+    async fn ask_all(
+        &self,
+        encoding: &[f32],
+        slots: &[Slot],
+        budget: Duration,
+        started: Instant,
+    ) -> Vec<Result<Answer, BackendError>> {
+        let left = budget.saturating_sub(started.elapsed());
+        futures::future::join_all(
+            slots
+                .iter()
+                .map(|slot| self.attempt(slot, left, 1, slot.backend.reason(encoding, left))),
+        )
+        .await
+    }
+
+    /// Redundant mode; the rule is in `docs/router.md`. `copies` engines answer; a result
+    /// digest held by a strict majority of the engines asked wins. Without one (a tie, or
+    /// failures), up to `copies` more healthy engines are asked and the vote is taken again
+    /// over the larger sample; failing that, an in-process engine (the reference) breaks a
+    /// tie. Outvoted engines are ejected. With fewer healthy engines than `copies` (but at
+    /// least two) the answer is served, marked by its [`Agreement`].
     async fn redundant(
         &self,
         encoding: &[f32],
+        plan: Vec<Slot>,
         copies: usize,
         budget: Duration,
+        started: Instant,
     ) -> Result<Answer, RouterError> {
         let copies = copies.max(2);
-        let plan: Vec<Slot> = self.plan().into_iter().take(copies).collect();
-        if plan.len() < copies {
+        if plan.len() < 2 {
             let reason = format!(
-                "redundant mode needs {copies} engines, {} available",
+                "redundant mode compares at least 2 engines of the served model (it asks for \
+                 {copies}); {} healthy: start another worker, or use mode single",
                 plan.len()
             );
             return Err(RouterError::NoEngineAvailable { reason });
         }
-        let outcomes = futures::future::join_all(
-            plan.iter()
-                .map(|slot| self.attempt(slot, budget, 1, slot.backend.reason(encoding, budget))),
-        )
-        .await;
-        // Answers with the engine that gave them (failed tries drop out of the vote).
-        let mut answers = Vec::new();
-        let mut answered = Vec::new();
-        for (slot, outcome) in plan.iter().zip(outcomes) {
-            match outcome {
-                Ok(answer) => {
-                    answers.push(answer);
-                    answered.push(slot);
-                }
-                Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
-                Err(_) => {}
-            }
+        let first = copies.min(plan.len());
+        let mut outcomes = self
+            .ask_all(encoding, &plan[..first], budget, started)
+            .await;
+        let mut asked = first;
+        if vote(&plan[..asked], &outcomes).is_none() && plan.len() > asked {
+            let more = (asked + copies).min(plan.len());
+            outcomes.extend(
+                self.ask_all(encoding, &plan[asked..more], budget, started)
+                    .await,
+            );
+            asked = more;
         }
-        // Count votes per result digest; a strict majority of the engines asked wins.
-        let mut votes: Vec<(qnllm_engine::Digest, usize)> = Vec::new();
-        for answer in &answers {
-            match votes
-                .iter_mut()
-                .find(|(d, _)| *d == answer.reasoning.result_digest)
-            {
-                Some((_, n)) => *n += 1,
-                None => votes.push((answer.reasoning.result_digest, 1)),
-            }
+        let sample = &plan[..asked];
+        if let Some(why) = outcomes.iter().find_map(|o| match o {
+            Err(BackendError::InvalidInput(why)) => Some(why.clone()),
+            _ => None,
+        }) {
+            return Err(RouterError::InvalidInput(why));
         }
-        let winner = votes.iter().find(|(_, n)| *n * 2 > copies).map(|(d, _)| *d);
         let detail = || {
-            answers
+            sample
                 .iter()
-                .map(|a| format!("{} → {}", a.engine, a.reasoning.result_digest.short()))
+                .zip(&outcomes)
+                .map(|(slot, o)| match o {
+                    Ok(a) => format!(
+                        "{} → {}",
+                        slot.backend.name(),
+                        a.reasoning.result_digest.short()
+                    ),
+                    Err(e) => format!("{} → {e}", slot.backend.name()),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let Some(winner) = winner else {
-            if votes.len() > 1 {
+        let Some((winner, agreed)) = vote(sample, &outcomes) else {
+            let digests: Vec<Digest> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok().map(|a| a.reasoning.result_digest))
+                .collect();
+            if digests.iter().any(|d| *d != digests[0]) {
                 self.counters.disagreements.fetch_add(1, Ordering::Relaxed);
-                return Err(RouterError::Disagreement { detail: detail() });
+                return Err(RouterError::Disagreement {
+                    detail: format!(
+                        "{}; no strict majority of {asked}: start another engine to break the tie",
+                        detail()
+                    ),
+                });
             }
-            let reason = format!(
-                "only {} of {copies} redundant engines answered",
-                answers.len()
-            );
-            return Err(RouterError::NoEngineAvailable { reason });
+            return Err(self.give_up(
+                budget,
+                started,
+                outcomes
+                    .iter()
+                    .filter_map(|o| o.as_ref().err().map(ToString::to_string))
+                    .collect(),
+            ));
         };
         // Outvoted engines gave a wrong answer: count it and eject them at once.
-        for (slot, answer) in answered.iter().zip(&answers) {
-            if answer.reasoning.result_digest != winner {
-                self.counters.disagreements.fetch_add(1, Ordering::Relaxed);
-                if slot.health.failure(true) {
-                    self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+        for (slot, outcome) in sample.iter().zip(&outcomes) {
+            if let Ok(answer) = outcome {
+                if answer.reasoning.result_digest != winner {
+                    self.counters.disagreements.fetch_add(1, Ordering::Relaxed);
+                    if slot.health.failure(true, started) {
+                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
-        answers
+        let agreement = Agreement {
+            agreed: agreed as u32,
+            asked: asked as u32,
+            wanted: copies as u32,
+        };
+        outcomes
             .into_iter()
+            .flatten()
             .find(|a| a.reasoning.result_digest == winner)
-            .ok_or_else(|| RouterError::NoEngineAvailable {
-                reason: "no winning answer".into(),
+            .map(|answer| Answer {
+                agreement: Some(agreement),
+                ..answer
+            })
+            .ok_or_else(|| RouterError::EnginesFailed {
+                tried: asked,
+                detail: "no winning answer".into(),
             })
     }
 
@@ -666,19 +1014,28 @@ impl Router {
             .batch_items
             .fetch_add(count as u64, Ordering::Relaxed);
         self.budget.deposit();
-        let plan = self.plan();
+        let plan = self.plan().slots;
         let parts = plan.len().min(count.div_ceil(MIN_BATCH_PART)).max(1);
         let per_part = count.div_ceil(parts).max(1);
-        let runs =
-            values.chunks(per_part * dim).enumerate().map(|(i, part)| {
-                // Part i starts on the plan's i-th engine and fails over along the rest.
-                let mut order = plan.clone();
-                order.rotate_left(i % plan.len().max(1));
-                let items = u32::try_from(part.len() / dim).unwrap_or(u32::MAX);
-                self.with_failover(order, budget, started, items, move |slot, left| async move {
-                slot.backend.reason_batch(part, dim, left).await
-            })
-            });
+        let runs = values.chunks(per_part * dim).enumerate().map(|(i, part)| {
+            // Part i starts on the plan's i-th engine and fails over along the rest.
+            let mut order = plan.clone();
+            order.rotate_left(i % plan.len().max(1));
+            let items = u32::try_from(part.len() / dim).unwrap_or(u32::MAX);
+            async move {
+                self.with_failover(
+                        &order,
+                        budget,
+                        started,
+                        items,
+                        None,
+                        move |slot, left| async move {
+                            slot.backend.reason_batch(part, dim, left).await
+                        },
+                    )
+                    .await
+            }
+        });
         let mut answers = Vec::with_capacity(count);
         for part in futures::future::join_all(runs).await {
             answers.extend(part?);
@@ -688,5 +1045,52 @@ impl Router {
             answer.latency = latency;
         }
         Ok(answers)
+    }
+}
+
+/// The lineage's current model among `states`: the highest version, and at that version
+/// the digest most engines hold (the first listed on a tie).
+fn head(states: &[ModelState]) -> Option<ModelState> {
+    let top = states.iter().map(|s| s.version).max()?;
+    let at_top: Vec<&ModelState> = states.iter().filter(|s| s.version == top).collect();
+    at_top
+        .iter()
+        .max_by_key(|s| {
+            // max_by_key keeps the last maximum: rank earlier entries higher on a tie.
+            let count = at_top.iter().filter(|o| o.digest == s.digest).count();
+            let first = at_top
+                .iter()
+                .position(|o| o.digest == s.digest)
+                .unwrap_or(0);
+            (count, std::cmp::Reverse(first))
+        })
+        .map(|s| **s)
+}
+
+/// The result digest a strict majority of the engines asked agreed on, and how many did;
+/// without a majority, an in-process engine's answer breaks a tie when every in-process
+/// engine asked agrees on it and it has the most votes.
+fn vote(asked: &[Slot], outcomes: &[Result<Answer, BackendError>]) -> Option<(Digest, usize)> {
+    let mut votes: Vec<(Digest, usize, bool)> = Vec::new();
+    for (slot, outcome) in asked.iter().zip(outcomes) {
+        let Ok(answer) = outcome else { continue };
+        let local = slot.backend.kind() == "local";
+        let digest = answer.reasoning.result_digest;
+        match votes.iter_mut().find(|(d, _, _)| *d == digest) {
+            Some((_, n, l)) => {
+                *n += 1;
+                *l |= local;
+            }
+            None => votes.push((digest, 1, local)),
+        }
+    }
+    if let Some(&(digest, n, _)) = votes.iter().find(|(_, n, _)| n * 2 > asked.len()) {
+        return Some((digest, n));
+    }
+    let most = votes.iter().map(|(_, n, _)| *n).max()?;
+    let reference: Vec<_> = votes.iter().filter(|(_, _, local)| *local).collect();
+    match reference.as_slice() {
+        [(digest, n, _)] if *n == most && *n >= 1 && votes.len() > 1 => Some((*digest, *n)),
+        _ => None,
     }
 }

@@ -167,3 +167,35 @@ async fn the_batcher_reports_its_engine_kind_without_building_a_description() {
     assert_eq!(b.kind(), "remote");
     assert_eq!(echo.describes.load(Ordering::Relaxed), before);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_deadline_passes_in_the_queue_is_answered_and_never_computed() {
+    let (echo, b) = batcher(Some(BatchPolicy {
+        max_batch: 2,
+        max_delay: Duration::ZERO,
+    }));
+    // Two batches of two fill both slots for 1 ms each.
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.reason(&[i as f32, 0.0], Duration::from_secs(1)).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // This one can wait 100 µs: it expires in the queue, before a slot frees.
+    let started = tokio::time::Instant::now();
+    let late = b.reason(&[9.0, 0.0], Duration::from_micros(100));
+    let err = late.await.unwrap_err();
+    assert!(matches!(err, BackendError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for t in busy {
+        t.await.unwrap().unwrap();
+    }
+    let computed: usize = echo.batches.lock().unwrap().iter().sum::<usize>()
+        + echo.singles.load(Ordering::Relaxed) as usize;
+    assert_eq!(computed, 4, "the expired request was computed");
+}

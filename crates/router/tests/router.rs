@@ -11,13 +11,24 @@ use std::time::Duration;
 use qnllm_engine::{Digest, Reasoning};
 use qnllm_router::strategy::{Performance, Preferred, RoundRobin};
 use qnllm_router::{
-    Answer, Backend, BackendError, BackendFuture, EngineInfo, Mode, Router, RouterConfig,
-    RouterError,
+    Answer, Backend, BackendError, BackendFuture, EngineInfo, Mode, ModelState, Pool,
+    RequestOptions, Router, RouterConfig, RouterError,
 };
 
-const RIGHT: Digest = Digest([1; 32]);
-const WRONG: Digest = Digest([2; 32]);
 const BUDGET: Duration = Duration::from_secs(5);
+/// The model every mock serves unless told otherwise.
+const MODEL: Digest = Digest([9; 32]);
+
+/// What a mock does wrong in its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    LabelOutOfRange,
+    ShortScores,
+    OtherModel,
+    ForgedResultDigest,
+    ShortBatch,
+}
 
 #[derive(Debug)]
 struct Mock {
@@ -26,18 +37,33 @@ struct Mock {
     latency: Mutex<Duration>,
     failing: AtomicBool,
     lying: AtomicBool,
+    /// Sleeps its latency whatever budget it was given (as a stalled worker would).
+    ignores_budget: AtomicBool,
+    fault: Mutex<Fault>,
+    model: Mutex<ModelState>,
+    max_in_flight: Option<u32>,
     calls: AtomicU64,
     describes: AtomicU64,
 }
 
 impl Mock {
     fn new(name: &str, local: bool) -> Arc<Mock> {
+        Mock::build(name, local, MODEL, None)
+    }
+    fn build(name: &str, local: bool, model: Digest, max_in_flight: Option<u32>) -> Arc<Mock> {
         Arc::new(Mock {
             name: name.into(),
             local,
             latency: Mutex::new(Duration::from_millis(1)),
             failing: AtomicBool::new(false),
             lying: AtomicBool::new(false),
+            ignores_budget: AtomicBool::new(false),
+            fault: Mutex::new(Fault::None),
+            model: Mutex::new(ModelState {
+                version: 0,
+                digest: model,
+            }),
+            max_in_flight,
             calls: AtomicU64::new(0),
             describes: AtomicU64::new(0),
         })
@@ -45,22 +71,46 @@ impl Mock {
     fn set_latency(&self, latency: Duration) {
         *self.latency.lock().unwrap() = latency;
     }
+    fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+    fn set_model(&self, version: u64, digest: Digest) {
+        *self.model.lock().unwrap() = ModelState { version, digest };
+    }
     fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
+    fn reasoning(&self) -> Reasoning {
+        reasoning(
+            self.lying.load(Ordering::Relaxed),
+            self.model.lock().unwrap().digest,
+        )
+    }
 }
 
-fn reasoning(digest: Digest) -> Reasoning {
-    Reasoning {
-        label: 1,
+/// A well-formed answer of model `model`: the right one (label 1) or a consistent wrong one.
+fn reasoning(wrong: bool, model: Digest) -> Reasoning {
+    let (label, scores, label_spikes) = if wrong {
+        (0, vec![1, 0], vec![1, 0])
+    } else {
+        (1, vec![0, 1], vec![0, 1])
+    };
+    let mut r = Reasoning {
+        label,
         confidence: 0.5,
-        scores: vec![0, 1],
+        scores,
         total_spikes: 10,
-        label_spikes: vec![0, 1],
+        label_spikes,
         model_version: 0,
-        model_digest: Digest([9; 32]),
-        result_digest: digest,
-    }
+        model_digest: model,
+        result_digest: Digest::default(),
+    };
+    r.result_digest = r.expected_result_digest();
+    r
+}
+
+fn right() -> Digest {
+    reasoning(false, MODEL).result_digest
 }
 
 impl Backend for Mock {
@@ -75,17 +125,24 @@ impl Backend for Mock {
         }
     }
     fn model_digest(&self) -> Digest {
-        Digest([9; 32])
+        self.model.lock().unwrap().digest
+    }
+    fn model_state(&self) -> ModelState {
+        *self.model.lock().unwrap()
+    }
+    fn max_in_flight(&self) -> Option<u32> {
+        self.max_in_flight
     }
     fn describe(&self) -> EngineInfo {
         self.describes.fetch_add(1, Ordering::Relaxed);
+        let model = *self.model.lock().unwrap();
         EngineInfo {
             name: self.name.clone(),
             kind: if self.local { "local" } else { "remote" },
             input_size: 2,
             labels: 2,
-            model_version: 0,
-            model_digest: Digest([9; 32]),
+            model_version: model.version,
+            model_digest: model.digest,
         }
     }
     fn reason<'a>(
@@ -99,7 +156,7 @@ impl Backend for Mock {
                 return Err(BackendError::InvalidInput("value at index 0 is NaN".into()));
             }
             let latency = *self.latency.lock().unwrap();
-            if latency > budget {
+            if latency > budget && !self.ignores_budget.load(Ordering::Relaxed) {
                 tokio::time::sleep(budget).await;
                 return Err(BackendError::Timeout {
                     engine: self.name.clone(),
@@ -113,12 +170,15 @@ impl Backend for Mock {
                     reason: "injected".into(),
                 });
             }
-            let digest = if self.lying.load(Ordering::Relaxed) {
-                WRONG
-            } else {
-                RIGHT
-            };
-            Ok(Answer::new(reasoning(digest), self.name.clone(), latency))
+            let mut r = self.reasoning();
+            match *self.fault.lock().unwrap() {
+                Fault::LabelOutOfRange => r.label = 7,
+                Fault::ShortScores => r.scores.truncate(1),
+                Fault::OtherModel => r.model_digest = Digest([3; 32]),
+                Fault::ForgedResultDigest => r.result_digest = Digest([1; 32]),
+                Fault::None | Fault::ShortBatch => {}
+            }
+            Ok(Answer::new(r, self.name.clone(), latency))
         })
     }
     fn reason_batch<'a>(
@@ -131,6 +191,9 @@ impl Backend for Mock {
             let mut out = Vec::new();
             for x in values.chunks(dim) {
                 out.push(self.reason(x, budget).await?);
+            }
+            if *self.fault.lock().unwrap() == Fault::ShortBatch {
+                out.pop();
             }
             Ok(out)
         })
@@ -238,13 +301,13 @@ async fn performance_sends_less_to_a_slow_engine_and_recovers_when_it_speeds_up(
         "the slow engine is avoided: {slowed:?}"
     );
     mocks[2].set_latency(Duration::from_millis(1));
-    // Traffic goes on for a minute; the slow engine's unused estimate decays until it is
-    // tried again, and its fresh samples show it has recovered.
+    // Traffic goes on for two minutes; the slow engine's unused estimate decays until it
+    // is tried again, and its fresh samples (τ = 10 s) show it has recovered.
     let mut late = BTreeMap::<String, usize>::new();
-    for i in 0..600 {
+    for i in 0..1_200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let engine = router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine;
-        if i >= 450 {
+        if i >= 1_050 {
             *late.entry(engine).or_default() += 1;
         }
     }
@@ -384,7 +447,8 @@ async fn redundant_mode_catches_a_lying_engine_every_time_and_ejects_it() {
     for _ in 0..50 {
         let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
         assert_eq!(
-            answer.reasoning.result_digest, RIGHT,
+            answer.reasoning.result_digest,
+            right(),
             "the majority answer wins"
         );
         assert_ne!(answer.engine, "liar");
@@ -624,13 +688,462 @@ async fn with_every_engine_down_a_cached_answer_is_still_served() {
     assert_eq!(again.reasoning, first.reasoning);
     // An encoding never seen gets the clear error instead.
     let err = router.reason(&[0.25, 0.5], BUDGET).await.unwrap_err();
-    assert!(
-        matches!(err, RouterError::NoEngineAvailable { .. }),
-        "{err}"
-    );
-    router.remove("a");
+    assert!(matches!(err, RouterError::EnginesFailed { .. }), "{err}");
+    router.remove(router.metrics().engines[0].id);
     assert!(
         router.reason(&[0.5, 0.5], BUDGET).await.unwrap().cached,
         "even with no engine registered"
+    );
+}
+
+// ---- model identity (issue 10 §2) ----
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_of_another_model_is_kept_in_its_own_pool_and_never_answers() {
+    let (a, b) = (Mock::new("seed1", false), Mock::new("seed1b", false));
+    let other = Mock::build("seed2", false, Digest([5; 32]), None);
+    let router = router(RouterConfig::default(), &[a, b]);
+    let admission = router.add(other.clone());
+    assert_eq!(admission.pool, Pool::Foreign);
+    assert_eq!(admission.lineage, MODEL);
+    for mode in [Mode::Single, Mode::Hedged, Mode::Redundant { copies: 2 }] {
+        router.set_policy(Box::new(RoundRobin::default()), mode);
+        for _ in 0..300 {
+            let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+            assert_eq!(answer.reasoning.model_digest, MODEL, "{mode:?}");
+        }
+    }
+    assert_eq!(other.calls(), 0, "never asked");
+    let m = router.metrics();
+    let listed = m.engines.iter().find(|e| e.info.name == "seed2").unwrap();
+    assert_eq!(listed.pool, Pool::Foreign, "visible in the metrics");
+    assert!(router.backends().iter().all(|b| b.name() != "seed2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_at_another_version_gets_no_requests_until_it_catches_up() {
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = router(RouterConfig::default(), &[a.clone(), b.clone()]);
+    let learned = Digest([6; 32]);
+    a.set_model(1, learned); // a learned; b has not yet
+    let calls = b.calls();
+    for _ in 0..20 {
+        let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+        assert_eq!(
+            (answer.engine.as_str(), answer.reasoning.model_digest),
+            ("a", learned)
+        );
+    }
+    assert_eq!(b.calls(), calls);
+    let pools: Vec<Pool> = router.metrics().engines.iter().map(|e| e.pool).collect();
+    assert_eq!(pools, [Pool::Serving, Pool::Lagging]);
+    // A late joiner of the lineage's first model is of the lineage (lagging), not foreign.
+    assert_eq!(router.add(Mock::new("late", false)).pool, Pool::Lagging);
+    b.set_model(1, learned);
+    let counts = engines_answering(&router, 20).await;
+    assert_eq!(
+        counts.get("b"),
+        Some(&10),
+        "caught up: back in rotation {counts:?}"
+    );
+    // An engine joining at the learned model is of the lineage too.
+    assert_eq!(
+        router.add(Mock::build("synced", false, learned, None)).pool,
+        Pool::Serving
+    );
+}
+
+// ---- every reply is checked (issue 10 §2) ----
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_reply_is_counted_ejects_its_engine_and_the_request_goes_elsewhere() {
+    for fault in [
+        Fault::LabelOutOfRange,
+        Fault::ShortScores,
+        Fault::OtherModel,
+        Fault::ForgedResultDigest,
+    ] {
+        let (bad, good) = (Mock::new("bad", false), Mock::new("good", false));
+        bad.set_fault(fault);
+        let router = router(RouterConfig::default(), &[bad.clone(), good]);
+        for _ in 0..10 {
+            let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+            assert_eq!(answer.engine, "good", "{fault:?}");
+        }
+        let m = router.metrics();
+        assert_eq!(
+            (bad.calls(), m.bad_replies, m.ejections),
+            (1, 1, 1),
+            "{fault:?}"
+        );
+        assert!(m.engines[0].health.ejected, "{fault:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_batch_reply_is_refused_not_shifted_against_its_inputs() {
+    let (short, good) = (Mock::new("short", false), Mock::new("good", false));
+    short.set_fault(Fault::ShortBatch);
+    let router = router(RouterConfig::default(), &[short, good]);
+    let values = vec![0.0; 2 * 10];
+    let answers = router.reason_batch(&values, 2, BUDGET).await.unwrap();
+    assert_eq!(answers.len(), 10);
+    assert!(answers.iter().all(|a| a.engine == "good"));
+    assert_eq!(router.metrics().bad_replies, 1);
+}
+
+// ---- the cache (issue 10 §2) ----
+
+/// Learns (moves to model `to`) while it computes, and answers with the new model.
+#[derive(Debug)]
+struct LearnsMidCall(Arc<Mock>, Digest);
+
+impl Backend for LearnsMidCall {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn describe(&self) -> EngineInfo {
+        self.0.describe()
+    }
+    fn model_state(&self) -> ModelState {
+        self.0.model_state()
+    }
+    fn model_digest(&self) -> Digest {
+        self.0.model_digest()
+    }
+    fn reason<'a>(
+        &'a self,
+        x: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        self.0.set_model(1, self.1);
+        self.0.reason(x, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        v: &'a [f32],
+        d: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        self.0.reason_batch(v, d, budget)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_cached_under_the_model_that_produced_it() {
+    let learner = Mock::new("learner", false);
+    let steady = Mock::new("steady", false);
+    let learned = Digest([6; 32]);
+    let router = Router::with_config(RouterConfig {
+        cache_capacity: Some(100),
+        ..RouterConfig::default()
+    });
+    let id = router
+        .add(Arc::new(LearnsMidCall(learner.clone(), learned)))
+        .id;
+    router.add(steady.clone());
+    // Asked under the first model, answered by the learned one.
+    let first = router.reason(&[0.5, 0.5], BUDGET).await.unwrap();
+    assert_eq!(first.reasoning.model_digest, learned);
+    // The learner leaves; the first model serves again. Its key must not hold the
+    // learned model's answer.
+    router.remove(id);
+    let again = router.reason(&[0.5, 0.5], BUDGET).await.unwrap();
+    assert!(
+        !again.cached,
+        "served another model's answer from the cache"
+    );
+    assert_eq!(again.reasoning.model_digest, MODEL);
+    assert_eq!(steady.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_cache_neither_reads_nor_fills_the_cache() {
+    let a = Mock::new("a", false);
+    let router = router(
+        RouterConfig {
+            cache_capacity: Some(100),
+            ..RouterConfig::default()
+        },
+        std::slice::from_ref(&a),
+    );
+    let no_cache = RequestOptions { no_cache: true };
+    router.reason(&[0.5, 0.5], BUDGET).await.unwrap(); // fills
+    let fresh = router
+        .reason_with(&[0.5, 0.5], BUDGET, no_cache)
+        .await
+        .unwrap();
+    assert!(!fresh.cached, "NO_CACHE read the cache");
+    assert_eq!(a.calls(), 2);
+    router
+        .reason_with(&[0.25, 0.5], BUDGET, no_cache)
+        .await
+        .unwrap();
+    let later = router.reason(&[0.25, 0.5], BUDGET).await.unwrap();
+    assert!(!later.cached, "NO_CACHE filled the cache");
+    assert_eq!(router.metrics().cache.unwrap().entries, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_on_another_requests_cache_miss_is_bounded_by_its_own_deadline() {
+    let slow = Mock::new("slow", false);
+    slow.set_latency(Duration::from_secs(2));
+    let router = Arc::new(router(
+        RouterConfig {
+            cache_capacity: Some(100),
+            ..RouterConfig::default()
+        },
+        &[slow],
+    ));
+    let first = {
+        let router = router.clone();
+        tokio::spawn(async move { router.reason(&[0.5, 0.5], BUDGET).await })
+    };
+    tokio::task::yield_now().await; // the first request is computing
+    let started = tokio::time::Instant::now();
+    let short = Duration::from_millis(10);
+    let err = router.reason(&[0.5, 0.5], short).await.unwrap_err();
+    assert!(matches!(err, RouterError::DeadlineExceeded { .. }), "{err}");
+    assert_eq!(
+        started.elapsed(),
+        short,
+        "virtual time: answered at its deadline"
+    );
+    assert!(first.await.unwrap().is_ok());
+}
+
+// ---- redundant mode (issue 10 §2) ----
+
+#[tokio::test(start_paused = true)]
+async fn with_two_copies_a_liar_is_outvoted_by_a_larger_sample_and_ejected() {
+    let mocks: Vec<Arc<Mock>> = ["a", "b", "liar"]
+        .iter()
+        .map(|n| Mock::new(n, false))
+        .collect();
+    mocks[2].lying.store(true, Ordering::Relaxed);
+    let router = router(
+        config(
+            Box::new(RoundRobin::default()),
+            Mode::Redundant { copies: 2 },
+        ),
+        &mocks,
+    );
+    for _ in 0..30 {
+        let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+        assert_eq!(answer.reasoning.result_digest, right());
+    }
+    let m = router.metrics();
+    assert_eq!(m.ejections, 1);
+    assert!(m.engines[2].health.ejected, "the liar is out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_fewer_healthy_engines_than_copies_the_agreeing_answer_is_marked() {
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = router(
+        config(
+            Box::new(RoundRobin::default()),
+            Mode::Redundant { copies: 3 },
+        ),
+        &[a, b],
+    );
+    let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    let agreement = answer.agreement.unwrap();
+    assert_eq!(
+        (agreement.agreed, agreement.asked, agreement.wanted),
+        (2, 2, 3)
+    );
+    assert!(agreement.degraded());
+    // One engine cannot be compared with anything: the error says what is needed.
+    let lone = router_with(&[Mock::new("lone", false)]);
+    lone.set_policy(
+        Box::new(RoundRobin::default()),
+        Mode::Redundant { copies: 3 },
+    );
+    let err = lone.reason(&[0.0, 0.0], BUDGET).await.unwrap_err();
+    assert!(err.to_string().contains("start another worker"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_process_engine_breaks_a_tie_as_the_reference() {
+    let (local, liar) = (Mock::new("local", true), Mock::new("liar", false));
+    liar.lying.store(true, Ordering::Relaxed);
+    let router = router(
+        config(
+            Box::new(RoundRobin::default()),
+            Mode::Redundant { copies: 2 },
+        ),
+        &[local, liar],
+    );
+    let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    assert_eq!(answer.reasoning.result_digest, right());
+    assert!(router.metrics().engines[1].health.ejected);
+}
+
+// ---- health (issue 10 §4) ----
+
+#[tokio::test(start_paused = true)]
+async fn a_short_stall_ejects_once_and_the_engine_is_back_after_the_period() {
+    let (stalled, steady) = (Mock::new("stalled", false), Mock::new("steady", false));
+    stalled.set_latency(Duration::from_secs(1));
+    let router = Arc::new(router(
+        RouterConfig {
+            retry_ratio: 1.0,
+            retry_min_per_second: 1_000.0,
+            per_try_timeout: Some(Duration::from_millis(100)),
+            ..RouterConfig::default()
+        },
+        &[stalled.clone(), steady],
+    ));
+    // 120 requests in flight at once: 60 start on the stalled engine and time out together.
+    let tasks: Vec<_> = (0..120)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { router.reason(&[0.0, 0.0], BUDGET).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().engine, "steady");
+    }
+    assert_eq!(stalled.calls(), 60);
+    assert_eq!(router.metrics().ejections, 1, "one stall, one ejection");
+    // The stall is over; the first ejection lasts 1 s, whatever failed meanwhile.
+    stalled.set_latency(Duration::from_millis(1));
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    let counts = engines_answering(&router, 10).await;
+    assert_eq!(counts.get("stalled"), Some(&5), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_retry_budget_runs_out_the_error_says_so() {
+    let (bad, good) = (Mock::new("bad", false), Mock::new("good", false));
+    bad.failing.store(true, Ordering::Relaxed);
+    let router = router(
+        RouterConfig {
+            retry_ratio: 0.0,
+            retry_min_per_second: 0.0,
+            ..RouterConfig::default()
+        },
+        &[bad, good],
+    );
+    let err = router.reason(&[0.0, 0.0], BUDGET).await.unwrap_err();
+    match &err {
+        RouterError::RetryBudgetExhausted { tried, last } => {
+            assert_eq!(*tried, 1);
+            assert!(last.contains("injected"), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_at_its_in_flight_limit_gets_no_more_tries() {
+    let stalled = Mock::build("stalled", false, MODEL, Some(2));
+    stalled.set_latency(Duration::from_secs(60));
+    let steady = Mock::new("steady", false);
+    let router = Arc::new(router(RouterConfig::default(), &[stalled.clone(), steady]));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { router.reason(&[0.0, 0.0], BUDGET).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().engine, "steady");
+    }
+    assert_eq!(
+        stalled.calls(),
+        2,
+        "its limit of 2, not every other request"
+    );
+}
+
+// ---- issue 9 ----
+
+#[tokio::test(start_paused = true)]
+async fn two_engines_with_one_name_are_two_and_removing_one_keeps_the_other() {
+    let router = Router::new();
+    let first = router.add(Mock::new("w", false)).id;
+    let second = router.add(Mock::new("w", false)).id;
+    assert_ne!(first, second);
+    assert!(router.remove(first));
+    assert_eq!(router.metrics().engines.len(), 1);
+    assert_eq!(router.metrics().engines[0].id, second);
+    assert_eq!(
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine,
+        "w"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_and_hedged_failover_are_retries_within_the_budget() {
+    // Failover from a failed hedged primary is a retry, counted as one.
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = router(
+        config(Box::new(RoundRobin::default()), Mode::Hedged),
+        &[a.clone(), b],
+    );
+    engines_answering(&router, 10).await; // a latency history
+    a.failing.store(true, Ordering::Relaxed);
+    let retries = router.metrics().retries;
+    for _ in 0..2 {
+        assert_eq!(
+            router.reason(&[0.0, 0.0], BUDGET).await.unwrap().engine,
+            "b"
+        );
+    }
+    assert_eq!(router.metrics().retries - retries, 1);
+    // With no retry budget, a slow primary is not hedged.
+    let (a, b) = (Mock::new("a", false), Mock::new("b", false));
+    let router = self::router(
+        RouterConfig {
+            retry_ratio: 0.0,
+            retry_min_per_second: 0.0,
+            ..config(Box::new(RoundRobin::default()), Mode::Hedged)
+        },
+        &[a.clone(), b],
+    );
+    engines_answering(&router, 10).await;
+    a.set_latency(Duration::from_millis(500));
+    for _ in 0..4 {
+        router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    }
+    let m = router.metrics();
+    assert_eq!(m.hedges, 0, "hedges are charged to the retry budget");
+    assert!(m.budget_exhausted > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_latency_ewma_decays_once_per_interval() {
+    let a = Mock::new("a", false);
+    let router = router_with(std::slice::from_ref(&a));
+    a.set_latency(Duration::from_millis(10));
+    router.reason(&[0.0, 0.0], BUDGET).await.unwrap(); // a peak: 10 ms
+    a.set_latency(Duration::from_millis(1));
+    // The next sample lands exactly one time constant (10 s) after the first.
+    tokio::time::advance(Duration::from_secs(10) - Duration::from_millis(1)).await;
+    router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    let w = (-1.0f64).exp();
+    let expected = 10_000.0 * w + 1_000.0 * (1.0 - w); // µs
+    let ewma = router.metrics().engines[0].health.ewma_us;
+    assert!(
+        (ewma - expected).abs() < 1.0,
+        "ewma {ewma} µs, expected {expected}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_router_times_out_a_try_whose_engine_ignores_its_budget() {
+    let (stuck, good) = (Mock::new("stuck", false), Mock::new("good", false));
+    stuck.set_latency(Duration::from_secs(3_600));
+    stuck.ignores_budget.store(true, Ordering::Relaxed);
+    let router = router(RouterConfig::default(), &[stuck, good]);
+    let started = tokio::time::Instant::now();
+    let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    assert_eq!(answer.engine, "good");
+    assert!(
+        started.elapsed() <= BUDGET,
+        "virtual time: {:?}",
+        started.elapsed()
     );
 }

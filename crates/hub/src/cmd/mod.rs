@@ -30,6 +30,8 @@ pub(crate) fn error_code(err: &qnllm_router::RouterError) -> ErrorCode {
         RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
         RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
         RouterError::Disagreement { .. } => ErrorCode::Disagreement,
+        RouterError::EnginesFailed { .. } => ErrorCode::EngineFailed,
+        RouterError::RetryBudgetExhausted { .. } => ErrorCode::Overloaded,
         _ => ErrorCode::NoEngineAvailable,
     }
 }
@@ -279,7 +281,10 @@ pub(crate) async fn dispatch(shared: &Arc<Shared>, session: &ClientSession, fram
                 .send(&Message::Pong, id, Deadline::NONE)
                 .await;
         }
-        Message::Reason(encoding) => reason::one(shared, session, id, cost, encoding.0, deadline),
+        Message::Reason(encoding) => {
+            let no_cache = frame.header.flags.contains(qnllm_protocol::Flags::NO_CACHE);
+            reason::one(shared, session, id, cost, encoding.0, deadline, no_cache)
+        }
         Message::Batch(batch) => reason::batch(shared, session, id, cost, batch, deadline),
         Message::Cancel => {
             if session.cancel(id) {

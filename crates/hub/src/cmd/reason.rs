@@ -18,13 +18,15 @@ pub(crate) fn one(
     cost: usize,
     encoding: Vec<f32>,
     deadline: Duration,
+    no_cache: bool,
 ) {
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
     session.spawn_costing(shared, id, cost, async move {
         // The router's future is about 3 KB: boxed, it is written once, where the task
         // would otherwise copy it on every move into place.
-        match Box::pin(shared_.router.reason(&encoding, deadline)).await {
+        let options = qnllm_router::RequestOptions { no_cache };
+        match Box::pin(shared_.router.reason_with(&encoding, deadline, options)).await {
             Ok(answer) => {
                 sender
                     .send(&Message::Result(result_body(&answer)), id, Deadline::NONE)

@@ -43,7 +43,12 @@ impl Strategy for Preferred {
         }
     }
 
-    fn order(&self, candidates: &[Candidate], rng: &mut fastrand::Rng) -> Vec<usize> {
+    fn order(
+        &self,
+        candidates: &[Candidate],
+        _cost: &dyn Fn(usize) -> f64,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<usize> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let rotate = |group: Vec<usize>| -> Vec<usize> {
             let n = group.len().max(1);
@@ -82,17 +87,14 @@ mod tests {
             Candidate {
                 index: 0,
                 local: true,
-                cost: 0.0,
             },
             Candidate {
                 index: 1,
                 local: false,
-                cost: 0.0,
             },
             Candidate {
                 index: 2,
                 local: false,
-                cost: 0.0,
             },
         ]
     }
@@ -101,7 +103,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let is_local = |index: usize| candidates.iter().any(|c| c.index == index && c.local);
         let local = (0..10_000)
-            .filter(|_| is_local(strategy.order(candidates, &mut rng)[0]))
+            .filter(|_| is_local(strategy.order(candidates, &|_| 0.0, &mut rng)[0]))
             .count();
         local as f64 / 10_000.0
     }
@@ -123,6 +125,11 @@ mod tests {
         let remote_only: Vec<Candidate> = mixed().into_iter().filter(|c| !c.local).collect();
         assert_eq!(local_share(&Preferred::local(0.8), &remote_only), 0.0);
         let mut rng = fastrand::Rng::with_seed(1);
-        assert_eq!(Preferred::local(0.8).order(&remote_only, &mut rng).len(), 2);
+        assert_eq!(
+            Preferred::local(0.8)
+                .order(&remote_only, &|_| 0.0, &mut rng)
+                .len(),
+            2
+        );
     }
 }

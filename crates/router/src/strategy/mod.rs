@@ -16,8 +16,6 @@ pub struct Candidate {
     pub index: usize,
     /// Whether the engine runs in this process.
     pub local: bool,
-    /// Expected cost of one more request (peak-EWMA latency × (in flight + 1)).
-    pub cost: f64,
 }
 
 /// Orders candidates for one request.
@@ -25,7 +23,14 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// The strategy's name, as configured and reported.
     fn name(&self) -> &'static str;
 
-    /// A permutation of `candidates`' indices (the `index` field), best first. `rng` is the
-    /// router's seeded generator, so tests can replay decisions.
-    fn order(&self, candidates: &[Candidate], rng: &mut fastrand::Rng) -> Vec<usize>;
+    /// A permutation of `candidates`' indices (the `index` field), best first. `cost(index)`
+    /// is the expected cost of one more request on that engine (peak-EWMA latency × (in
+    /// flight + 1)); it takes a lock, so a strategy asks only for the engines it compares.
+    /// `rng` is the router's seeded generator, so tests can replay decisions.
+    fn order(
+        &self,
+        candidates: &[Candidate],
+        cost: &dyn Fn(usize) -> f64,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<usize>;
 }

@@ -15,7 +15,12 @@ impl Strategy for RoundRobin {
         "round-robin"
     }
 
-    fn order(&self, candidates: &[Candidate], _rng: &mut fastrand::Rng) -> Vec<usize> {
+    fn order(
+        &self,
+        candidates: &[Candidate],
+        _cost: &dyn Fn(usize) -> f64,
+        _rng: &mut fastrand::Rng,
+    ) -> Vec<usize> {
         let n = candidates.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..candidates.len())
@@ -33,7 +38,6 @@ mod tests {
             .map(|index| Candidate {
                 index,
                 local: false,
-                cost: 0.0,
             })
             .collect()
     }
@@ -42,7 +46,7 @@ mod tests {
     fn alternates_exactly_over_1000_calls() {
         let (rr, mut rng) = (RoundRobin::default(), fastrand::Rng::with_seed(1));
         let firsts: Vec<usize> = (0..1_000)
-            .map(|_| rr.order(&candidates(2), &mut rng)[0])
+            .map(|_| rr.order(&candidates(2), &|_| 0.0, &mut rng)[0])
             .collect();
         assert!(
             firsts.chunks(2).all(|pair| pair == [0, 1]),
@@ -50,7 +54,7 @@ mod tests {
         );
         let mut counts = [0; 3];
         for _ in 0..999 {
-            counts[rr.order(&candidates(3), &mut rng)[0]] += 1;
+            counts[rr.order(&candidates(3), &|_| 0.0, &mut rng)[0]] += 1;
         }
         assert_eq!(counts, [333, 333, 333]);
     }
@@ -58,7 +62,7 @@ mod tests {
     #[test]
     fn failover_order_covers_every_engine_once() {
         let (rr, mut rng) = (RoundRobin::default(), fastrand::Rng::with_seed(1));
-        let mut order = rr.order(&candidates(4), &mut rng);
+        let mut order = rr.order(&candidates(4), &|_| 0.0, &mut rng);
         order.sort_unstable();
         assert_eq!(order, [0, 1, 2, 3]);
     }

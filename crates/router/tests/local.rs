@@ -1,0 +1,58 @@
+//! The in-process backend: its calls are lazy, so the router's timer measures them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qnllm_engine::{
+    Digest, Engine, EngineError, FixedEngine, Learned, Model, ModelInfo, Params, Reasoning,
+    SpikingEngine,
+};
+use qnllm_router::{Backend, LocalBackend};
+
+/// Counts the reasonings it computes.
+#[derive(Debug)]
+struct Counting {
+    inner: FixedEngine,
+    computed: Arc<AtomicU64>,
+}
+
+impl Engine for Counting {
+    fn info(&self) -> ModelInfo {
+        self.inner.info()
+    }
+    fn digest(&self) -> Digest {
+        self.inner.digest()
+    }
+    fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {
+        self.computed.fetch_add(1, Ordering::Relaxed);
+        self.inner.reason(encoding)
+    }
+    fn learn(&mut self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
+        self.inner.learn(encoding, label)
+    }
+}
+
+#[tokio::test]
+async fn a_local_engine_computes_when_polled_not_when_called() {
+    let real = SpikingEngine::new(Model::from_seed(1, Params::default()).unwrap());
+    let computed = Arc::new(AtomicU64::new(0));
+    let backend = LocalBackend::new(
+        "local",
+        Counting {
+            inner: FixedEngine::new(&real),
+            computed: computed.clone(),
+        },
+    );
+    let x = vec![0.0; real.info().params.inputs as usize];
+    let call = backend.reason(&x, Duration::from_secs(1));
+    assert_eq!(
+        computed.load(Ordering::Relaxed),
+        0,
+        "computed before the router's timer could start"
+    );
+    call.await.unwrap();
+    assert_eq!(computed.load(Ordering::Relaxed), 1);
+}
