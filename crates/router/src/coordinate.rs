@@ -1,20 +1,22 @@
 //! `Coordinator`: several teacher engines with different models vote on an encoding; a
 //! student model, replicated on any number of engines, learns from their consensus.
 //!
-//! When the teachers agree, that is the consensus. When they do not, each teacher's vote
-//! weighs its confidence times its reliability, the share of past coordinations in which it
-//! agreed with the consensus (with a Laplace prior: `(agreed + 1) / (asked + 2)`). Learning
-//! updates reach every student replica in one order, each naming the model version it
-//! applies to, so the replicas stay bit-identical; a replica that diverges is an error.
+//! Each teacher's reliability is the share of past coordinations in which it agreed with the
+//! consensus (with a Laplace prior: `(agreed + 1) / (asked + 2)`); the [`ConsensusPolicy`]
+//! turns the votes, their confidences and these reliabilities into a consensus and decides
+//! whether the student learns it. Learning updates reach every student replica in one order,
+//! each naming the model version it applies to, so the replicas stay bit-identical; a
+//! replica that diverges is an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError, ModelState};
-use crate::router::RouterError;
+use crate::consensus::{Ballot, ConsensusPolicy};
+use crate::router::{Router, RouterError};
 
 /// One teacher's answer and standing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +40,8 @@ pub struct Coordination {
     pub agreement: f64,
     /// Whether every teacher gave the consensus.
     pub unanimous: bool,
+    /// Whether the policy had the student learn it.
+    pub taught: bool,
     /// Every teacher's answer.
     pub votes: Vec<TeacherVote>,
     /// The student's label before learning, when a student is configured.
@@ -70,6 +74,10 @@ pub struct CoordinationMetrics {
     pub steps: u64,
     /// Of which the teachers did not all agree.
     pub disagreements: u64,
+    /// Of which the policy had the student learn the consensus.
+    pub taught: u64,
+    /// The policy's name.
+    pub policy: String,
     /// `disagreements / steps`.
     pub disagreement_rate: f64,
     /// Each teacher's name and reliability.
@@ -89,37 +97,102 @@ struct StudentLog {
     window_steps: u64,
 }
 
+/// Where the student replicas come from.
+#[derive(Debug, Clone)]
+enum Students {
+    /// A list set by the owner.
+    Fixed(Vec<Arc<dyn Backend>>),
+    /// Every engine in a router's rotation, as it is when an update starts.
+    Rotation(Arc<Router>),
+}
+
+impl Students {
+    fn snapshot(&self) -> Vec<Arc<dyn Backend>> {
+        match self {
+            Students::Fixed(list) => list.clone(),
+            Students::Rotation(router) => router.backends(),
+        }
+    }
+}
+
 /// Teachers, optional student replicas, and the running figures.
 #[derive(Debug)]
 pub struct Coordinator {
-    teachers: Vec<Teacher>,
-    students: Mutex<Vec<Arc<dyn Backend>>>,
+    teachers: RwLock<Vec<Arc<Teacher>>>,
+    students: Mutex<Students>,
+    policy: Mutex<ConsensusPolicy>,
     /// Serialises learning so every replica sees updates in one order.
     student: tokio::sync::Mutex<StudentLog>,
     steps: AtomicU64,
     disagreements: AtomicU64,
+    taught: AtomicU64,
     windows: Mutex<Vec<f64>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Coordinator {
     /// A coordinator over `teachers`, with `students` replicas of one student model (empty:
     /// no learning).
     pub fn new(teachers: Vec<Arc<dyn Backend>>, students: Vec<Arc<dyn Backend>>) -> Coordinator {
-        Coordinator {
-            teachers: teachers
-                .into_iter()
-                .map(|backend| Teacher {
-                    backend,
-                    asked: AtomicU64::new(0),
-                    agreed: AtomicU64::new(0),
-                })
-                .collect(),
-            students: Mutex::new(students),
+        let coordinator = Coordinator {
+            teachers: RwLock::new(Vec::new()),
+            students: Mutex::new(Students::Fixed(students)),
+            policy: Mutex::new(ConsensusPolicy::default()),
             student: tokio::sync::Mutex::new(StudentLog::default()),
             steps: AtomicU64::new(0),
             disagreements: AtomicU64::new(0),
+            taught: AtomicU64::new(0),
             windows: Mutex::new(Vec::new()),
+        };
+        for teacher in teachers {
+            coordinator.add_teacher(teacher);
         }
+        coordinator
+    }
+
+    /// A coordinator over `teachers` whose students are the engines in `router`'s
+    /// rotation, read once at the start of every update.
+    pub fn over_rotation(teachers: Vec<Arc<dyn Backend>>, router: Arc<Router>) -> Coordinator {
+        let coordinator = Coordinator::new(teachers, Vec::new());
+        *lock(&coordinator.students) = Students::Rotation(router);
+        coordinator
+    }
+
+    /// Adds a teacher; it is asked after those already there.
+    pub fn add_teacher(&self, backend: Arc<dyn Backend>) {
+        self.teachers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::new(Teacher {
+                backend,
+                asked: AtomicU64::new(0),
+                agreed: AtomicU64::new(0),
+            }));
+    }
+
+    /// Number of teachers.
+    pub fn teacher_count(&self) -> usize {
+        self.teachers().len()
+    }
+
+    fn teachers(&self) -> Vec<Arc<Teacher>> {
+        self.teachers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Chooses how votes become a consensus and when the student learns it.
+    pub fn set_policy(&self, policy: ConsensusPolicy) {
+        *lock(&self.policy) = policy;
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> ConsensusPolicy {
+        *lock(&self.policy)
     }
 
     /// Asks `k` teachers (all when `k` is 0 or larger than their number) about `encoding`,
@@ -137,12 +210,13 @@ impl Coordinator {
         learn: bool,
         budget: Duration,
     ) -> Result<Coordination, RouterError> {
+        let teachers = self.teachers();
         let k = if k == 0 {
-            self.teachers.len()
+            teachers.len()
         } else {
-            k.min(self.teachers.len())
+            k.min(teachers.len())
         };
-        let asked = &self.teachers[..k];
+        let asked = &teachers[..k];
         let answers =
             futures::future::join_all(asked.iter().map(|t| t.backend.reason(encoding, budget)))
                 .await;
@@ -168,32 +242,18 @@ impl Coordinator {
                 reason: "no teacher answered; add teachers to coordinate".into(),
             });
         }
-        let unanimous = votes.iter().all(|v| v.label == votes[0].label);
-        let (consensus, agreement) = if unanimous {
-            (votes[0].label, 1.0)
-        } else {
-            // Weighted vote; ties go to the lowest label so every run decides the same way.
-            let mut weights: Vec<(u32, f64)> = Vec::new();
-            for v in &votes {
-                let w = v.confidence * v.reliability;
-                match weights.iter_mut().find(|(l, _)| *l == v.label) {
-                    Some((_, total)) => *total += w,
-                    None => weights.push((v.label, w)),
-                }
-            }
-            weights.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let total: f64 = weights.iter().map(|(_, w)| w).sum();
-            (
-                weights[0].0,
-                if total > 0.0 {
-                    weights[0].1 / total
-                } else {
-                    0.0
-                },
-            )
-        };
+        let ballots: Vec<Ballot> = votes
+            .iter()
+            .map(|v| Ballot {
+                label: v.label,
+                confidence: v.confidence,
+                reliability: v.reliability,
+            })
+            .collect();
+        let verdict = self.policy().decide(&ballots);
+        let consensus = verdict.consensus;
         self.steps.fetch_add(1, Ordering::Relaxed);
-        if !unanimous {
+        if !verdict.unanimous {
             self.disagreements.fetch_add(1, Ordering::Relaxed);
         }
         for (teacher, vote) in voters.iter().zip(&votes) {
@@ -202,35 +262,33 @@ impl Coordinator {
                 teacher.agreed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let (student_label, learned) = if learn && !self.students().is_empty() {
-            self.teach(encoding, consensus, budget).await?
+        let taught = learn && verdict.teach;
+        let (student_label, learned) = if taught {
+            match self.teach(encoding, consensus, budget).await? {
+                Some((label, state)) => {
+                    self.taught.fetch_add(1, Ordering::Relaxed);
+                    (Some(label), Some(state))
+                }
+                None => (None, None),
+            }
         } else {
             (None, None)
         };
         Ok(Coordination {
             consensus,
-            agreement,
-            unanimous,
+            agreement: verdict.agreement,
+            unanimous: verdict.unanimous,
+            taught: learned.is_some(),
             votes,
             student_label,
             learned,
         })
     }
 
-    fn students(&self) -> Vec<Arc<dyn Backend>> {
-        self.students
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
     /// Replaces the student replicas (engines joined or left). They must all be at the same
     /// model version; the next update names it.
     pub fn set_students(&self, students: Vec<Arc<dyn Backend>>) {
-        *self
-            .students
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = students;
+        *lock(&self.students) = Students::Fixed(students);
     }
 
     /// Teaches `label` for `encoding` to every student replica, in order, without asking
@@ -238,38 +296,50 @@ impl Coordinator {
     ///
     /// # Errors
     ///
-    /// As [`Coordinator::coordinate`].
+    /// As [`Coordinator::coordinate`], and [`RouterError::NoEngineAvailable`] without
+    /// students.
     pub async fn learn(
         &self,
         encoding: &[f32],
         label: u32,
         budget: Duration,
     ) -> Result<Option<ModelState>, RouterError> {
-        if self.students().is_empty() {
-            return Err(RouterError::NoEngineAvailable {
+        match self.teach(encoding, label, budget).await? {
+            Some((_, state)) => Ok(Some(state)),
+            None => Err(RouterError::NoEngineAvailable {
                 reason: "no student engine to learn".into(),
-            });
+            }),
         }
-        Ok(self.teach(encoding, label, budget).await?.1)
     }
 
     /// Records the student's answer, then applies the update to every replica, in order.
+    /// `None` when there is no student replica. The replicas are read once, under the
+    /// student lock, so engines joining or leaving meanwhile cannot change the list between
+    /// a check and its use.
     async fn teach(
         &self,
         encoding: &[f32],
         label: u32,
         budget: Duration,
-    ) -> Result<(Option<u32>, Option<ModelState>), RouterError> {
+    ) -> Result<Option<(u32, ModelState)>, RouterError> {
         let mut log = self.student.lock().await;
-        let students = self.students();
-        let first = &students[0];
-        let before =
-            first
-                .reason(encoding, budget)
-                .await
-                .map_err(|e| RouterError::NoEngineAvailable {
-                    reason: e.to_string(),
-                })?;
+        let students = lock(&self.students).snapshot();
+        let Some(first) = students.first() else {
+            return Ok(None);
+        };
+        let labels = first.describe().labels;
+        if label >= labels {
+            return Err(RouterError::InvalidInput(format!(
+                "label {label} is out of range: the student has {labels} labels (0 to {})",
+                labels.saturating_sub(1)
+            )));
+        }
+        let before = first.reason(encoding, budget).await.map_err(|e| match e {
+            BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+            other => RouterError::NoEngineAvailable {
+                reason: other.to_string(),
+            },
+        })?;
         let version = match log.version {
             Some(v) => v,
             None => before.reasoning.model_version,
@@ -282,8 +352,11 @@ impl Coordinator {
         .await;
         let mut agreed_state: Option<ModelState> = None;
         for (student, state) in students.iter().zip(states) {
-            let state = state.map_err(|e| RouterError::Disagreement {
-                detail: format!("student {}: {e}", student.name()),
+            let state = state.map_err(|e| match e {
+                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                other => RouterError::Disagreement {
+                    detail: format!("student {}: {other}", student.name()),
+                },
             })?;
             match agreed_state {
                 None => agreed_state = Some(state),
@@ -299,19 +372,19 @@ impl Coordinator {
                 }
             }
         }
-        log.version = agreed_state.map(|s| s.version);
+        let Some(state) = agreed_state else {
+            return Ok(None);
+        };
+        log.version = Some(state.version);
         log.window_steps += 1;
         log.window_agreed += u64::from(before.reasoning.label == label);
         if log.window_steps == AGREEMENT_WINDOW {
             let share = log.window_agreed as f64 / AGREEMENT_WINDOW as f64;
-            self.windows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(share);
+            lock(&self.windows).push(share);
             log.window_steps = 0;
             log.window_agreed = 0;
         }
-        Ok((Some(before.reasoning.label), agreed_state))
+        Ok(Some((before.reasoning.label, state)))
     }
 
     /// The running figures.
@@ -321,21 +394,19 @@ impl Coordinator {
         CoordinationMetrics {
             steps,
             disagreements,
+            taught: self.taught.load(Ordering::Relaxed),
+            policy: self.policy().name(),
             disagreement_rate: if steps == 0 {
                 0.0
             } else {
                 disagreements as f64 / steps as f64
             },
             teachers: self
-                .teachers
+                .teachers()
                 .iter()
                 .map(|t| (t.backend.name().to_string(), t.reliability()))
                 .collect(),
-            student_agreement: self
-                .windows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            student_agreement: lock(&self.windows).clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod backend;
 mod batch;
 mod budget;
 mod cache;
+mod consensus;
 mod coordinate;
 mod health;
 mod local;
@@ -17,6 +18,7 @@ pub use backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo, Mode
 pub use batch::{BatchPolicy, DynamicBatcher, SharedBatchPolicy};
 pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
+pub use consensus::ConsensusPolicy;
 pub use coordinate::{
     Coordination, CoordinationMetrics, Coordinator, TeacherVote, AGREEMENT_WINDOW,
 };

@@ -132,3 +132,90 @@ async fn bad_input_and_no_teachers_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("no teacher answered"), "{err}");
 }
+
+/// A student replica that pauses once inside `learn` and runs a hook there: what another
+/// hub request does to the student list while this one is learning.
+#[derive(Debug)]
+struct Pausing {
+    inner: LocalBackend,
+    /// Emptied of its students on the first `learn`.
+    coordinator: std::sync::OnceLock<std::sync::Weak<Coordinator>>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for Pausing {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.inner.describe()
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        Box::pin(async move {
+            // Let the other request run up to the student lock, then change the list.
+            tokio::task::yield_now().await;
+            if !self.fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(c) = self.coordinator.get().and_then(std::sync::Weak::upgrade) {
+                    c.set_students(Vec::new());
+                }
+            }
+            Backend::learn(&self.inner, encoding, label, base_version, budget).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn students_leaving_while_another_learn_waits_is_an_error_not_a_panic() {
+    let student = Arc::new(Pausing {
+        inner: LocalBackend::new(
+            "s1",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ),
+        coordinator: std::sync::OnceLock::new(),
+        fired: std::sync::atomic::AtomicBool::new(false),
+    });
+    let coordinator = Arc::new(Coordinator::new(
+        vec![],
+        vec![student.clone() as Arc<dyn Backend>],
+    ));
+    student
+        .coordinator
+        .set(Arc::downgrade(&coordinator))
+        .unwrap();
+    let x = NormalInputs::new(5, 768).next().unwrap();
+    // The first learn holds the student lock and, inside, the list empties; the second
+    // saw a non-empty list and waits for the lock.
+    let (first, second) = futures::join!(
+        coordinator.learn(&x, 1, BUDGET),
+        coordinator.learn(&x, 2, BUDGET)
+    );
+    assert_eq!(first.unwrap().unwrap().version, 1);
+    let err = second.unwrap_err();
+    assert!(err.to_string().contains("no student"), "{err}");
+}
