@@ -668,6 +668,8 @@ fn no_coordination() -> qnllm::CoordinationMetrics {
     qnllm::CoordinationMetrics {
         steps: 0,
         disagreements: 0,
+        taught: 0,
+        policy: String::new(),
         disagreement_rate: 0.0,
         teachers: Vec::new(),
         student_agreement: Vec::new(),
