@@ -219,3 +219,100 @@ async fn students_leaving_while_another_learn_waits_is_an_error_not_a_panic() {
     let err = second.unwrap_err();
     assert!(err.to_string().contains("no student"), "{err}");
 }
+
+/// Teachers trained on the labelled digits, a student replicated twice distilled from their
+/// consensus on the unlabelled ones: the held-out accuracies, and what to compare runs by.
+struct Distilled {
+    untrained: f64,
+    after: f64,
+    replica_digests: Vec<qnllm_engine::Digest>,
+    /// Every step's consensus, agreement bits and whether it was taught.
+    trace: Vec<(u32, u64, bool)>,
+}
+
+async fn distil(policy: qnllm_router::ConsensusPolicy) -> Distilled {
+    use qnllm_digits::{accuracy, params, train, Digits, Splits};
+    let digits = Digits::load().unwrap();
+    let splits = Splits::standard(digits.len());
+    let labelled = digits.examples(&splits.labelled);
+    let unlabelled = digits.examples(&splits.unlabelled);
+    let held_out = digits.examples(&splits.held_out);
+    let teachers: Vec<Arc<dyn Backend>> = [2, 3, 4]
+        .into_iter()
+        .map(|seed| {
+            let mut engine = SpikingEngine::from_seed(seed, params()).unwrap();
+            train(&mut engine, &labelled, 1).unwrap();
+            Arc::new(LocalBackend::new(format!("teacher-{seed}"), engine)) as Arc<dyn Backend>
+        })
+        .collect();
+    let replicas: Vec<LocalBackend> = (0..2)
+        .map(|i| {
+            LocalBackend::new(
+                format!("student-{i}"),
+                SpikingEngine::from_seed(1, params()).unwrap(),
+            )
+        })
+        .collect();
+    let held_accuracy = |r: &LocalBackend| {
+        let right = held_out
+            .iter()
+            .filter(|e| r.reason_now(&e.encoding).unwrap().reasoning.label == e.label)
+            .count();
+        right as f64 / held_out.len() as f64
+    };
+    let untrained = held_accuracy(&replicas[0]);
+    assert_eq!(
+        untrained,
+        accuracy(&SpikingEngine::from_seed(1, params()).unwrap(), &held_out).unwrap()
+    );
+    let coordinator = Coordinator::new(
+        teachers,
+        replicas
+            .iter()
+            .map(|r| Arc::new(r.clone()) as Arc<dyn Backend>)
+            .collect(),
+    );
+    coordinator.set_policy(policy);
+    let mut trace = Vec::new();
+    for e in &unlabelled {
+        let step = coordinator
+            .coordinate(&e.encoding, 0, true, BUDGET)
+            .await
+            .unwrap();
+        assert_eq!(step.taught, step.learned.is_some());
+        trace.push((step.consensus, step.agreement.to_bits(), step.taught));
+    }
+    Distilled {
+        untrained,
+        after: held_accuracy(&replicas[0]),
+        replica_digests: replicas.iter().map(|r| r.info().digest).collect(),
+        trace,
+    }
+}
+
+#[tokio::test]
+async fn a_student_distilled_from_digit_teachers_learns_identically_and_deterministically() {
+    let policy = qnllm_router::ConsensusPolicy::Reliable { min_agreement: 0.8 };
+    let first = distil(policy).await;
+    assert!(
+        first.after >= first.untrained + 0.40,
+        "held-out accuracy {:.3} → {:.3}: the student must gain 40 points",
+        first.untrained,
+        first.after
+    );
+    assert!(
+        first.replica_digests.windows(2).all(|w| w[0] == w[1]),
+        "student replicas are bit-identical"
+    );
+    let taught = first.trace.iter().filter(|t| t.2).count();
+    assert!(
+        taught > 0 && taught < first.trace.len(),
+        "the policy teaches some consensus and holds back some: {taught}"
+    );
+    let again = distil(policy).await;
+    assert_eq!(
+        first.trace, again.trace,
+        "same inputs, same order, same votes"
+    );
+    assert_eq!(first.replica_digests, again.replica_digests);
+}
