@@ -101,7 +101,15 @@ impl ConsensusPolicy {
         let (consensus, agreement) = if unanimous {
             (first, 1.0)
         } else {
-            weighted(ballots, weight)
+            match weighted(ballots, weight) {
+                // No teacher is known to beat a coin flip yet (the first votes): fall back
+                // to confidence alone rather than to the lowest label.
+                (_, _, total) if total <= 0.0 => {
+                    let (label, share, _) = weighted(ballots, |b| b.confidence);
+                    (label, share)
+                }
+                (label, share, _) => (label, share),
+            }
         };
         let teach = match self {
             ConsensusPolicy::Majority => true,
@@ -117,9 +125,9 @@ impl ConsensusPolicy {
     }
 }
 
-/// The heaviest label and its share of the weight; ties go to the lowest label, so every
-/// run decides the same way.
-fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> (u32, f64) {
+/// The heaviest label, its share of the weight, and the total weight; ties go to the lowest
+/// label, so every run decides the same way.
+fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> (u32, f64, f64) {
     let mut totals: Vec<(u32, f64)> = Vec::new();
     for b in ballots {
         let w = weight(b);
@@ -131,7 +139,7 @@ fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> (u32, f64) {
     totals.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let total: f64 = totals.iter().map(|(_, w)| w).sum();
     let (label, top) = totals.first().copied().unwrap_or((0, 0.0));
-    (label, if total > 0.0 { top / total } else { 0.0 })
+    (label, if total > 0.0 { top / total } else { 0.0 }, total)
 }
 
 #[cfg(test)]
@@ -193,6 +201,11 @@ mod tests {
         let worse = [ballot(4, 0.5, 0.4), ballot(7, 0.5, 0.6)];
         let v = ConsensusPolicy::Reliable { min_agreement: 0.0 }.decide(&worse);
         assert_eq!((v.consensus, v.agreement), (7, 1.0));
+        // Before anyone is known to beat a coin flip, confidence decides, not the label.
+        let cold = [ballot(4, 0.3, 0.5), ballot(7, 0.6, 0.5)];
+        let v = ConsensusPolicy::Reliable { min_agreement: 0.0 }.decide(&cold);
+        assert_eq!(v.consensus, 7);
+        assert!((v.agreement - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]
