@@ -108,6 +108,23 @@ pub(crate) struct Story {
     pub(crate) seconds: f64,
 }
 
+impl Default for LearnArgs {
+    fn default() -> LearnArgs {
+        LearnArgs {
+            labels: 300,
+            unlabelled: 900,
+            teachers: 3,
+            teacher_passes: 3,
+            passes: 3,
+            policy: "reliable:0.8".into(),
+            workers: 2,
+            split_seed: SPLIT_SEED,
+            plot: None,
+            json: false,
+        }
+    }
+}
+
 impl Story {
     /// Whether every replica had the same model after every pass.
     pub(crate) fn replicas_identical(&self) -> bool {
