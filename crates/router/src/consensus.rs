@@ -37,17 +37,27 @@ pub enum ConsensusPolicy {
     /// Learn only when every teacher that answered gave the same label.
     Unanimous,
     /// Votes weigh `confidence × ln(r / (1 − r))`, the log-odds of each teacher's
-    /// reliability `r` (a teacher no better than a coin flip weighs nothing); learn only
-    /// when the consensus holds at least `min_agreement` of the weight.
+    /// reliability `r`, its agreement with the consensus so far (a teacher no better than a
+    /// coin flip weighs nothing); learn only when the consensus holds at least
+    /// `min_agreement` of the weight. The estimate feeds on itself: the teacher that leads
+    /// early comes to outweigh two others, and the gate then teaches its label only when
+    /// another teacher agrees.
     Reliable {
+        /// Share of the weight the consensus needs, in `[0, 1]`.
+        min_agreement: f64,
+    },
+    /// As [`ConsensusPolicy::Reliable`], but `r` is the teacher's agreement with the other
+    /// teachers' plurality when that plurality is clear (leave-one-out), which no teacher
+    /// can inflate by its own vote.
+    Peer {
         /// Share of the weight the consensus needs, in `[0, 1]`.
         min_agreement: f64,
     },
 }
 
 impl ConsensusPolicy {
-    /// Parses `majority`, `unanimous`, `reliable` (with `min_agreement` 0.75) or
-    /// `reliable:SHARE`.
+    /// Parses `majority`, `unanimous`, `reliable` (with `min_agreement` 0.75),
+    /// `reliable:SHARE` or `peer:SHARE`.
     ///
     /// # Errors
     ///
@@ -55,8 +65,8 @@ impl ConsensusPolicy {
     pub fn parse(text: &str) -> Result<ConsensusPolicy, String> {
         let bad = || {
             format!(
-                "unknown consensus policy `{text}`: use majority, unanimous, reliable or \
-                 reliable:SHARE with SHARE in [0, 1]"
+                "unknown consensus policy `{text}`: use majority, unanimous, reliable, \
+                 reliable:SHARE or peer:SHARE with SHARE in [0, 1]"
             )
         };
         match text {
@@ -66,16 +76,25 @@ impl ConsensusPolicy {
                 min_agreement: 0.75,
             }),
             _ => {
-                let share = text
-                    .strip_prefix("reliable:")
-                    .and_then(|s| s.parse::<f64>().ok())
+                let (kind, share) = text.split_once(':').ok_or_else(bad)?;
+                let min_agreement = share
+                    .parse::<f64>()
+                    .ok()
                     .filter(|s| (0.0..=1.0).contains(s))
                     .ok_or_else(bad)?;
-                Ok(ConsensusPolicy::Reliable {
-                    min_agreement: share,
-                })
+                match kind {
+                    "reliable" => Ok(ConsensusPolicy::Reliable { min_agreement }),
+                    "peer" => Ok(ConsensusPolicy::Peer { min_agreement }),
+                    _ => Err(bad()),
+                }
             }
         }
+    }
+
+    /// Whether reliability is measured against the other teachers (leave-one-out) rather
+    /// than against the consensus.
+    pub fn uses_peer_reliability(&self) -> bool {
+        matches!(self, ConsensusPolicy::Peer { .. })
     }
 
     /// The policy's name as [`ConsensusPolicy::parse`] reads it.
@@ -84,6 +103,7 @@ impl ConsensusPolicy {
             ConsensusPolicy::Majority => "majority".into(),
             ConsensusPolicy::Unanimous => "unanimous".into(),
             ConsensusPolicy::Reliable { min_agreement } => format!("reliable:{min_agreement}"),
+            ConsensusPolicy::Peer { min_agreement } => format!("peer:{min_agreement}"),
         }
     }
 
@@ -93,7 +113,7 @@ impl ConsensusPolicy {
         let unanimous = ballots.iter().all(|b| b.label == first);
         let weight = |b: &Ballot| match self {
             ConsensusPolicy::Majority | ConsensusPolicy::Unanimous => b.confidence * b.reliability,
-            ConsensusPolicy::Reliable { .. } => {
+            ConsensusPolicy::Reliable { .. } | ConsensusPolicy::Peer { .. } => {
                 let r = b.reliability.clamp(1e-6, 1.0 - 1e-6);
                 b.confidence * (r / (1.0 - r)).ln().max(0.0)
             }
@@ -114,7 +134,8 @@ impl ConsensusPolicy {
         let teach = match self {
             ConsensusPolicy::Majority => true,
             ConsensusPolicy::Unanimous => unanimous,
-            ConsensusPolicy::Reliable { min_agreement } => agreement >= *min_agreement,
+            ConsensusPolicy::Reliable { min_agreement }
+            | ConsensusPolicy::Peer { min_agreement } => agreement >= *min_agreement,
         };
         Verdict {
             consensus,
@@ -216,7 +237,7 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_bad_ones_are_explained() {
-        for text in ["majority", "unanimous", "reliable:0.8"] {
+        for text in ["majority", "unanimous", "reliable:0.8", "peer:0.5"] {
             assert_eq!(ConsensusPolicy::parse(text).unwrap().name(), text);
         }
         assert_eq!(
@@ -225,7 +246,7 @@ mod tests {
                 min_agreement: 0.75
             }
         );
-        for bad in ["vote", "reliable:2", "reliable:x"] {
+        for bad in ["vote", "reliable:2", "reliable:x", "loud:0.5"] {
             assert!(ConsensusPolicy::parse(bad)
                 .unwrap_err()
                 .contains("use majority"));

@@ -2,7 +2,9 @@
 //! student model, replicated on any number of engines, learns from their consensus.
 //!
 //! Each teacher's reliability is the share of past coordinations in which it agreed with the
-//! consensus (with a Laplace prior: `(agreed + 1) / (asked + 2)`); the [`ConsensusPolicy`]
+//! consensus, or, for policies that ask for it, with its peers' plurality when that plurality
+//! was clear (a leave-one-out estimate a dominant teacher cannot inflate); both with a Laplace
+//! prior: `(agreed + 1) / (asked + 2)`. The [`ConsensusPolicy`]
 //! turns the votes, their confidences and these reliabilities into a consensus and decides
 //! whether the student learns it. Learning updates reach every student replica in one order,
 //! each naming the model version it applies to, so the replicas stay bit-identical; a
@@ -53,17 +55,44 @@ pub struct Coordination {
 #[derive(Debug)]
 struct Teacher {
     backend: Arc<dyn Backend>,
+    /// Coordinations it answered, and of them those it agreed with the consensus.
     asked: AtomicU64,
     agreed: AtomicU64,
+    /// Coordinations where the other teachers had one clear plurality, and of them those
+    /// it agreed with.
+    peer_asked: AtomicU64,
+    peer_agreed: AtomicU64,
 }
 
 impl Teacher {
-    fn reliability(&self) -> f64 {
+    fn reliability(&self, peers: bool) -> f64 {
+        let (asked, agreed) = if peers {
+            (&self.peer_asked, &self.peer_agreed)
+        } else {
+            (&self.asked, &self.agreed)
+        };
         let (asked, agreed) = (
-            self.asked.load(Ordering::Relaxed),
-            self.agreed.load(Ordering::Relaxed),
+            asked.load(Ordering::Relaxed),
+            agreed.load(Ordering::Relaxed),
         );
         (agreed as f64 + 1.0) / (asked as f64 + 2.0)
+    }
+}
+
+/// The label most of `labels` gave, if exactly one label has the most votes.
+fn plurality(labels: impl Iterator<Item = u32>) -> Option<u32> {
+    let mut counts: Vec<(u32, usize)> = Vec::new();
+    for label in labels {
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((label, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    match counts.as_slice() {
+        [(label, _)] => Some(*label),
+        [(label, top), (_, next), ..] if top > next => Some(*label),
+        _ => None,
     }
 }
 
@@ -170,6 +199,8 @@ impl Coordinator {
                 backend,
                 asked: AtomicU64::new(0),
                 agreed: AtomicU64::new(0),
+                peer_asked: AtomicU64::new(0),
+                peer_agreed: AtomicU64::new(0),
             }));
     }
 
@@ -217,6 +248,8 @@ impl Coordinator {
             k.min(teachers.len())
         };
         let asked = &teachers[..k];
+        let policy = self.policy();
+        let peers = policy.uses_peer_reliability();
         let answers =
             futures::future::join_all(asked.iter().map(|t| t.backend.reason(encoding, budget)))
                 .await;
@@ -229,7 +262,7 @@ impl Coordinator {
                         engine: teacher.backend.name().to_string(),
                         label: answer.reasoning.label,
                         confidence: f64::from(answer.reasoning.confidence),
-                        reliability: teacher.reliability(),
+                        reliability: teacher.reliability(peers),
                     });
                     voters.push(teacher);
                 }
@@ -250,16 +283,27 @@ impl Coordinator {
                 reliability: v.reliability,
             })
             .collect();
-        let verdict = self.policy().decide(&ballots);
+        let verdict = policy.decide(&ballots);
         let consensus = verdict.consensus;
         self.steps.fetch_add(1, Ordering::Relaxed);
         if !verdict.unanimous {
             self.disagreements.fetch_add(1, Ordering::Relaxed);
         }
-        for (teacher, vote) in voters.iter().zip(&votes) {
+        for (i, (teacher, vote)) in voters.iter().zip(&votes).enumerate() {
             teacher.asked.fetch_add(1, Ordering::Relaxed);
             if vote.label == consensus {
                 teacher.agreed.fetch_add(1, Ordering::Relaxed);
+            }
+            let others = votes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| v.label);
+            if let Some(label) = plurality(others) {
+                teacher.peer_asked.fetch_add(1, Ordering::Relaxed);
+                if vote.label == label {
+                    teacher.peer_agreed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let taught = learn && verdict.teach;
@@ -404,7 +448,10 @@ impl Coordinator {
             teachers: self
                 .teachers()
                 .iter()
-                .map(|t| (t.backend.name().to_string(), t.reliability()))
+                .map(|t| {
+                    let peers = self.policy().uses_peer_reliability();
+                    (t.backend.name().to_string(), t.reliability(peers))
+                })
                 .collect(),
             student_agreement: lock(&self.windows).clone(),
         }

@@ -316,3 +316,24 @@ async fn a_student_distilled_from_digit_teachers_learns_identically_and_determin
     );
     assert_eq!(first.replica_digests, again.replica_digests);
 }
+
+#[tokio::test]
+async fn peer_reliability_counts_agreement_with_the_other_teachers_only() {
+    // a and b are one model; odd differs. Leave-one-out: odd is judged on every step (a and
+    // b always agree), a only when b and odd agree, which is when all three do.
+    let teachers = vec![local("a", 2), local("b", 2), local("odd", 3)];
+    let coordinator = Coordinator::new(teachers, vec![]);
+    coordinator.set_policy(qnllm_router::ConsensusPolicy::Peer { min_agreement: 0.5 });
+    let mut unanimous = 0u32;
+    for x in NormalInputs::new(4, 768).take(200) {
+        let step = coordinator.coordinate(&x, 0, false, BUDGET).await.unwrap();
+        unanimous += u32::from(step.unanimous);
+    }
+    assert!(unanimous > 0 && unanimous < 200, "{unanimous}");
+    let m = coordinator.metrics();
+    let reliability = |name: &str| m.teachers.iter().find(|(n, _)| n == name).unwrap().1;
+    let u = f64::from(unanimous);
+    assert_eq!(reliability("odd"), (u + 1.0) / 202.0);
+    assert_eq!(reliability("a"), (u + 1.0) / (u + 2.0));
+    assert_eq!(m.policy, "peer:0.5");
+}
