@@ -198,3 +198,52 @@ async fn teachers_from_the_toml_config_are_the_ones_engine_coordinate_asks() {
     assert_eq!(names, ["teacher-0", "teacher-1", "teacher-2"]);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_after_500_of_1000_steps_catches_up_and_ends_bit_identical() {
+    let mut engine = UnifiedEngine::builder()
+        .listen("127.0.0.1:0")
+        .teacher(variant(2))
+        .teacher(variant(3))
+        .teacher(variant(4))
+        .build()
+        .unwrap();
+    engine.start().await.unwrap();
+    let addr = engine.tcp_addr().unwrap();
+    let early = worker(addr, "early");
+    wait_for_engines(&engine, 2).await;
+    let mut inputs = NormalInputs::new(8, 768);
+    for x in inputs.by_ref().take(500) {
+        engine.coordinate(&x, true).await.unwrap();
+    }
+    // A replica of the same student at version 0 joins halfway.
+    let late = worker(addr, "late");
+    wait_for_engines(&engine, 3).await;
+    let mut last = None;
+    for x in inputs.take(500) {
+        last = engine.coordinate(&x, true).await.unwrap().learned;
+    }
+    let state = last.unwrap();
+    assert_eq!(state.version, 1_000);
+    for backend in engine.router().backends() {
+        let info = backend.describe();
+        assert_eq!(
+            (info.model_version, info.model_digest),
+            (1_000, state.digest),
+            "{}",
+            info.name
+        );
+    }
+    let x = NormalInputs::new(99, 768).next().unwrap();
+    let answers: Vec<_> = futures::future::join_all(engine.router().backends().iter().map(|b| {
+        let b = b.clone();
+        let x = x.clone();
+        async move { b.reason(&x, WAIT).await.unwrap().reasoning.result_digest }
+    }))
+    .await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers.windows(2).all(|w| w[0] == w[1]));
+    early.cancel();
+    late.cancel();
+    engine.stop().await;
+}

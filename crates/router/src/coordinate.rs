@@ -119,11 +119,61 @@ pub struct CoordinationMetrics {
 /// Steps per entry of [`CoordinationMetrics::student_agreement`].
 pub const AGREEMENT_WINDOW: u64 = 100;
 
+/// Updates kept for replicas that join late or fall behind; past this, the oldest go and a
+/// replica older than what is left cannot catch up (about 300 MB at 768 inputs).
+pub const MAX_REPLAY_UPDATES: usize = 100_000;
+
+/// One applied update, kept so a replica behind can replay it.
+#[derive(Debug)]
+struct Update {
+    encoding: Vec<f32>,
+    label: u32,
+    /// The model after it.
+    after: ModelState,
+}
+
 #[derive(Debug, Default)]
 struct StudentLog {
     version: Option<u64>,
+    /// The model before the oldest update in `updates`.
+    base: Option<ModelState>,
+    /// The ordered updates since `base`, at most [`MAX_REPLAY_UPDATES`].
+    updates: std::collections::VecDeque<Update>,
     window_agreed: u64,
     window_steps: u64,
+}
+
+impl StudentLog {
+    /// The updates a replica at `at` must apply to reach the current model, or `None`
+    /// when `at` is not a state of this student's lineage that the log still reaches.
+    fn since(&self, at: ModelState) -> Option<std::collections::vec_deque::Iter<'_, Update>> {
+        if self.base == Some(at) {
+            return Some(self.updates.iter());
+        }
+        let base = self.base?.version;
+        let skip = usize::try_from(at.version.checked_sub(base)?).ok()?;
+        let applied = self.updates.get(skip.checked_sub(1)?)?;
+        (applied.after == at).then(|| {
+            let mut rest = self.updates.iter();
+            rest.nth(skip - 1);
+            rest
+        })
+    }
+
+    fn record(&mut self, before: ModelState, encoding: &[f32], label: u32, after: ModelState) {
+        if self.base.is_none() {
+            self.base = Some(before);
+        }
+        self.updates.push_back(Update {
+            encoding: encoding.to_vec(),
+            label,
+            after,
+        });
+        if self.updates.len() > MAX_REPLAY_UPDATES {
+            self.base = self.updates.pop_front().map(|u| u.after);
+        }
+        self.version = Some(after.version);
+    }
 }
 
 /// Where the student replicas come from.
@@ -378,6 +428,20 @@ impl Coordinator {
                 labels.saturating_sub(1)
             )));
         }
+        if let Some(version) = log.version {
+            for student in &students {
+                if student.describe().model_version != version {
+                    catch_up(&log, student.as_ref(), budget).await?;
+                }
+            }
+        }
+        let base = {
+            let info = first.describe();
+            ModelState {
+                version: info.model_version,
+                digest: info.model_digest,
+            }
+        };
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
             other => RouterError::NoEngineAvailable {
@@ -419,7 +483,7 @@ impl Coordinator {
         let Some(state) = agreed_state else {
             return Ok(None);
         };
-        log.version = Some(state.version);
+        log.record(base, encoding, label, state);
         log.window_steps += 1;
         log.window_agreed += u64::from(before.reasoning.label == label);
         if log.window_steps == AGREEMENT_WINDOW {
@@ -456,4 +520,51 @@ impl Coordinator {
             student_agreement: lock(&self.windows).clone(),
         }
     }
+}
+
+/// Brings `student` from the model it reports to the current one by replaying, in order, the
+/// updates it missed: a worker that joins after learning started, or one that fell behind.
+async fn catch_up(
+    log: &StudentLog,
+    student: &dyn Backend,
+    budget: Duration,
+) -> Result<(), RouterError> {
+    let info = student.describe();
+    let at = ModelState {
+        version: info.model_version,
+        digest: info.model_digest,
+    };
+    let Some(missed) = log.since(at) else {
+        return Err(RouterError::Disagreement {
+            detail: format!(
+                "student {} is at model version {} ({}), which is not a state of this \
+                 student's last {} updates: start it with the student's model",
+                student.name(),
+                at.version,
+                at.digest.short(),
+                log.updates.len()
+            ),
+        });
+    };
+    for update in missed {
+        let base = update.after.version.saturating_sub(1);
+        let state = student
+            .learn(&update.encoding, update.label, base, budget)
+            .await
+            .map_err(|e| RouterError::Disagreement {
+                detail: format!("student {} catching up: {e}", student.name()),
+            })?;
+        if state != update.after {
+            return Err(RouterError::Disagreement {
+                detail: format!(
+                    "student {} diverged catching up at version {}: {} vs {}",
+                    student.name(),
+                    state.version,
+                    state.digest.short(),
+                    update.after.digest.short()
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ pub use cache::{CacheStats, ResultCache};
 pub use consensus::ConsensusPolicy;
 pub use coordinate::{
     Coordination, CoordinationMetrics, Coordinator, TeacherVote, AGREEMENT_WINDOW,
+    MAX_REPLAY_UPDATES,
 };
 pub use health::HealthSnapshot;
 pub use local::LocalBackend;

@@ -337,3 +337,73 @@ async fn peer_reliability_counts_agreement_with_the_other_teachers_only() {
     assert_eq!(reliability("a"), (u + 1.0) / (u + 2.0));
     assert_eq!(m.policy, "peer:0.5");
 }
+
+#[tokio::test]
+async fn replicas_that_join_late_or_fall_behind_replay_the_updates_and_strangers_are_refused() {
+    let teachers = vec![variant("t2", 2), variant("t3", 3), variant("t4", 4)];
+    let replica = |name: &str| {
+        Arc::new(LocalBackend::new(
+            name,
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ))
+    };
+    let (first, wanderer) = (replica("first"), replica("wanderer"));
+    let coordinator = Coordinator::new(teachers, vec![first.clone() as Arc<dyn Backend>]);
+    let both = || {
+        vec![
+            first.clone() as Arc<dyn Backend>,
+            wanderer.clone() as Arc<dyn Backend>,
+        ]
+    };
+    let mut inputs = NormalInputs::new(61, 768);
+    let mut step = |n: usize| {
+        let xs: Vec<Vec<f32>> = inputs.by_ref().take(n).collect();
+        let coordinator = &coordinator;
+        async move {
+            let mut last = None;
+            for x in xs {
+                last = coordinator
+                    .coordinate(&x, 0, true, BUDGET)
+                    .await
+                    .unwrap()
+                    .learned;
+            }
+            last.unwrap()
+        }
+    };
+    step(10).await;
+    // Joins at version 0: replays 10 updates, then takes the 11th with the others.
+    coordinator.set_students(both());
+    let state = step(10).await;
+    assert_eq!(wanderer.info().version, 20);
+    assert_eq!(wanderer.info().digest, state.digest);
+    // Leaves for 10 updates, comes back at version 20: replays the 10 it missed.
+    coordinator.set_students(vec![first.clone() as Arc<dyn Backend>]);
+    step(10).await;
+    coordinator.set_students(both());
+    let state = step(5).await;
+    assert_eq!(state.version, 35);
+    assert_eq!(
+        (wanderer.info().version, wanderer.info().digest),
+        (35, first.info().digest)
+    );
+    // Another model is not this student at any version: a clear refusal, nothing applied.
+    let stranger = Arc::new(LocalBackend::new(
+        "stranger",
+        SpikingEngine::from_seed(9, Params::default()).unwrap(),
+    ));
+    let mut with_stranger = both();
+    with_stranger.push(stranger.clone());
+    coordinator.set_students(with_stranger);
+    let x = NormalInputs::new(62, 768).next().unwrap();
+    let err = coordinator
+        .coordinate(&x, 0, true, BUDGET)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("stranger is at model version 0"),
+        "{err}"
+    );
+    assert_eq!(first.info().version, 35);
+    assert_eq!(stranger.info().version, 0);
+}
