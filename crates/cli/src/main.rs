@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod input;
+mod learn;
 mod net;
 mod npy;
 mod output;
@@ -54,6 +55,10 @@ enum Command {
     Stats(net::StatsArgs),
     /// Write a model to a safetensors file.
     Export(ExportArgs),
+    /// Multi-teacher learning on the handwritten digits with real worker processes:
+    /// teachers learn from labels, a replicated student from their consensus only;
+    /// held-out accuracy per teacher, vote and pass, and the replicas' digests.
+    Learn(learn::LearnArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,7 +142,10 @@ struct ExportArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log what joins and leaves; the demo's report says it all, so it logs only trouble.
-    let default_level = if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(_) | Command::Learn(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -167,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => net::serve(*args),
         Command::Worker(args) => net::worker(args),
         Command::Stats(args) => net::stats(args),
+        Command::Learn(args) => learn::run(args),
         Command::Info(args) => {
             let engine = SpikingEngine::new(args.model.load()?);
             output::info(&engine.info(), engine.kernel(), args.json)

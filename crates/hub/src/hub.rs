@@ -50,8 +50,9 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     /// Dynamic batching toward workers; `None` is off.
     pub(crate) batching: SharedBatchPolicy,
-    /// Teachers for `coordinate`; the engines in rotation are the students.
-    pub(crate) coordinator: qnllm_router::Coordinator,
+    /// Teachers for `coordinate`; the engines in rotation are the students. The one
+    /// coordinator of the system: `UnifiedEngine` reaches it through [`Hub::coordinator`].
+    pub(crate) coordinator: Arc<qnllm_router::Coordinator>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) counters: Counters,
     /// Per-connection counters of the open connections.
@@ -118,7 +119,10 @@ impl Hub {
         ));
         let teachers = crate::cmd::coordinate::teachers(&config.teachers)?;
         let shared = Shared {
-            coordinator: qnllm_router::Coordinator::new(teachers, Vec::new()),
+            coordinator: Arc::new(qnllm_router::Coordinator::over_rotation(
+                teachers,
+                router.clone(),
+            )),
             registry: Registry::new(router.clone(), events.clone(), batching.clone()),
             batching,
             handlers: Handlers::with_builtins(),
@@ -144,6 +148,12 @@ impl Hub {
     /// The router every client request goes through.
     pub fn router(&self) -> &Arc<Router> {
         &self.shared.router
+    }
+
+    /// The coordinator of teachers and students that clients' `coordinate` and `learn`
+    /// use; in-process callers share it, so every update is in one order.
+    pub fn coordinator(&self) -> &Arc<qnllm_router::Coordinator> {
+        &self.shared.coordinator
     }
 
     /// Adds an in-process engine.

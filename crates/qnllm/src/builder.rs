@@ -121,12 +121,13 @@ impl Builder {
             hub.add_local(backend.clone());
             locals.push(backend);
         }
-        let teachers = self
-            .teachers
-            .iter()
-            .enumerate()
-            .map(|(i, m)| LocalBackend::new(format!("teacher-{i}"), SpikingEngine::new(m.clone())))
-            .collect();
-        Ok(UnifiedEngine::new(hub, locals, teachers, self.deadline))
+        // The hub's coordinator already has the config file's teachers; these follow them.
+        let coordinator = hub.coordinator();
+        for model in &self.teachers {
+            let name = format!("teacher-{}", coordinator.teacher_count());
+            let teacher = LocalBackend::new(name, SpikingEngine::new(model.clone()));
+            coordinator.add_teacher(std::sync::Arc::new(teacher));
+        }
+        Ok(UnifiedEngine::new(hub, locals, self.deadline))
     }
 }

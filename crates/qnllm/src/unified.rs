@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use qnllm_hub::{Hub, RunningHub};
 use qnllm_router::{
-    Answer, Backend, Coordination, CoordinationMetrics, Coordinator, LocalBackend, ModelState,
-    Router, RouterMetrics,
+    Answer, Coordination, CoordinationMetrics, Coordinator, LocalBackend, ModelState, Router,
+    RouterMetrics,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,6 @@ pub struct Metrics {
 pub struct UnifiedEngine {
     hub: Hub,
     locals: Vec<LocalBackend>,
-    coordinator: Coordinator,
     coordinated: std::sync::atomic::AtomicBool,
     deadline: Duration,
     stop: CancellationToken,
@@ -45,20 +44,10 @@ impl UnifiedEngine {
         Builder::default()
     }
 
-    pub(crate) fn new(
-        hub: Hub,
-        locals: Vec<LocalBackend>,
-        teachers: Vec<LocalBackend>,
-        deadline: Duration,
-    ) -> UnifiedEngine {
-        let teachers = teachers
-            .into_iter()
-            .map(|t| Arc::new(t) as Arc<dyn Backend>)
-            .collect();
+    pub(crate) fn new(hub: Hub, locals: Vec<LocalBackend>, deadline: Duration) -> UnifiedEngine {
         UnifiedEngine {
             hub,
             locals,
-            coordinator: Coordinator::new(teachers, Vec::new()),
             coordinated: std::sync::atomic::AtomicBool::new(false),
             deadline,
             stop: CancellationToken::new(),
@@ -97,6 +86,12 @@ impl UnifiedEngine {
     /// or sends each on its own (`None`).
     pub fn set_dynamic_batching(&self, policy: Option<qnllm_router::BatchPolicy>) {
         self.hub.set_dynamic_batching(policy);
+    }
+
+    /// The one coordinator (the embedded hub's): its teachers, from the builder and the
+    /// config file, and its policy; hub clients' `learn` goes through it too.
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        self.hub.coordinator()
     }
 
     /// The in-process engines.
@@ -138,9 +133,8 @@ impl UnifiedEngine {
     pub async fn coordinate(&self, encoding: &[f32], learn: bool) -> Result<Coordination, Error> {
         self.coordinated
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.coordinator.set_students(self.router().backends());
         Ok(self
-            .coordinator
+            .coordinator()
             .coordinate(encoding, 0, learn, self.deadline)
             .await?)
     }
@@ -151,9 +145,8 @@ impl UnifiedEngine {
     ///
     /// As [`Coordinator::learn`].
     pub async fn learn(&self, encoding: &[f32], label: u32) -> Result<Option<ModelState>, Error> {
-        self.coordinator.set_students(self.router().backends());
         Ok(self
-            .coordinator
+            .coordinator()
             .learn(encoding, label, self.deadline)
             .await?)
     }
@@ -166,7 +159,7 @@ impl UnifiedEngine {
             coordination: self
                 .coordinated
                 .load(std::sync::atomic::Ordering::Relaxed)
-                .then(|| self.coordinator.metrics()),
+                .then(|| self.coordinator().metrics()),
         }
     }
 

@@ -144,3 +144,106 @@ fn the_blocking_engine_needs_no_runtime() {
     assert_eq!(engine.metrics().router.requests, 1);
     engine.stop(WAIT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_learn_and_a_hub_clients_learn_are_one_order_on_the_same_replicas() {
+    let mut engine = UnifiedEngine::builder()
+        .listen("127.0.0.1:0")
+        .build()
+        .unwrap();
+    engine.start().await.unwrap();
+    let endpoint = Endpoint::Tcp(engine.tcp_addr().unwrap().to_string());
+    let client = qnllm_hub::Client::connect(&endpoint, "test", None)
+        .await
+        .unwrap();
+    let mut xs = NormalInputs::new(31, 768);
+    // In-process, then a hub client, then in-process again: three updates, one lineage.
+    let first = engine.learn(&xs.next().unwrap(), 1).await.unwrap().unwrap();
+    assert_eq!(first.version, 1);
+    let learn = qnllm_protocol::Message::Learn(qnllm_protocol::Learn {
+        label: 2,
+        base_version: 1,
+        encoding: xs.next().unwrap().into(),
+    });
+    match client.request(&learn, WAIT).await.unwrap() {
+        qnllm_protocol::Message::Learned(l) => assert_eq!(l.model_version, 2),
+        other => panic!("{other:?}"),
+    }
+    let third = engine.learn(&xs.next().unwrap(), 3).await.unwrap().unwrap();
+    assert_eq!(third.version, 3);
+    assert_eq!(engine.locals()[0].info().digest, third.digest);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teachers_from_the_toml_config_are_the_ones_engine_coordinate_asks() {
+    let dir = std::env::temp_dir().join(format!("qnllm-teachers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hub.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nteachers = [\"seed:2\", \"seed:3\"]\n",
+    )
+    .unwrap();
+    let engine = UnifiedEngine::builder()
+        .config_file(&path)
+        .unwrap()
+        .teacher(variant(4))
+        .build()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let x = NormalInputs::new(41, 768).next().unwrap();
+    let step = engine.coordinate(&x, false).await.unwrap();
+    let names: Vec<_> = step.votes.iter().map(|v| v.engine.as_str()).collect();
+    assert_eq!(names, ["teacher-0", "teacher-1", "teacher-2"]);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_after_500_of_1000_steps_catches_up_and_ends_bit_identical() {
+    let mut engine = UnifiedEngine::builder()
+        .listen("127.0.0.1:0")
+        .teacher(variant(2))
+        .teacher(variant(3))
+        .teacher(variant(4))
+        .build()
+        .unwrap();
+    engine.start().await.unwrap();
+    let addr = engine.tcp_addr().unwrap();
+    let early = worker(addr, "early");
+    wait_for_engines(&engine, 2).await;
+    let mut inputs = NormalInputs::new(8, 768);
+    for x in inputs.by_ref().take(500) {
+        engine.coordinate(&x, true).await.unwrap();
+    }
+    // A replica of the same student at version 0 joins halfway.
+    let late = worker(addr, "late");
+    wait_for_engines(&engine, 3).await;
+    let mut last = None;
+    for x in inputs.take(500) {
+        last = engine.coordinate(&x, true).await.unwrap().learned;
+    }
+    let state = last.unwrap();
+    assert_eq!(state.version, 1_000);
+    for backend in engine.router().backends() {
+        let info = backend.describe();
+        assert_eq!(
+            (info.model_version, info.model_digest),
+            (1_000, state.digest),
+            "{}",
+            info.name
+        );
+    }
+    let x = NormalInputs::new(99, 768).next().unwrap();
+    let answers: Vec<_> = futures::future::join_all(engine.router().backends().iter().map(|b| {
+        let b = b.clone();
+        let x = x.clone();
+        async move { b.reason(&x, WAIT).await.unwrap().reasoning.result_digest }
+    }))
+    .await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers.windows(2).all(|w| w[0] == w[1]));
+    early.cancel();
+    late.cancel();
+    engine.stop().await;
+}

@@ -1,20 +1,24 @@
 //! `Coordinator`: several teacher engines with different models vote on an encoding; a
 //! student model, replicated on any number of engines, learns from their consensus.
 //!
-//! When the teachers agree, that is the consensus. When they do not, each teacher's vote
-//! weighs its confidence times its reliability, the share of past coordinations in which it
-//! agreed with the consensus (with a Laplace prior: `(agreed + 1) / (asked + 2)`). Learning
-//! updates reach every student replica in one order, each naming the model version it
-//! applies to, so the replicas stay bit-identical; a replica that diverges is an error.
+//! Each teacher's reliability is the share of past coordinations in which it agreed with the
+//! consensus, or, for policies that ask for it, with its peers' plurality when that plurality
+//! was clear (a leave-one-out estimate a dominant teacher cannot inflate); both with a Laplace
+//! prior: `(agreed + 1) / (asked + 2)`. The [`ConsensusPolicy`]
+//! turns the votes, their confidences and these reliabilities into a consensus and decides
+//! whether the student learns it. Learning updates reach every student replica in one order,
+//! each naming the model version it applies to, so the replicas stay bit-identical; a
+//! replica that diverges is an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError, ModelState};
-use crate::router::RouterError;
+use crate::consensus::{Ballot, ConsensusPolicy};
+use crate::router::{Router, RouterError};
 
 /// One teacher's answer and standing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +42,8 @@ pub struct Coordination {
     pub agreement: f64,
     /// Whether every teacher gave the consensus.
     pub unanimous: bool,
+    /// Whether the policy had the student learn it.
+    pub taught: bool,
     /// Every teacher's answer.
     pub votes: Vec<TeacherVote>,
     /// The student's label before learning, when a student is configured.
@@ -49,17 +55,44 @@ pub struct Coordination {
 #[derive(Debug)]
 struct Teacher {
     backend: Arc<dyn Backend>,
+    /// Coordinations it answered, and of them those it agreed with the consensus.
     asked: AtomicU64,
     agreed: AtomicU64,
+    /// Coordinations where the other teachers had one clear plurality, and of them those
+    /// it agreed with.
+    peer_asked: AtomicU64,
+    peer_agreed: AtomicU64,
 }
 
 impl Teacher {
-    fn reliability(&self) -> f64 {
+    fn reliability(&self, peers: bool) -> f64 {
+        let (asked, agreed) = if peers {
+            (&self.peer_asked, &self.peer_agreed)
+        } else {
+            (&self.asked, &self.agreed)
+        };
         let (asked, agreed) = (
-            self.asked.load(Ordering::Relaxed),
-            self.agreed.load(Ordering::Relaxed),
+            asked.load(Ordering::Relaxed),
+            agreed.load(Ordering::Relaxed),
         );
         (agreed as f64 + 1.0) / (asked as f64 + 2.0)
+    }
+}
+
+/// The label most of `labels` gave, if exactly one label has the most votes.
+fn plurality(labels: impl Iterator<Item = u32>) -> Option<u32> {
+    let mut counts: Vec<(u32, usize)> = Vec::new();
+    for label in labels {
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((label, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    match counts.as_slice() {
+        [(label, _)] => Some(*label),
+        [(label, top), (_, next), ..] if top > next => Some(*label),
+        _ => None,
     }
 }
 
@@ -70,6 +103,10 @@ pub struct CoordinationMetrics {
     pub steps: u64,
     /// Of which the teachers did not all agree.
     pub disagreements: u64,
+    /// Of which the policy had the student learn the consensus.
+    pub taught: u64,
+    /// The policy's name.
+    pub policy: String,
     /// `disagreements / steps`.
     pub disagreement_rate: f64,
     /// Each teacher's name and reliability.
@@ -82,44 +119,161 @@ pub struct CoordinationMetrics {
 /// Steps per entry of [`CoordinationMetrics::student_agreement`].
 pub const AGREEMENT_WINDOW: u64 = 100;
 
+/// Updates kept for replicas that join late or fall behind; past this, the oldest go and a
+/// replica older than what is left cannot catch up (about 300 MB at 768 inputs).
+pub const MAX_REPLAY_UPDATES: usize = 100_000;
+
+/// One applied update, kept so a replica behind can replay it.
+#[derive(Debug)]
+struct Update {
+    encoding: Vec<f32>,
+    label: u32,
+    /// The model after it.
+    after: ModelState,
+}
+
 #[derive(Debug, Default)]
 struct StudentLog {
     version: Option<u64>,
+    /// The model before the oldest update in `updates`.
+    base: Option<ModelState>,
+    /// The ordered updates since `base`, at most [`MAX_REPLAY_UPDATES`].
+    updates: std::collections::VecDeque<Update>,
     window_agreed: u64,
     window_steps: u64,
+}
+
+impl StudentLog {
+    /// The updates a replica at `at` must apply to reach the current model, or `None`
+    /// when `at` is not a state of this student's lineage that the log still reaches.
+    fn since(&self, at: ModelState) -> Option<std::collections::vec_deque::Iter<'_, Update>> {
+        if self.base == Some(at) {
+            return Some(self.updates.iter());
+        }
+        let base = self.base?.version;
+        let skip = usize::try_from(at.version.checked_sub(base)?).ok()?;
+        let applied = self.updates.get(skip.checked_sub(1)?)?;
+        (applied.after == at).then(|| {
+            let mut rest = self.updates.iter();
+            rest.nth(skip - 1);
+            rest
+        })
+    }
+
+    fn record(&mut self, before: ModelState, encoding: &[f32], label: u32, after: ModelState) {
+        if self.base.is_none() {
+            self.base = Some(before);
+        }
+        self.updates.push_back(Update {
+            encoding: encoding.to_vec(),
+            label,
+            after,
+        });
+        if self.updates.len() > MAX_REPLAY_UPDATES {
+            self.base = self.updates.pop_front().map(|u| u.after);
+        }
+        self.version = Some(after.version);
+    }
+}
+
+/// Where the student replicas come from.
+#[derive(Debug, Clone)]
+enum Students {
+    /// A list set by the owner.
+    Fixed(Vec<Arc<dyn Backend>>),
+    /// Every engine in a router's rotation, as it is when an update starts.
+    Rotation(Arc<Router>),
+}
+
+impl Students {
+    fn snapshot(&self) -> Vec<Arc<dyn Backend>> {
+        match self {
+            Students::Fixed(list) => list.clone(),
+            Students::Rotation(router) => router.backends(),
+        }
+    }
 }
 
 /// Teachers, optional student replicas, and the running figures.
 #[derive(Debug)]
 pub struct Coordinator {
-    teachers: Vec<Teacher>,
-    students: Mutex<Vec<Arc<dyn Backend>>>,
+    teachers: RwLock<Vec<Arc<Teacher>>>,
+    students: Mutex<Students>,
+    policy: Mutex<ConsensusPolicy>,
     /// Serialises learning so every replica sees updates in one order.
     student: tokio::sync::Mutex<StudentLog>,
     steps: AtomicU64,
     disagreements: AtomicU64,
+    taught: AtomicU64,
     windows: Mutex<Vec<f64>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Coordinator {
     /// A coordinator over `teachers`, with `students` replicas of one student model (empty:
     /// no learning).
     pub fn new(teachers: Vec<Arc<dyn Backend>>, students: Vec<Arc<dyn Backend>>) -> Coordinator {
-        Coordinator {
-            teachers: teachers
-                .into_iter()
-                .map(|backend| Teacher {
-                    backend,
-                    asked: AtomicU64::new(0),
-                    agreed: AtomicU64::new(0),
-                })
-                .collect(),
-            students: Mutex::new(students),
+        let coordinator = Coordinator {
+            teachers: RwLock::new(Vec::new()),
+            students: Mutex::new(Students::Fixed(students)),
+            policy: Mutex::new(ConsensusPolicy::default()),
             student: tokio::sync::Mutex::new(StudentLog::default()),
             steps: AtomicU64::new(0),
             disagreements: AtomicU64::new(0),
+            taught: AtomicU64::new(0),
             windows: Mutex::new(Vec::new()),
+        };
+        for teacher in teachers {
+            coordinator.add_teacher(teacher);
         }
+        coordinator
+    }
+
+    /// A coordinator over `teachers` whose students are the engines in `router`'s
+    /// rotation, read once at the start of every update.
+    pub fn over_rotation(teachers: Vec<Arc<dyn Backend>>, router: Arc<Router>) -> Coordinator {
+        let coordinator = Coordinator::new(teachers, Vec::new());
+        *lock(&coordinator.students) = Students::Rotation(router);
+        coordinator
+    }
+
+    /// Adds a teacher; it is asked after those already there.
+    pub fn add_teacher(&self, backend: Arc<dyn Backend>) {
+        self.teachers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::new(Teacher {
+                backend,
+                asked: AtomicU64::new(0),
+                agreed: AtomicU64::new(0),
+                peer_asked: AtomicU64::new(0),
+                peer_agreed: AtomicU64::new(0),
+            }));
+    }
+
+    /// Number of teachers.
+    pub fn teacher_count(&self) -> usize {
+        self.teachers().len()
+    }
+
+    fn teachers(&self) -> Vec<Arc<Teacher>> {
+        self.teachers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Chooses how votes become a consensus and when the student learns it.
+    pub fn set_policy(&self, policy: ConsensusPolicy) {
+        *lock(&self.policy) = policy;
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> ConsensusPolicy {
+        *lock(&self.policy)
     }
 
     /// Asks `k` teachers (all when `k` is 0 or larger than their number) about `encoding`,
@@ -137,12 +291,15 @@ impl Coordinator {
         learn: bool,
         budget: Duration,
     ) -> Result<Coordination, RouterError> {
+        let teachers = self.teachers();
         let k = if k == 0 {
-            self.teachers.len()
+            teachers.len()
         } else {
-            k.min(self.teachers.len())
+            k.min(teachers.len())
         };
-        let asked = &self.teachers[..k];
+        let asked = &teachers[..k];
+        let policy = self.policy();
+        let peers = policy.uses_peer_reliability();
         let answers =
             futures::future::join_all(asked.iter().map(|t| t.backend.reason(encoding, budget)))
                 .await;
@@ -155,7 +312,7 @@ impl Coordinator {
                         engine: teacher.backend.name().to_string(),
                         label: answer.reasoning.label,
                         confidence: f64::from(answer.reasoning.confidence),
-                        reliability: teacher.reliability(),
+                        reliability: teacher.reliability(peers),
                     });
                     voters.push(teacher);
                 }
@@ -168,69 +325,64 @@ impl Coordinator {
                 reason: "no teacher answered; add teachers to coordinate".into(),
             });
         }
-        let unanimous = votes.iter().all(|v| v.label == votes[0].label);
-        let (consensus, agreement) = if unanimous {
-            (votes[0].label, 1.0)
-        } else {
-            // Weighted vote; ties go to the lowest label so every run decides the same way.
-            let mut weights: Vec<(u32, f64)> = Vec::new();
-            for v in &votes {
-                let w = v.confidence * v.reliability;
-                match weights.iter_mut().find(|(l, _)| *l == v.label) {
-                    Some((_, total)) => *total += w,
-                    None => weights.push((v.label, w)),
-                }
-            }
-            weights.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let total: f64 = weights.iter().map(|(_, w)| w).sum();
-            (
-                weights[0].0,
-                if total > 0.0 {
-                    weights[0].1 / total
-                } else {
-                    0.0
-                },
-            )
-        };
+        let ballots: Vec<Ballot> = votes
+            .iter()
+            .map(|v| Ballot {
+                label: v.label,
+                confidence: v.confidence,
+                reliability: v.reliability,
+            })
+            .collect();
+        let verdict = policy.decide(&ballots);
+        let consensus = verdict.consensus;
         self.steps.fetch_add(1, Ordering::Relaxed);
-        if !unanimous {
+        if !verdict.unanimous {
             self.disagreements.fetch_add(1, Ordering::Relaxed);
         }
-        for (teacher, vote) in voters.iter().zip(&votes) {
+        for (i, (teacher, vote)) in voters.iter().zip(&votes).enumerate() {
             teacher.asked.fetch_add(1, Ordering::Relaxed);
             if vote.label == consensus {
                 teacher.agreed.fetch_add(1, Ordering::Relaxed);
             }
+            let others = votes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| v.label);
+            if let Some(label) = plurality(others) {
+                teacher.peer_asked.fetch_add(1, Ordering::Relaxed);
+                if vote.label == label {
+                    teacher.peer_agreed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
-        let (student_label, learned) = if learn && !self.students().is_empty() {
-            self.teach(encoding, consensus, budget).await?
+        let taught = learn && verdict.teach;
+        let (student_label, learned) = if taught {
+            match self.teach(encoding, consensus, budget).await? {
+                Some((label, state)) => {
+                    self.taught.fetch_add(1, Ordering::Relaxed);
+                    (Some(label), Some(state))
+                }
+                None => (None, None),
+            }
         } else {
             (None, None)
         };
         Ok(Coordination {
             consensus,
-            agreement,
-            unanimous,
+            agreement: verdict.agreement,
+            unanimous: verdict.unanimous,
+            taught: learned.is_some(),
             votes,
             student_label,
             learned,
         })
     }
 
-    fn students(&self) -> Vec<Arc<dyn Backend>> {
-        self.students
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
     /// Replaces the student replicas (engines joined or left). They must all be at the same
     /// model version; the next update names it.
     pub fn set_students(&self, students: Vec<Arc<dyn Backend>>) {
-        *self
-            .students
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = students;
+        *lock(&self.students) = Students::Fixed(students);
     }
 
     /// Teaches `label` for `encoding` to every student replica, in order, without asking
@@ -238,38 +390,64 @@ impl Coordinator {
     ///
     /// # Errors
     ///
-    /// As [`Coordinator::coordinate`].
+    /// As [`Coordinator::coordinate`], and [`RouterError::NoEngineAvailable`] without
+    /// students.
     pub async fn learn(
         &self,
         encoding: &[f32],
         label: u32,
         budget: Duration,
     ) -> Result<Option<ModelState>, RouterError> {
-        if self.students().is_empty() {
-            return Err(RouterError::NoEngineAvailable {
+        match self.teach(encoding, label, budget).await? {
+            Some((_, state)) => Ok(Some(state)),
+            None => Err(RouterError::NoEngineAvailable {
                 reason: "no student engine to learn".into(),
-            });
+            }),
         }
-        Ok(self.teach(encoding, label, budget).await?.1)
     }
 
     /// Records the student's answer, then applies the update to every replica, in order.
+    /// `None` when there is no student replica. The replicas are read once, under the
+    /// student lock, so engines joining or leaving meanwhile cannot change the list between
+    /// a check and its use.
     async fn teach(
         &self,
         encoding: &[f32],
         label: u32,
         budget: Duration,
-    ) -> Result<(Option<u32>, Option<ModelState>), RouterError> {
+    ) -> Result<Option<(u32, ModelState)>, RouterError> {
         let mut log = self.student.lock().await;
-        let students = self.students();
-        let first = &students[0];
-        let before =
-            first
-                .reason(encoding, budget)
-                .await
-                .map_err(|e| RouterError::NoEngineAvailable {
-                    reason: e.to_string(),
-                })?;
+        let students = lock(&self.students).snapshot();
+        let Some(first) = students.first() else {
+            return Ok(None);
+        };
+        let labels = first.describe().labels;
+        if label >= labels {
+            return Err(RouterError::InvalidInput(format!(
+                "label {label} is out of range: the student has {labels} labels (0 to {})",
+                labels.saturating_sub(1)
+            )));
+        }
+        if let Some(version) = log.version {
+            for student in &students {
+                if student.describe().model_version != version {
+                    catch_up(&log, student.as_ref(), budget).await?;
+                }
+            }
+        }
+        let base = {
+            let info = first.describe();
+            ModelState {
+                version: info.model_version,
+                digest: info.model_digest,
+            }
+        };
+        let before = first.reason(encoding, budget).await.map_err(|e| match e {
+            BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+            other => RouterError::NoEngineAvailable {
+                reason: other.to_string(),
+            },
+        })?;
         let version = match log.version {
             Some(v) => v,
             None => before.reasoning.model_version,
@@ -282,8 +460,11 @@ impl Coordinator {
         .await;
         let mut agreed_state: Option<ModelState> = None;
         for (student, state) in students.iter().zip(states) {
-            let state = state.map_err(|e| RouterError::Disagreement {
-                detail: format!("student {}: {e}", student.name()),
+            let state = state.map_err(|e| match e {
+                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                other => RouterError::Disagreement {
+                    detail: format!("student {}: {other}", student.name()),
+                },
             })?;
             match agreed_state {
                 None => agreed_state = Some(state),
@@ -299,19 +480,19 @@ impl Coordinator {
                 }
             }
         }
-        log.version = agreed_state.map(|s| s.version);
+        let Some(state) = agreed_state else {
+            return Ok(None);
+        };
+        log.record(base, encoding, label, state);
         log.window_steps += 1;
         log.window_agreed += u64::from(before.reasoning.label == label);
         if log.window_steps == AGREEMENT_WINDOW {
             let share = log.window_agreed as f64 / AGREEMENT_WINDOW as f64;
-            self.windows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(share);
+            lock(&self.windows).push(share);
             log.window_steps = 0;
             log.window_agreed = 0;
         }
-        Ok((Some(before.reasoning.label), agreed_state))
+        Ok(Some((before.reasoning.label, state)))
     }
 
     /// The running figures.
@@ -321,21 +502,69 @@ impl Coordinator {
         CoordinationMetrics {
             steps,
             disagreements,
+            taught: self.taught.load(Ordering::Relaxed),
+            policy: self.policy().name(),
             disagreement_rate: if steps == 0 {
                 0.0
             } else {
                 disagreements as f64 / steps as f64
             },
             teachers: self
-                .teachers
+                .teachers()
                 .iter()
-                .map(|t| (t.backend.name().to_string(), t.reliability()))
+                .map(|t| {
+                    let peers = self.policy().uses_peer_reliability();
+                    (t.backend.name().to_string(), t.reliability(peers))
+                })
                 .collect(),
-            student_agreement: self
-                .windows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            student_agreement: lock(&self.windows).clone(),
         }
     }
+}
+
+/// Brings `student` from the model it reports to the current one by replaying, in order, the
+/// updates it missed: a worker that joins after learning started, or one that fell behind.
+async fn catch_up(
+    log: &StudentLog,
+    student: &dyn Backend,
+    budget: Duration,
+) -> Result<(), RouterError> {
+    let info = student.describe();
+    let at = ModelState {
+        version: info.model_version,
+        digest: info.model_digest,
+    };
+    let Some(missed) = log.since(at) else {
+        return Err(RouterError::Disagreement {
+            detail: format!(
+                "student {} is at model version {} ({}), which is not a state of this \
+                 student's last {} updates: start it with the student's model",
+                student.name(),
+                at.version,
+                at.digest.short(),
+                log.updates.len()
+            ),
+        });
+    };
+    for update in missed {
+        let base = update.after.version.saturating_sub(1);
+        let state = student
+            .learn(&update.encoding, update.label, base, budget)
+            .await
+            .map_err(|e| RouterError::Disagreement {
+                detail: format!("student {} catching up: {e}", student.name()),
+            })?;
+        if state != update.after {
+            return Err(RouterError::Disagreement {
+                detail: format!(
+                    "student {} diverged catching up at version {}: {} vs {}",
+                    student.name(),
+                    state.version,
+                    state.digest.short(),
+                    update.after.digest.short()
+                ),
+            });
+        }
+    }
+    Ok(())
 }

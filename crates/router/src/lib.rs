@@ -7,6 +7,7 @@ mod backend;
 mod batch;
 mod budget;
 mod cache;
+mod consensus;
 mod coordinate;
 mod health;
 mod local;
@@ -19,8 +20,10 @@ pub use backend::{
 pub use batch::{BatchPolicy, DynamicBatcher, SharedBatchPolicy};
 pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
+pub use consensus::ConsensusPolicy;
 pub use coordinate::{
     Coordination, CoordinationMetrics, Coordinator, TeacherVote, AGREEMENT_WINDOW,
+    MAX_REPLAY_UPDATES,
 };
 pub use health::HealthSnapshot;
 pub use local::LocalBackend;

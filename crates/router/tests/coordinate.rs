@@ -132,3 +132,278 @@ async fn bad_input_and_no_teachers_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("no teacher answered"), "{err}");
 }
+
+/// A student replica that pauses once inside `learn` and runs a hook there: what another
+/// hub request does to the student list while this one is learning.
+#[derive(Debug)]
+struct Pausing {
+    inner: LocalBackend,
+    /// Emptied of its students on the first `learn`.
+    coordinator: std::sync::OnceLock<std::sync::Weak<Coordinator>>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for Pausing {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.inner.describe()
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        Box::pin(async move {
+            // Let the other request run up to the student lock, then change the list.
+            tokio::task::yield_now().await;
+            if !self.fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(c) = self.coordinator.get().and_then(std::sync::Weak::upgrade) {
+                    c.set_students(Vec::new());
+                }
+            }
+            Backend::learn(&self.inner, encoding, label, base_version, budget).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn students_leaving_while_another_learn_waits_is_an_error_not_a_panic() {
+    let student = Arc::new(Pausing {
+        inner: LocalBackend::new(
+            "s1",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ),
+        coordinator: std::sync::OnceLock::new(),
+        fired: std::sync::atomic::AtomicBool::new(false),
+    });
+    let coordinator = Arc::new(Coordinator::new(
+        vec![],
+        vec![student.clone() as Arc<dyn Backend>],
+    ));
+    student
+        .coordinator
+        .set(Arc::downgrade(&coordinator))
+        .unwrap();
+    let x = NormalInputs::new(5, 768).next().unwrap();
+    // The first learn holds the student lock and, inside, the list empties; the second
+    // saw a non-empty list and waits for the lock.
+    let (first, second) = futures::join!(
+        coordinator.learn(&x, 1, BUDGET),
+        coordinator.learn(&x, 2, BUDGET)
+    );
+    assert_eq!(first.unwrap().unwrap().version, 1);
+    let err = second.unwrap_err();
+    assert!(err.to_string().contains("no student"), "{err}");
+}
+
+/// Teachers trained on the labelled digits, a student replicated twice distilled from their
+/// consensus on the unlabelled ones: the held-out accuracies, and what to compare runs by.
+struct Distilled {
+    untrained: f64,
+    after: f64,
+    replica_digests: Vec<qnllm_engine::Digest>,
+    /// Every step's consensus, agreement bits and whether it was taught.
+    trace: Vec<(u32, u64, bool)>,
+}
+
+async fn distil(policy: qnllm_router::ConsensusPolicy) -> Distilled {
+    use qnllm_digits::{accuracy, params, train, Digits, Splits};
+    let digits = Digits::load().unwrap();
+    let splits = Splits::standard(digits.len());
+    let labelled = digits.examples(&splits.labelled);
+    let unlabelled = digits.examples(&splits.unlabelled);
+    let held_out = digits.examples(&splits.held_out);
+    let teachers: Vec<Arc<dyn Backend>> = [2, 3, 4]
+        .into_iter()
+        .map(|seed| {
+            let mut engine = SpikingEngine::from_seed(seed, params()).unwrap();
+            train(&mut engine, &labelled, 1).unwrap();
+            Arc::new(LocalBackend::new(format!("teacher-{seed}"), engine)) as Arc<dyn Backend>
+        })
+        .collect();
+    let replicas: Vec<LocalBackend> = (0..2)
+        .map(|i| {
+            LocalBackend::new(
+                format!("student-{i}"),
+                SpikingEngine::from_seed(1, params()).unwrap(),
+            )
+        })
+        .collect();
+    let held_accuracy = |r: &LocalBackend| {
+        let right = held_out
+            .iter()
+            .filter(|e| r.reason_now(&e.encoding).unwrap().reasoning.label == e.label)
+            .count();
+        right as f64 / held_out.len() as f64
+    };
+    let untrained = held_accuracy(&replicas[0]);
+    assert_eq!(
+        untrained,
+        accuracy(&SpikingEngine::from_seed(1, params()).unwrap(), &held_out).unwrap()
+    );
+    let coordinator = Coordinator::new(
+        teachers,
+        replicas
+            .iter()
+            .map(|r| Arc::new(r.clone()) as Arc<dyn Backend>)
+            .collect(),
+    );
+    coordinator.set_policy(policy);
+    let mut trace = Vec::new();
+    for e in &unlabelled {
+        let step = coordinator
+            .coordinate(&e.encoding, 0, true, BUDGET)
+            .await
+            .unwrap();
+        assert_eq!(step.taught, step.learned.is_some());
+        trace.push((step.consensus, step.agreement.to_bits(), step.taught));
+    }
+    Distilled {
+        untrained,
+        after: held_accuracy(&replicas[0]),
+        replica_digests: replicas.iter().map(|r| r.info().digest).collect(),
+        trace,
+    }
+}
+
+#[tokio::test]
+async fn a_student_distilled_from_digit_teachers_learns_identically_and_deterministically() {
+    let policy = qnllm_router::ConsensusPolicy::Reliable { min_agreement: 0.8 };
+    let first = distil(policy).await;
+    assert!(
+        first.after >= first.untrained + 0.40,
+        "held-out accuracy {:.3} → {:.3}: the student must gain 40 points",
+        first.untrained,
+        first.after
+    );
+    assert!(
+        first.replica_digests.windows(2).all(|w| w[0] == w[1]),
+        "student replicas are bit-identical"
+    );
+    let taught = first.trace.iter().filter(|t| t.2).count();
+    assert!(
+        taught > 0 && taught < first.trace.len(),
+        "the policy teaches some consensus and holds back some: {taught}"
+    );
+    let again = distil(policy).await;
+    assert_eq!(
+        first.trace, again.trace,
+        "same inputs, same order, same votes"
+    );
+    assert_eq!(first.replica_digests, again.replica_digests);
+}
+
+#[tokio::test]
+async fn peer_reliability_counts_agreement_with_the_other_teachers_only() {
+    // a and b are one model; odd differs. Leave-one-out: odd is judged on every step (a and
+    // b always agree), a only when b and odd agree, which is when all three do.
+    let teachers = vec![local("a", 2), local("b", 2), local("odd", 3)];
+    let coordinator = Coordinator::new(teachers, vec![]);
+    coordinator.set_policy(qnllm_router::ConsensusPolicy::Peer { min_agreement: 0.5 });
+    let mut unanimous = 0u32;
+    for x in NormalInputs::new(4, 768).take(200) {
+        let step = coordinator.coordinate(&x, 0, false, BUDGET).await.unwrap();
+        unanimous += u32::from(step.unanimous);
+    }
+    assert!(unanimous > 0 && unanimous < 200, "{unanimous}");
+    let m = coordinator.metrics();
+    let reliability = |name: &str| m.teachers.iter().find(|(n, _)| n == name).unwrap().1;
+    let u = f64::from(unanimous);
+    assert_eq!(reliability("odd"), (u + 1.0) / 202.0);
+    assert_eq!(reliability("a"), (u + 1.0) / (u + 2.0));
+    assert_eq!(m.policy, "peer:0.5");
+}
+
+#[tokio::test]
+async fn replicas_that_join_late_or_fall_behind_replay_the_updates_and_strangers_are_refused() {
+    let teachers = vec![variant("t2", 2), variant("t3", 3), variant("t4", 4)];
+    let replica = |name: &str| {
+        Arc::new(LocalBackend::new(
+            name,
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ))
+    };
+    let (first, wanderer) = (replica("first"), replica("wanderer"));
+    let coordinator = Coordinator::new(teachers, vec![first.clone() as Arc<dyn Backend>]);
+    let both = || {
+        vec![
+            first.clone() as Arc<dyn Backend>,
+            wanderer.clone() as Arc<dyn Backend>,
+        ]
+    };
+    let mut inputs = NormalInputs::new(61, 768);
+    let mut step = |n: usize| {
+        let xs: Vec<Vec<f32>> = inputs.by_ref().take(n).collect();
+        let coordinator = &coordinator;
+        async move {
+            let mut last = None;
+            for x in xs {
+                last = coordinator
+                    .coordinate(&x, 0, true, BUDGET)
+                    .await
+                    .unwrap()
+                    .learned;
+            }
+            last.unwrap()
+        }
+    };
+    step(10).await;
+    // Joins at version 0: replays 10 updates, then takes the 11th with the others.
+    coordinator.set_students(both());
+    let state = step(10).await;
+    assert_eq!(wanderer.info().version, 20);
+    assert_eq!(wanderer.info().digest, state.digest);
+    // Leaves for 10 updates, comes back at version 20: replays the 10 it missed.
+    coordinator.set_students(vec![first.clone() as Arc<dyn Backend>]);
+    step(10).await;
+    coordinator.set_students(both());
+    let state = step(5).await;
+    assert_eq!(state.version, 35);
+    assert_eq!(
+        (wanderer.info().version, wanderer.info().digest),
+        (35, first.info().digest)
+    );
+    // Another model is not this student at any version: a clear refusal, nothing applied.
+    let stranger = Arc::new(LocalBackend::new(
+        "stranger",
+        SpikingEngine::from_seed(9, Params::default()).unwrap(),
+    ));
+    let mut with_stranger = both();
+    with_stranger.push(stranger.clone());
+    coordinator.set_students(with_stranger);
+    let x = NormalInputs::new(62, 768).next().unwrap();
+    let err = coordinator
+        .coordinate(&x, 0, true, BUDGET)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("stranger is at model version 0"),
+        "{err}"
+    );
+    assert_eq!(first.info().version, 35);
+    assert_eq!(stranger.info().version, 0);
+}

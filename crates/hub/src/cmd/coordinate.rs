@@ -47,7 +47,6 @@ pub(crate) fn coordinate(
 ) {
     let (shared_, sender) = (shared.clone(), session.sender.clone());
     session.spawn(shared, id, async move {
-        shared_.coordinator.set_students(shared_.router.backends());
         let k = usize::from(request.teachers);
         match shared_
             .coordinator
@@ -97,7 +96,6 @@ pub(crate) fn learn(
             );
             return fail(&sender, id, ErrorCode::VersionConflict, message).await;
         }
-        shared_.coordinator.set_students(students);
         match shared_
             .coordinator
             .learn(request.encoding.as_slice(), request.label, deadline)
