@@ -159,12 +159,13 @@ fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermi
     let reserved = if role == "worker" {
         0
     } else {
-        shared.config.worker_reserved_connections
+        shared.config.worker_reserve()
     };
     let full = || {
         format!(
             "the hub is at its cap of {} connections ({} kept for workers); retry later",
-            shared.config.max_connections, shared.config.worker_reserved_connections
+            shared.config.max_connections,
+            shared.config.worker_reserve()
         )
     };
     if shared.connections.available_permits() <= reserved {
