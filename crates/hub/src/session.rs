@@ -115,7 +115,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
     drop(slot);
     if let Some(hello) = hello {
         match admit(&shared, &hello.role) {
-            Ok(_permit) => {
+            Ok(permit) => {
                 let session = shared
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -137,6 +137,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                 }
                 tracing::debug!(session, %peer, "session closed");
                 drop(open);
+                drop(permit); // the slot is free before anyone hears of the close
                 let _ = shared.events.send((
                     "connections".into(),
                     serde_json::json!({ "closed": hello.name, "session": session }),
