@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
