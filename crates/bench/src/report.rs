@@ -22,7 +22,8 @@ pub struct Row {
     pub loaded_cpu_us_per_request: Option<f64>,
     /// p50 over the raw ping-pong's p50 on the same transport.
     pub p50_ratio: Option<f64>,
-    /// p99 over the raw ping-pong's p99.
+    /// p99 over the raw ping-pong's p99; on the abusive-neighbour row, over the quiet
+    /// client's p99 alone.
     pub p99_ratio: Option<f64>,
     /// Throughput over the raw ping-pong's.
     pub throughput_ratio: Option<f64>,

@@ -83,7 +83,7 @@ fn sizes() -> (usize, usize) {
     (request.len(), reply.len())
 }
 
-async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
+pub(crate) async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
     for _ in 0..1_000 {
         let metrics = client
             .metrics(Duration::from_secs(5))
@@ -428,6 +428,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
     progress("hub memory: idle, then idle connections", 1.0);
     let memory = hub_memory(&config.exe, config.idle_connections).await?;
 
+    progress("abusive neighbour: a quiet client beside a flood", 1.0);
+    let neighbour = crate::neighbour::rows(&config.exe, config.requests).await?;
+
     progress("in process: engine, cache hit, reason_batch", 1.0);
     let mut rows: Vec<Row> = Vec::with_capacity(paths.len() + 3);
     let measured: Vec<(Latency, f64)> = paths
@@ -459,6 +462,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);
         rows.push(row);
     }
+    rows.extend(neighbour);
     rows.extend(in_process(config.requests).await?);
     let throughput_of = |prefix: &str| {
         rows.iter()

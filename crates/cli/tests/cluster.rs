@@ -486,10 +486,16 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
     // One reason_batch row per thread count: one thread, and every core if there are more.
     let cores = std::thread::available_parallelism().unwrap().get();
-    let expected = if cores > 1 { 15 } else { 14 };
+    // And two abusive-neighbour rows: a quiet client alone, and beside a flood.
+    let expected = if cores > 1 { 17 } else { 16 };
     assert_eq!(paths.len(), expected, "{paths:?}");
     assert!(report["engine_share"].as_f64().unwrap() > 0.0);
     assert!(paths.contains(&"qnllm Unix, fixed, busy-poll"), "{paths:?}");
+    let beside = rows
+        .iter()
+        .find(|r| r["path"] == "abusive neighbour: quiet client beside a flood")
+        .unwrap();
+    assert!(beside["p99_ratio"].as_f64().unwrap() > 0.0, "{beside}");
     for row in rows {
         let (p50, p99) = (
             row["latency"]["p50_us"].as_f64().unwrap(),

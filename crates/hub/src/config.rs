@@ -46,8 +46,8 @@ pub struct HubConfig {
     pub token: Option<String>,
     /// Most open connections; more are refused with `TooManyConnections`.
     pub max_connections: usize,
-    /// Of `max_connections`, how many only workers may take: clients cannot lock workers
-    /// out.
+    /// Of `max_connections`, how many only workers may take, so clients cannot lock
+    /// workers out; at most a quarter of `max_connections` is kept.
     pub worker_reserved_connections: usize,
     /// Most connections still in their handshake (before hello). These do not count
     /// against `max_connections`; when the budget is full, the one that has waited longest
@@ -176,12 +176,6 @@ impl HubConfig {
                     .into(),
             ));
         }
-        if self.worker_reserved_connections >= self.max_connections {
-            return Err(ConfigError::Invalid(format!(
-                "worker_reserved_connections ({}) must be below max_connections ({}): clients need room too",
-                self.worker_reserved_connections, self.max_connections
-            )));
-        }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::Invalid(
                 "heartbeat_timeout_ms must exceed heartbeat_interval_ms".into(),
@@ -257,6 +251,13 @@ impl HubConfig {
             max_batch: self.batch_max,
             max_delay: Duration::from_micros(self.batch_delay_us),
         })
+    }
+
+    /// The connections kept for workers: `worker_reserved_connections`, at most a quarter
+    /// of `max_connections`.
+    pub(crate) fn worker_reserve(&self) -> usize {
+        self.worker_reserved_connections
+            .min(self.max_connections / 4)
     }
 
     pub(crate) fn busy_poll(&self) -> Duration {

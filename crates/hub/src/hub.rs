@@ -177,6 +177,16 @@ impl Hub {
         crate::cmd::metrics::snapshot(&self.shared)
     }
 
+    /// Runs one session over an already-connected stream, exactly as a listener does for
+    /// each connection it accepts, and returns when the session ends. For the fuzz target
+    /// (`fuzz/fuzz_targets/session_sequence.rs`) and for transports the hub does not open
+    /// itself.
+    #[doc(hidden)]
+    pub async fn serve_connection(&self, io: Stream, peer: &str) {
+        Counters::add(&self.shared.counters.connections_total, 1);
+        session::run(self.shared.clone(), io, peer.to_string()).await;
+    }
+
     /// Opens the listeners and serves until `shutdown` is cancelled; then stops accepting,
     /// lets in-flight requests finish within the grace period, says goodbye and returns.
     ///

@@ -115,7 +115,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
     drop(slot);
     if let Some(hello) = hello {
         match admit(&shared, &hello.role) {
-            Ok(_permit) => {
+            Ok(permit) => {
                 let session = shared
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -137,6 +137,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                 }
                 tracing::debug!(session, %peer, "session closed");
                 drop(open);
+                drop(permit); // the slot is free before anyone hears of the close
                 let _ = shared.events.send((
                     "connections".into(),
                     serde_json::json!({ "closed": hello.name, "session": session }),
@@ -159,12 +160,13 @@ fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermi
     let reserved = if role == "worker" {
         0
     } else {
-        shared.config.worker_reserved_connections
+        shared.config.worker_reserve()
     };
     let full = || {
         format!(
             "the hub is at its cap of {} connections ({} kept for workers); retry later",
-            shared.config.max_connections, shared.config.worker_reserved_connections
+            shared.config.max_connections,
+            shared.config.worker_reserve()
         )
     };
     if shared.connections.available_permits() <= reserved {

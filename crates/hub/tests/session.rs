@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
@@ -244,24 +243,23 @@ async fn connections_over_the_cap_are_refused_cleanly() {
     assert_eq!(clients[0].call("echo", b"x", WAIT).await.unwrap(), b"x");
     let metrics = clients[0].metrics(WAIT).await.unwrap();
     assert_eq!(metrics["connections"]["refused"], 1);
+    // The closed connection's slot is released when the hub notices the close, which it
+    // announces on the `connections` topic.
+    let mut events = clients[0].subscribe(&["connections"], WAIT).await.unwrap();
     drop(clients.pop());
-    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match Client::connect(&tcp(&running), "again", None).await {
-            Ok(client) => {
-                assert_eq!(client.call("echo", b"y", WAIT).await.unwrap(), b"y");
-                break;
-            }
-            Err(ClientError::Remote {
-                code: ErrorCode::TooManyConnections,
-                ..
-            }) if tokio::time::Instant::now() < deadline => {
-                // The closed connection's slot is released when the hub notices the close.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(other) => panic!("{other}"),
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if event.data["closed"].is_string() {
+            break;
         }
     }
+    let again = Client::connect(&tcp(&running), "again", None)
+        .await
+        .unwrap();
+    assert_eq!(again.call("echo", b"y", WAIT).await.unwrap(), b"y");
     stop.cancel();
 }
 
@@ -696,9 +694,13 @@ async fn the_hub_cache_answers_repeats_and_reports_its_statistics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamic_batching_sends_workers_fewer_larger_frames() {
     async fn worker_frames(batch_max: usize) -> u64 {
+        // Heartbeats far apart: the worker's frames are then its replies (one per distinct
+        // request id it was sent) and its first heartbeat, nothing else.
         let cfg = HubConfig {
             batch_max,
             batch_delay_us: 2_000,
+            heartbeat_interval_ms: 600_000,
+            heartbeat_timeout_ms: 1_200_000,
             ..config()
         };
         let (running, stop) = start(cfg).await;
@@ -731,9 +733,10 @@ async fn dynamic_batching_sends_workers_fewer_larger_frames() {
     }
     let unbatched = worker_frames(0).await;
     let batched = worker_frames(16).await;
-    assert!(
-        unbatched >= 200,
-        "one result frame per request: {unbatched}"
+    assert_eq!(
+        unbatched,
+        200 + 1,
+        "one reply per request id, and the first heartbeat"
     );
     assert!(
         batched < 100,

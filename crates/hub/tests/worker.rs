@@ -43,6 +43,138 @@ impl ScriptedHub {
     }
 }
 
+/// A scripted hub with a real worker that has said hello and registered.
+async fn joined(max_in_flight: u32) -> (ScriptedHub, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = Endpoint::Tcp(listener.local_addr().unwrap().to_string());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut config = qnllm_hub::WorkerConfig::new(endpoint);
+    config.name = "scripted".into();
+    config.max_in_flight = max_in_flight;
+    tokio::spawn(qnllm_hub::worker::run(config, engine("w"), stop.clone()));
+    (handshake(listener).await, stop)
+}
+
+async fn handshake(listener: tokio::net::TcpListener) -> ScriptedHub {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut hub = ScriptedHub {
+        stream,
+        buf: BytesMut::new(),
+        decoder: FrameDecoder::default(),
+    };
+    assert!(matches!(
+        hub.recv().await.message().unwrap(),
+        Message::Hello(_)
+    ));
+    hub.send(&Message::Welcome(Welcome {
+        session: 1,
+        server: "scripted".into(),
+        max_frame_bytes: 1 << 24,
+        heartbeat_interval_ms: 60_000,
+    }))
+    .await;
+    assert!(matches!(
+        hub.recv().await.message().unwrap(),
+        Message::Register(_)
+    ));
+    hub.send(&Message::Registered(Registered {
+        engine_id: 1,
+        heartbeat_interval_ms: 60_000,
+    }))
+    .await;
+    hub
+}
+
+impl ScriptedHub {
+    /// The next reply that is not a heartbeat: its request id and message.
+    async fn reply(&mut self) -> (u64, Message) {
+        loop {
+            let frame = self.recv().await;
+            let message = frame.message().unwrap();
+            if !matches!(message, Message::Heartbeat(_)) {
+                return (frame.header.request_id, message);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_deadline_passed_is_answered_deadline_exceeded_not_computed() {
+    let (mut hub, stop) = joined(64).await;
+    let reason = Message::Reason(vec![0.4; 768].into());
+    let mut wire = BytesMut::new();
+    encode_frame(
+        &reason,
+        1,
+        Deadline::from_remaining(std::time::Duration::from_micros(1)),
+        &mut wire,
+    );
+    encode_frame(&reason, 2, Deadline::NONE, &mut wire);
+    hub.stream.write_all(&wire).await.unwrap();
+    match hub.reply().await {
+        (1, Message::Error(e)) => assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(hub.reply().await, (2, Message::Result(_))));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_a_request_still_waiting_for_its_turn_stops_it() {
+    // One request at a time: the second batch waits for the first, and its cancel, read
+    // while it waits, means it is never computed.
+    let (mut hub, stop) = joined(1).await;
+    let long: Vec<f32> = NormalInputs::new(3, 768).take(2_000).flatten().collect();
+    let short: Vec<f32> = NormalInputs::new(4, 768).take(2).flatten().collect();
+    let mut wire = BytesMut::new();
+    let batch = |values: Vec<f32>| Message::Batch(qnllm_protocol::Batch::new(768, values).unwrap());
+    encode_frame(&batch(long), 1, Deadline::NONE, &mut wire);
+    encode_frame(&batch(short), 2, Deadline::NONE, &mut wire);
+    encode_frame(&Message::Cancel, 2, Deadline::NONE, &mut wire);
+    hub.stream.write_all(&wire).await.unwrap();
+    let mut replies = HashMap::new();
+    while replies.len() < 2 {
+        let (id, message) = hub.reply().await;
+        replies.insert(id, message);
+    }
+    assert!(matches!(&replies[&1], Message::BatchResult(r) if r.results.len() == 2_000));
+    match &replies[&2] {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::Cancelled, "{}", e.message),
+        other => panic!("the cancelled batch was computed: {other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_sigterm_says_draining_and_leaves_when_the_hub_releases_it() {
+    let (mut hub, stop) = joined(64).await;
+    stop.cancel();
+    match hub.reply().await {
+        (0, Message::Status(status)) => assert_eq!(status.state, "draining"),
+        other => panic!("{other:?}"),
+    }
+    // Still serving what comes until released.
+    hub.stream
+        .write_all(&{
+            let mut wire = BytesMut::new();
+            encode_frame(
+                &Message::Reason(vec![0.1; 768].into()),
+                7,
+                Deadline::NONE,
+                &mut wire,
+            );
+            wire
+        })
+        .await
+        .unwrap();
+    assert!(matches!(hub.reply().await, (7, Message::Result(_))));
+    hub.send(&Message::Goodbye(qnllm_protocol::Goodbye {
+        reason: "drained".into(),
+    }))
+    .await;
+    assert!(matches!(hub.reply().await, (0, Message::Goodbye(_))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_requests_in_one_write_gets_every_answer_right_and_in_place() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

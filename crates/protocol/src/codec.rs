@@ -12,8 +12,10 @@ use crate::message::Message;
 
 /// One whole frame: a checked header and its payload, not yet decoded into a [`Message`].
 ///
-/// Keeping the payload as bytes lets a hub forward a `reason` frame without touching the
-/// floats inside.
+/// The payload stays bytes until [`Frame::message`] is called: a frame can be checked,
+/// counted, matched by request id or dropped without parsing its body. (The hub does
+/// decode a client's `reason` into f32s, since engines take `&[f32]`, and encodes the
+/// worker's frame straight from that slice: one decode and one copy, not a pass-through.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The message kind, checked against the catalog.

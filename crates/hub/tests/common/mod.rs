@@ -67,19 +67,113 @@ pub(crate) fn worker_serving(
     stop
 }
 
-/// Polls the hub's engine list until it has `n` engines (or panics after `WAIT`).
+/// Waits on the hub's `engines` events until it has `n` engines (or panics after `WAIT`).
 pub(crate) async fn wait_for_engines(client: &Client, n: usize) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    // Subscribed first, then checked: a join between the two is an event, not a miss.
+    let mut events = client.subscribe(&["engines"], WAIT).await.unwrap();
     loop {
         let metrics = client.metrics(WAIT).await.unwrap();
         if metrics["engines"].as_array().unwrap().len() == n {
             return metrics;
         }
+        tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the hub never had {n} engines: {metrics}"))
+            .expect("the hub closed the connection");
+    }
+}
+
+/// A peer speaking the protocol by hand over TCP, to see exactly what the hub sends.
+pub(crate) struct Peer {
+    pub(crate) stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    decoder: qnllm_protocol::FrameDecoder,
+}
+
+impl Peer {
+    /// Connects without saying anything.
+    pub(crate) async fn silent(addr: SocketAddr) -> Peer {
+        Peer {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: bytes::BytesMut::new(),
+            decoder: qnllm_protocol::FrameDecoder::default(),
+        }
+    }
+
+    /// Connects and says hello as `role`; returns after the welcome.
+    pub(crate) async fn hello(addr: SocketAddr, role: &str, name: &str) -> Peer {
+        let mut peer = Peer::silent(addr).await;
+        peer.send(
+            &qnllm_protocol::Message::Hello(qnllm_protocol::Hello {
+                protocol: 1,
+                role: role.into(),
+                name: name.into(),
+                token: None,
+            }),
+            0,
+        )
+        .await;
+        let (_, welcome) = peer.recv().await.expect("closed before welcome");
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hub never had {n} engines: {metrics}"
+            matches!(welcome, qnllm_protocol::Message::Welcome(_)),
+            "{welcome:?}"
         );
-        // Registration is reported by the hub only through polling or events; poll gently.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        peer
+    }
+
+    /// Connects as a worker offering the default engine, and registers.
+    pub(crate) async fn worker(addr: SocketAddr, name: &str) -> Peer {
+        let mut peer = Peer::hello(addr, "worker", name).await;
+        let info = engine(name).info();
+        let register = qnllm_protocol::Register {
+            name: name.into(),
+            model_digest: info.digest.to_hex(),
+            model_version: info.version,
+            input_size: info.params.inputs,
+            labels: info.params.labels,
+            max_in_flight: 64,
+        };
+        peer.send(&qnllm_protocol::Message::Register(register), 0)
+            .await;
+        peer
+    }
+
+    pub(crate) async fn send(&mut self, message: &qnllm_protocol::Message, id: u64) {
+        self.send_with(message, id, qnllm_protocol::Deadline::NONE)
+            .await;
+    }
+
+    pub(crate) async fn send_with(
+        &mut self,
+        message: &qnllm_protocol::Message,
+        id: u64,
+        deadline: qnllm_protocol::Deadline,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        qnllm_protocol::encode_frame(message, id, deadline, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next message and its request id; `None` when the hub closed the connection.
+    pub(crate) async fn recv(&mut self) -> Option<(u64, qnllm_protocol::Message)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some((frame.header.request_id, frame.message().unwrap()));
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("nothing from the hub")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
     }
 }

@@ -1,0 +1,325 @@
+//! Peers that misbehave, against a real hub on 127.0.0.1:0: silent sockets, clients that
+//! hog the connection cap, duplicate request ids, spent deadlines, stalled workers,
+//! malformed worker frames, too many subscriptions; and the order of `registered`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use qnllm_engine::NormalInputs;
+use qnllm_hub::{Client, ClientError, HubConfig};
+use qnllm_protocol::{Deadline, ErrorCode, Message, MessageKind, Topic};
+
+/// Makes sure this process may open `n` more files (sockets), raising its soft limit with
+/// `prlimit` if needed.
+fn allow_open_files(n: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0);
+    if soft < n + 256 {
+        let want = format!("--nofile={}", n + 1_024);
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &std::process::id().to_string(), &want])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot raise RLIMIT_NOFILE to {want}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_silent_connections_lock_out_neither_a_worker_nor_a_client() {
+    allow_open_files(2_100);
+    // A long hello timeout: silence alone would hold every slot for the whole test.
+    let (running, stop) = start(HubConfig {
+        hello_timeout_ms: 600_000,
+        ..config()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..2_000 {
+        silent.push(Peer::silent(addr(&running)).await);
+    }
+    // A client still gets in at once...
+    let client = Client::connect(&tcp(&running), "late", None).await.unwrap();
+    // ...and so does a worker, on its first attempt.
+    let stop_worker = tokio_util::sync::CancellationToken::new();
+    let mut worker_config = qnllm_hub::WorkerConfig::new(tcp(&running));
+    worker_config.name = "w".into();
+    worker_config.max_retries = Some(0);
+    let worker = tokio::spawn(qnllm_hub::worker::run(
+        worker_config,
+        engine("w"),
+        stop_worker.clone(),
+    ));
+    wait_for_engines(&client, 1).await;
+    assert!(client.reason(&[0.1; 768], WAIT).await.is_ok());
+    let metrics = client.metrics(WAIT).await.unwrap();
+    let connections = &metrics["connections"];
+    assert!(
+        connections["handshaking"].as_u64().unwrap() <= 64,
+        "{connections}"
+    );
+    assert!(
+        connections["handshakes_evicted"].as_u64().unwrap() >= 2_000 - 64,
+        "{connections}"
+    );
+    // The evicted ones were told why before the close.
+    let (_, told) = silent[0].recv().await.unwrap();
+    assert!(
+        matches!(&told, Message::Error(e) if e.code == ErrorCode::HelloTimeout),
+        "{told:?}"
+    );
+    stop_worker.cancel();
+    worker.await.unwrap().unwrap();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_take_the_connections_kept_for_workers() {
+    let (running, stop) = start(HubConfig {
+        max_connections: 4,
+        worker_reserved_connections: 1,
+        ..config()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect(&tcp(&running), "c", None).await.unwrap());
+    }
+    match Client::connect(&tcp(&running), "extra", None).await {
+        Err(ClientError::Remote {
+            code: ErrorCode::TooManyConnections,
+            message,
+        }) => assert!(message.contains("kept for workers"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let w = worker(tcp(&running), "w", None);
+    wait_for_engines(&clients[0], 1).await;
+    assert!(clients[1].reason(&[0.1; 768], WAIT).await.is_ok());
+    w.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_request_id_in_flight_gets_its_own_error() {
+    let (running, stop) = start(config()).await;
+    let w = worker(tcp(&running), "w", None);
+    let probe = Client::connect(&tcp(&running), "probe", None)
+        .await
+        .unwrap();
+    wait_for_engines(&probe, 1).await;
+    let mut peer = Peer::hello(addr(&running), "client", "dup").await;
+    // Both in one write: the second is read while the first is still at the worker.
+    let mut both = bytes::BytesMut::new();
+    let reason = Message::Reason(vec![0.2; 768].into());
+    for _ in 0..2 {
+        qnllm_protocol::encode_frame(&reason, 5, Deadline::NONE, &mut both);
+    }
+    peer.send_bytes(&both).await;
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (id, message) = peer.recv().await.unwrap();
+        assert_eq!(id, 5);
+        kinds.push(match message {
+            Message::Result(_) => "result".to_string(),
+            Message::Error(e) => format!("{:?}", e.code),
+            other => panic!("{other:?}"),
+        });
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["DuplicateRequestId", "result"]);
+    // The connection goes on.
+    peer.send(&Message::Ping, 6).await;
+    assert!(matches!(peer.recv().await, Some((6, Message::Pong))));
+    w.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_deadline_is_answered_at_once_and_never_computed() {
+    let (running, stop) = start(config()).await;
+    let w = worker(tcp(&running), "w", None);
+    let probe = Client::connect(&tcp(&running), "probe", None)
+        .await
+        .unwrap();
+    wait_for_engines(&probe, 1).await;
+    let mut peer = Peer::hello(addr(&running), "client", "hasty").await;
+    for id in 1..=50u64 {
+        let reason = Message::Reason(vec![0.3; 768].into());
+        peer.send_with(
+            &reason,
+            id,
+            Deadline::from_remaining(Duration::from_micros(1)),
+        )
+        .await;
+        match peer.recv().await.unwrap() {
+            (got, Message::Error(e)) => {
+                assert_eq!(got, id);
+                assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message);
+            }
+            other => panic!("a 1 µs deadline came back as {other:?}"),
+        }
+    }
+    let metrics = probe.metrics(WAIT).await.unwrap();
+    assert_eq!(metrics["engines"][0]["served"], 0, "{metrics}");
+    assert_eq!(metrics["expired_on_arrival"], 50, "{metrics}");
+    // Spent deadlines are the requester's doing: the healthy engine is not ejected.
+    assert_eq!(metrics["router"]["ejections"], 0, "{metrics}");
+    w.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_holds_up_no_broadcast() {
+    // Heartbeats are not needed to keep the stalled worker listed for the whole test.
+    let (running, stop) = start(HubConfig {
+        heartbeat_timeout_ms: 600_000,
+        ..config()
+    })
+    .await;
+    let addr = addr(&running);
+    let mut stalled = Peer::worker(addr, "stalled").await;
+    assert!(matches!(
+        stalled.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    let mut listening = Peer::worker(addr, "listening").await;
+    assert!(matches!(
+        listening.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    // `stalled` never reads again. 64 broadcasts of 512 KiB (32 MiB) overfill its socket
+    // buffers and its queue; `listening` reads each before the next is sent.
+    let mut sender = Peer::hello(addr, "client", "announcer").await;
+    for i in 0..64u8 {
+        let topic = Topic {
+            topic: "weights".into(),
+            payload: vec![i; 512 * 1024],
+        };
+        sender.send(&Message::Broadcast(topic), 0).await;
+        loop {
+            match listening.recv().await {
+                Some((_, Message::Broadcast(topic))) => {
+                    assert_eq!(topic.payload[0], i, "broadcasts out of order");
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("the listening worker was closed"),
+            }
+        }
+    }
+    // The client that broadcast is still served, and the worker that reads got them all.
+    sender.send(&Message::MetricsQuery, 9).await;
+    let metrics = match sender.recv().await {
+        Some((9, Message::Metrics(metrics))) => metrics,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        metrics["broadcasts_dropped"].as_u64().unwrap() >= 1,
+        "{metrics}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_sends_a_malformed_heartbeat_is_closed() {
+    let (running, stop) = start(config()).await;
+    let mut peer = Peer::worker(addr(&running), "sloppy").await;
+    assert!(matches!(
+        peer.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    // A heartbeat header with a body that is not its JSON.
+    let mut frame = bytes::BytesMut::new();
+    qnllm_protocol::encode_frame(&Message::Ping, 0, Deadline::NONE, &mut frame);
+    frame[5] = MessageKind::Heartbeat as u8;
+    frame[20..24].copy_from_slice(&5u32.to_le_bytes());
+    frame.extend_from_slice(b"{bad}");
+    peer.send_bytes(&frame).await;
+    let mut saw = None;
+    while let Some((_, message)) = peer.recv().await {
+        if let Message::Error(e) = message {
+            saw = Some(e.code);
+        }
+    }
+    assert_eq!(saw, Some(ErrorCode::MalformedBody));
+    let probe = Client::connect(&tcp(&running), "probe", None)
+        .await
+        .unwrap();
+    wait_for_engines(&probe, 0).await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_sends_what_only_clients_send_is_closed() {
+    let (running, stop) = start(config()).await;
+    let mut peer = Peer::worker(addr(&running), "confused").await;
+    assert!(matches!(
+        peer.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    peer.send(&Message::MetricsQuery, 3).await;
+    let mut saw = None;
+    while let Some((_, message)) = peer.recv().await {
+        if let Message::Error(e) = message {
+            saw = Some(e.code);
+        }
+    }
+    assert_eq!(saw, Some(ErrorCode::UnexpectedMessage));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_connection_are_bounded() {
+    let (running, stop) = start(config()).await;
+    let client = Client::connect(&tcp(&running), "greedy", None)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(client.subscribe(&["engines"], WAIT).await.unwrap());
+    }
+    let err = client.subscribe(&["engines"], WAIT).await.unwrap_err();
+    assert!(err.to_string().contains("37"), "{err}");
+    // The connection is still good.
+    assert_eq!(client.call("echo", b"z", WAIT).await.unwrap(), b"z");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_joining_worker_hears_registered_before_any_request() {
+    let (running, stop) = start(config()).await;
+    let w = worker(tcp(&running), "steady", None);
+    let client = std::sync::Arc::new(Client::connect(&tcp(&running), "load", None).await.unwrap());
+    wait_for_engines(&client, 1).await;
+    let load = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let inputs: Vec<Vec<f32>> = NormalInputs::new(1, 768).take(32).collect();
+            let mut ok = 0;
+            for _ in 0..40 {
+                let answers =
+                    futures::future::join_all(inputs.iter().map(|x| client.reason(x, WAIT))).await;
+                ok += answers.into_iter().filter(Result::is_ok).count();
+            }
+            ok
+        }
+    });
+    for i in 0..15 {
+        let mut joining = Peer::worker(addr(&running), &format!("joining-{i}")).await;
+        match joining.recv().await {
+            Some((_, Message::Registered(_))) => {}
+            other => panic!("join {i}: {other:?} before registered"),
+        }
+        // Leaves without answering: what it was sent fails over to `steady`.
+    }
+    assert_eq!(load.await.unwrap(), 40 * 32);
+    w.cancel();
+    stop.cancel();
+}
