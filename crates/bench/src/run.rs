@@ -425,6 +425,12 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         completed += 1;
     }
 
+    progress(
+        "saturated deadline: DeadlineExceeded after the deadline",
+        1.0,
+    );
+    let saturated = crate::deadline::saturated(&default_unix, c, c * w, config.pipelined).await?;
+
     progress("hub memory: idle, then idle connections", 1.0);
     let memory = hub_memory(&config.exe, config.idle_connections).await?;
 
@@ -459,6 +465,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);
         rows.push(row);
     }
+    rows.push(saturated);
     rows.extend(in_process(config.requests).await?);
     let throughput_of = |prefix: &str| {
         rows.iter()
