@@ -10,7 +10,7 @@ use qnllm_engine::NormalInputs;
 use qnllm_hub::{Client, ClientError, Endpoint};
 use qnllm_protocol::{ErrorCode, Message};
 
-use crate::report::{distribution, row, Row};
+use crate::report::{row, Row};
 use crate::run::BenchError;
 use crate::stats::Latency;
 
@@ -78,17 +78,15 @@ pub(crate) async fn saturated(
     }
     let late = late.load(Ordering::Relaxed);
     let on_time = on_time.load(Ordering::Relaxed);
-    let name = format!(
-        "saturated {} ms deadline: {late} late",
-        DEADLINE.as_millis()
-    );
+    let name = format!("saturated, {} ms deadline: lateness", DEADLINE.as_millis());
+    // No distribution: the chart plots round trips, and these figures are lateness.
     let mut row = row(
         &name,
-        (!overdue.is_empty()).then(|| Latency::of(overdue.clone())),
+        (!overdue.is_empty()).then(|| Latency::of(overdue)),
         None,
         None,
         None,
-        distribution(&overdue),
+        Vec::new(),
     );
     row.past_deadline = Some(late);
     row.on_time = Some(on_time);
