@@ -1,5 +1,5 @@
-//! The registry over real sockets: a malformed registration is refused, and two workers
-//! with one name are two engines.
+//! The registry and routing over real sockets: a malformed registration is refused, two
+//! workers with one name are two engines, and `NO_CACHE` reaches the router.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +8,10 @@ mod common;
 use bytes::BytesMut;
 use common::*;
 use qnllm_hub::Client;
-use qnllm_protocol::{encode_frame, Deadline, ErrorCode, FrameDecoder, Hello, Message, Register};
+use qnllm_protocol::{
+    encode_frame, encode_frame_with_flags, Deadline, ErrorCode, Flags, FrameDecoder, Hello,
+    Message, Register,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A worker speaking the protocol by hand.
@@ -20,6 +23,10 @@ struct RawWorker {
 
 impl RawWorker {
     async fn connect(addr: std::net::SocketAddr, name: &str) -> RawWorker {
+        RawWorker::connect_as(addr, "worker", name).await
+    }
+
+    async fn connect_as(addr: std::net::SocketAddr, role: &str, name: &str) -> RawWorker {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut peer = RawWorker {
             stream,
@@ -28,7 +35,7 @@ impl RawWorker {
         };
         peer.send(&Message::Hello(Hello {
             protocol: 1,
-            role: "worker".into(),
+            role: role.into(),
             name: name.into(),
             token: None,
         }))
@@ -124,5 +131,60 @@ async fn two_workers_with_one_name_are_two_engines_and_one_leaving_keeps_the_oth
     let metrics = wait_for_engines(&client, 1).await;
     assert_eq!(metrics["engines"].as_array().unwrap().len(), 1, "{metrics}");
     drop(second);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flagged_no_cache_neither_reads_nor_fills_the_hub_cache() {
+    let (running, stop) = start(qnllm_hub::HubConfig {
+        cache_capacity: 100,
+        ..config()
+    })
+    .await;
+    let w = worker(tcp(&running), "w", None);
+    let client = Client::connect(&tcp(&running), "test", None).await.unwrap();
+    wait_for_engines(&client, 1).await;
+    let x = qnllm_engine::NormalInputs::new(1, 768).next().unwrap();
+    let mut raw = RawWorker::connect_as(addr(&running), "client", "raw").await;
+    let reason = |id: u64, flags: Flags| {
+        let mut out = BytesMut::new();
+        let message = Message::Reason(x.clone().into());
+        encode_frame_with_flags(
+            &message,
+            id,
+            Deadline::from_remaining(WAIT),
+            flags,
+            &mut out,
+        );
+        out
+    };
+    for id in 1..=2 {
+        raw.stream
+            .write_all(&reason(id, Flags::NO_CACHE))
+            .await
+            .unwrap();
+        assert!(matches!(raw.recv().await, Some(Message::Result(_))));
+    }
+    let cache = &client.metrics(WAIT).await.unwrap()["router"]["cache"];
+    assert_eq!(
+        (cache["hits"].as_u64(), cache["entries"].as_u64()),
+        (Some(0), Some(0)),
+        "{cache}"
+    );
+    // Without the flag the same request fills the cache, then hits it.
+    for id in 3..=4 {
+        raw.stream
+            .write_all(&reason(id, Flags::EMPTY))
+            .await
+            .unwrap();
+        assert!(matches!(raw.recv().await, Some(Message::Result(_))));
+    }
+    let cache = &client.metrics(WAIT).await.unwrap()["router"]["cache"];
+    assert_eq!(
+        (cache["hits"].as_u64(), cache["entries"].as_u64()),
+        (Some(1), Some(1)),
+        "{cache}"
+    );
+    w.cancel();
     stop.cancel();
 }
