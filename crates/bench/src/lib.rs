@@ -3,6 +3,7 @@
 //! a ratio to its baseline.
 
 mod baseline;
+mod deadline;
 mod neighbour;
 mod plot;
 mod probe;

@@ -37,6 +37,10 @@ pub struct Row {
     /// CPU time per one-at-a-time round trip, in µs, of every process on the path (servers
     /// and the measuring client); 10 ms resolution over the whole run.
     pub cpu_us_per_request: Option<f64>,
+    /// Saturated-deadline row only: results that came after their deadline.
+    pub past_deadline: Option<u64>,
+    /// Saturated-deadline row only: results that came within their deadline.
+    pub on_time: Option<u64>,
     /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
     /// spaced quantiles from 0 to 1, in µs; empty without latency.
     pub distribution: Vec<f64>,
@@ -106,6 +110,8 @@ pub(crate) fn row(
         cpu_us_per_request: None,
         loaded: None,
         loaded_cpu_us_per_request: None,
+        past_deadline: None,
+        on_time: None,
         distribution,
     }
 }

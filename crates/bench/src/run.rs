@@ -425,6 +425,12 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         completed += 1;
     }
 
+    progress(
+        "saturated deadline: DeadlineExceeded after the deadline",
+        1.0,
+    );
+    let saturated = crate::deadline::saturated(&default_unix, c, c * w, config.pipelined).await?;
+
     progress("hub memory: idle, then idle connections", 1.0);
     let memory = hub_memory(&config.exe, config.idle_connections).await?;
 
@@ -463,6 +469,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         rows.push(row);
     }
     rows.extend(neighbour);
+    rows.push(saturated);
     rows.extend(in_process(config.requests).await?);
     let throughput_of = |prefix: &str| {
         rows.iter()

@@ -203,6 +203,17 @@ fn print_table(report: &Report) {
             share * 100.0
         );
     }
+    for row in report.rows.iter().filter(|r| r.past_deadline.is_some()) {
+        println!(
+            "{}: DeadlineExceeded p50 {} µs, p99 {} µs after the deadline; {} results past \
+             their deadline, {} within it",
+            row.path,
+            opt(row.latency.map(|l| l.p50_us), 0),
+            opt(row.latency.map(|l| l.p99_us), 0),
+            row.past_deadline.unwrap_or(0),
+            row.on_time.unwrap_or(0),
+        );
+    }
     if let Some(m) = report.memory {
         println!(
             "hub memory: {:.1} MiB idle, {:.1} MiB with {} idle connections = {:.1} KiB per connection",

@@ -332,9 +332,10 @@ fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
         r["mode"]["mode"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<14} {:<7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:<14} {:<7} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
         "engine",
         "kind",
+        "pool",
         "requests",
         "errors",
         "in flight",
@@ -346,9 +347,10 @@ fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
     );
     for e in r["engines"].as_array().into_iter().flatten() {
         println!(
-            "{:<14} {:<7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9.0} {:>8}",
+            "{:<14} {:<7} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9.0} {:>8}",
             e["name"].as_str().unwrap_or("?"),
             e["kind"].as_str().unwrap_or("?"),
+            e["pool"].as_str().unwrap_or("?"),
             e["requests"].to_string(),
             e["errors"].to_string(),
             e["in_flight"].to_string(),
@@ -364,8 +366,8 @@ fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
         );
     }
     println!(
-        "router: {} requests, {} retries ({} refused by the budget), {} hedges ({} won), {} ejections, {} disagreements, {} batches of {} encodings",
-        r["requests"], r["retries"], r["budget_exhausted"], r["hedges"], r["hedge_wins"], r["ejections"], r["disagreements"], r["batches"], r["batch_items"]
+        "router: {} requests, {} retries ({} refused by the budget), {} hedges ({} won), {} ejections, {} disagreements, {} bad replies, {} batches of {} encodings",
+        r["requests"], r["retries"], r["budget_exhausted"], r["hedges"], r["hedge_wins"], r["ejections"], r["disagreements"], r["bad_replies"], r["batches"], r["batch_items"]
     );
     if let Some(c) = r["cache"].as_object() {
         println!(

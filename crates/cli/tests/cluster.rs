@@ -484,10 +484,11 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     );
     let rows = report["rows"].as_array().unwrap();
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    // One reason_batch row per thread count: one thread, and every core if there are more.
+    // One reason_batch row per thread count: one thread, and every core if there are more;
+    // and the saturated-deadline row.
     let cores = std::thread::available_parallelism().unwrap().get();
     // And two abusive-neighbour rows: a quiet client alone, and beside a flood.
-    let expected = if cores > 1 { 17 } else { 16 };
+    let expected = if cores > 1 { 18 } else { 17 };
     assert_eq!(paths.len(), expected, "{paths:?}");
     assert!(report["engine_share"].as_f64().unwrap() > 0.0);
     assert!(paths.contains(&"qnllm Unix, fixed, busy-poll"), "{paths:?}");
@@ -496,7 +497,17 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         .find(|r| r["path"] == "abusive neighbour: quiet client beside a flood")
         .unwrap();
     assert!(beside["p99_ratio"].as_f64().unwrap() > 0.0, "{beside}");
-    for row in rows {
+    // The saturated-deadline row accounts for every request it sent: on time, late, or
+    // DeadlineExceeded (its latency columns, which are lateness after the deadline).
+    let (saturated, rows): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .partition(|r| r["path"].as_str().unwrap().starts_with("saturated"));
+    let saturated = saturated[0];
+    let exceeded = saturated["latency"]["count"].as_u64().unwrap_or(0);
+    let answered =
+        saturated["on_time"].as_u64().unwrap() + saturated["past_deadline"].as_u64().unwrap();
+    assert_eq!(exceeded + answered, 200, "{saturated}");
+    for row in rows.iter().copied() {
         let (p50, p99) = (
             row["latency"]["p50_us"].as_f64().unwrap(),
             row["latency"]["p99_us"].as_f64().unwrap(),
@@ -587,6 +598,7 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
         "of the in-process engine's best throughput on these cores",
         "with requests that are reason_batch of 64",
         "hub memory:",
+        "results past their deadline",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
@@ -596,12 +608,13 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let svg = std::fs::read_to_string(&chart).unwrap();
     let _ = std::fs::remove_file(&chart);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // A curve per path of round trips (the saturated-deadline row's figures are lateness).
     assert_eq!(
         svg.matches("<polyline").count(),
-        expected,
+        expected - 1,
         "a curve per path"
     );
-    for path in paths {
+    for path in paths.iter().filter(|p| !p.starts_with("saturated")) {
         assert!(svg.contains(path), "{path} missing from the legend");
     }
 }

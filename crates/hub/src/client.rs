@@ -181,6 +181,21 @@ impl Client {
         message: &Message,
         timeout: Duration,
     ) -> Result<Message, ClientError> {
+        self.request_within(message, timeout, timeout).await
+    }
+
+    /// [`Client::request`] with a header deadline of `deadline` and a local wait of `wait`:
+    /// with `wait` longer, the hub's own `DeadlineExceeded` is seen, and when it came.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub async fn request_within(
+        &self,
+        message: &Message,
+        deadline: Duration,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let reply = {
             let mut pending = lock(&self.pending);
@@ -195,7 +210,7 @@ impl Client {
         let exchange = async {
             if !self
                 .sender
-                .send(message, id, Deadline::from_remaining(timeout))
+                .send(message, id, Deadline::from_remaining(deadline))
                 .await
             {
                 return Err(closed());

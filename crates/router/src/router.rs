@@ -529,9 +529,10 @@ impl Router {
     }
 
     /// The engines to try, best first: the strategy's order over the lineage's engines at
-    /// the current model that are healthy and below their in-flight limit; or, when none
-    /// is, over every engine at the current model (better a sick or busy engine than none).
-    /// Lagging and foreign engines are never in it.
+    /// the current model that are healthy and below their in-flight limit, then the healthy
+    /// ones at their limit; or, when no engine has room, over every engine at the current
+    /// model (better a sick or busy engine than none). Lagging and foreign engines are never
+    /// in it.
     fn plan(&self) -> Plan {
         let slots = self.slots.load();
         let states: Vec<ModelState> = slots.iter().map(|s| s.backend.model_state()).collect();
@@ -554,7 +555,11 @@ impl Router {
             })
             .copied()
             .collect();
-        let candidates = if ready.is_empty() { current } else { ready };
+        let candidates = if ready.is_empty() {
+            current.clone()
+        } else {
+            ready
+        };
         let cost = |index: usize| slots.get(index).map_or(f64::MAX, |s| s.health.cost());
         let order = {
             let mut rng = self
@@ -569,6 +574,13 @@ impl Router {
         if let Some(first) = order.first().and_then(|&i| slots.get(i)) {
             first.health.picks.fetch_add(1, Ordering::Relaxed);
         }
+        // Healthy engines that are only full come last: where a request goes if the ones
+        // with room fail (an engine that vanished must never leave a request with none).
+        let full = current
+            .iter()
+            .map(|c| c.index)
+            .filter(|i| !order.contains(i) && !slots[*i].health.is_ejected());
+        let order: Vec<usize> = order.iter().copied().chain(full).collect();
         Plan {
             slots: order
                 .into_iter()
@@ -693,6 +705,11 @@ impl Router {
             _ => routed.await?,
         };
         answer.latency = started.elapsed();
+        // The caller has stopped waiting: an answer past the deadline (an engine computing
+        // inline can overrun its timer) is not returned as if it were in time.
+        if answer.latency > budget {
+            return Err(RouterError::DeadlineExceeded { budget, tried: 1 });
+        }
         Ok(answer)
     }
 
@@ -1041,6 +1058,9 @@ impl Router {
             answers.extend(part?);
         }
         let latency = started.elapsed();
+        if latency > budget {
+            return Err(RouterError::DeadlineExceeded { budget, tried: 1 });
+        }
         for answer in &mut answers {
             answer.latency = latency;
         }

@@ -56,3 +56,45 @@ async fn a_local_engine_computes_when_polled_not_when_called() {
     call.await.unwrap();
     assert_eq!(computed.load(Ordering::Relaxed), 1);
 }
+
+/// Takes 20 ms of the calling thread per reasoning, as a large model inline would.
+#[derive(Debug)]
+struct Slow(FixedEngine);
+
+impl Engine for Slow {
+    fn info(&self) -> ModelInfo {
+        self.0.info()
+    }
+    fn digest(&self) -> Digest {
+        self.0.digest()
+    }
+    fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.0.reason(encoding)
+    }
+    fn learn(&mut self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
+        self.0.learn(encoding, label)
+    }
+}
+
+#[tokio::test]
+async fn an_answer_computed_past_the_deadline_is_not_returned_as_in_time() {
+    let real = SpikingEngine::new(Model::from_seed(1, Params::default()).unwrap());
+    let router = qnllm_router::Router::new();
+    router.add(Arc::new(LocalBackend::new(
+        "slow",
+        Slow(FixedEngine::new(&real)),
+    )));
+    let x = vec![0.0; real.info().params.inputs as usize];
+    // The engine computes inline for 20 ms: the router's 1 ms timer cannot cut it short,
+    // but the late answer must not pass for one in time.
+    let err = router
+        .reason(&x, Duration::from_millis(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, qnllm_router::RouterError::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    assert!(router.reason(&x, Duration::from_secs(5)).await.is_ok());
+}

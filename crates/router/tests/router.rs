@@ -1147,3 +1147,23 @@ async fn the_router_times_out_a_try_whose_engine_ignores_its_budget() {
         started.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_at_its_limit_is_still_where_a_vanished_engines_request_goes() {
+    let busy = Mock::build("busy", false, MODEL, Some(1));
+    busy.set_latency(Duration::from_millis(10));
+    let router = Arc::new(Router::new());
+    router.add(busy.clone());
+    router.add(Arc::new(Vanishing(busy.clone())));
+    // The first request holds `busy`'s only slot.
+    let first = {
+        let router = router.clone();
+        tokio::spawn(async move { router.reason(&[0.0, 0.0], BUDGET).await })
+    };
+    tokio::task::yield_now().await;
+    // The second goes where there is room, that engine vanishes, and it fails over to the
+    // full one rather than to nothing.
+    let answer = router.reason(&[0.0, 0.0], BUDGET).await.unwrap();
+    assert_eq!(answer.engine, "busy");
+    assert_eq!(first.await.unwrap().unwrap().engine, "busy");
+}

@@ -1,0 +1,94 @@
+//! The saturated-deadline row: more requests in flight than the hub can serve, each with a
+//! short deadline; how long after its deadline `DeadlineExceeded` arrives, and how many
+//! results arrive past their deadline (targets: p99 ≤ 1 ms, and none).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qnllm_engine::NormalInputs;
+use qnllm_hub::{Client, ClientError, Endpoint};
+use qnllm_protocol::{ErrorCode, Message};
+
+use crate::report::{row, Row};
+use crate::run::BenchError;
+use crate::stats::Latency;
+
+/// Every request's deadline.
+pub(crate) const DEADLINE: Duration = Duration::from_millis(2);
+/// How long a caller waits for the hub's reply after the deadline.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `requests` requests with `in_flight` at once over `connections` connections to
+/// `endpoint` and returns the row: the latency columns are how long after its deadline each
+/// `DeadlineExceeded` came; the row's `past_deadline` counts results that came after it.
+pub(crate) async fn saturated(
+    endpoint: &Endpoint,
+    connections: usize,
+    in_flight: usize,
+    requests: usize,
+) -> Result<Row, BenchError> {
+    let mut clients = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        let client = Client::connect(endpoint, "bench-deadline", None)
+            .await
+            .map_err(|e| BenchError::Measure(e.to_string()))?;
+        clients.push(Arc::new(client));
+    }
+    let left = Arc::new(AtomicUsize::new(requests));
+    let (late, on_time) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let loops: Vec<_> = (0..in_flight.max(1))
+        .map(|i| {
+            let client = clients[i % clients.len()].clone();
+            let (left, late, on_time) = (left.clone(), late.clone(), on_time.clone());
+            tokio::spawn(async move {
+                let mut inputs = NormalInputs::new(1_000 + i as u64, 768);
+                let mut overdue = Vec::new();
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let message = Message::Reason(inputs.next().unwrap_or_default().into());
+                    let sent = Instant::now();
+                    let reply = client.request_within(&message, DEADLINE, WAIT).await;
+                    let took = sent.elapsed();
+                    match reply {
+                        Ok(_) if took > DEADLINE => late.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => on_time.fetch_add(1, Ordering::Relaxed),
+                        Err(ClientError::Remote {
+                            code: ErrorCode::DeadlineExceeded,
+                            ..
+                        }) => {
+                            overdue.push(took.saturating_sub(DEADLINE));
+                            0
+                        }
+                        Err(e) => return Err(BenchError::Measure(e.to_string())),
+                    };
+                }
+                Ok(overdue)
+            })
+        })
+        .collect();
+    let mut overdue = Vec::with_capacity(requests);
+    for task in loops {
+        let samples = task
+            .await
+            .map_err(|e| BenchError::Measure(e.to_string()))??;
+        overdue.extend(samples);
+    }
+    let late = late.load(Ordering::Relaxed);
+    let on_time = on_time.load(Ordering::Relaxed);
+    let name = format!("saturated, {} ms deadline: lateness", DEADLINE.as_millis());
+    // No distribution: the chart plots round trips, and these figures are lateness.
+    let mut row = row(
+        &name,
+        (!overdue.is_empty()).then(|| Latency::of(overdue)),
+        None,
+        None,
+        None,
+        Vec::new(),
+    );
+    row.past_deadline = Some(late);
+    row.on_time = Some(on_time);
+    Ok(row)
+}
