@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use qnllm_engine::Digest;
 use qnllm_protocol::{
@@ -38,6 +39,9 @@ pub(crate) struct RemoteEngine {
     max_in_flight: u32,
     /// Updated when the engine learns, so the router's view of its model stays current.
     info: Mutex<EngineInfo>,
+    /// The model's version and digest, as `info` has them, read by the router on every
+    /// request without a lock.
+    state: ArcSwap<ModelState>,
     sender: FrameSender,
     pending: Mutex<Pending>,
     next_request: AtomicU64,
@@ -74,6 +78,10 @@ impl RemoteEngine {
             id,
             name: name.clone(),
             max_in_flight: register.max_in_flight,
+            state: ArcSwap::from_pointee(ModelState {
+                version: register.model_version,
+                digest: model_digest,
+            }),
             info: Mutex::new(EngineInfo {
                 name,
                 kind: "remote",
@@ -280,6 +288,7 @@ impl Backend for RemoteEngine {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     info.model_version = state.version;
                     info.model_digest = state.digest;
+                    self.state.store(Arc::new(state));
                     Ok(state)
                 }
                 _ => Err(self.failure(&frame)),
@@ -296,21 +305,11 @@ impl Backend for RemoteEngine {
     }
 
     fn model_digest(&self) -> Digest {
-        self.info
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .model_digest
+        self.state.load().digest
     }
 
     fn model_state(&self) -> ModelState {
-        let info = self
-            .info
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ModelState {
-            version: info.model_version,
-            digest: info.model_digest,
-        }
+        **self.state.load()
     }
 
     fn max_in_flight(&self) -> Option<u32> {

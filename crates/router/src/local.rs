@@ -1,6 +1,8 @@
 //! `LocalBackend`: an engine in this process, behind the same trait as a remote one.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use qnllm_engine::{Engine, EngineError, Learned, ModelInfo};
@@ -16,8 +18,8 @@ pub struct LocalBackend {
     name: String,
     engine: Arc<RwLock<dyn Engine>>,
     /// The model's version and digest, updated by every learning update (the only way the
-    /// engine changes), so the router reads them per request without building `info()`.
-    state: Arc<Mutex<ModelState>>,
+    /// engine changes), so the router reads them per request without a lock or `info()`.
+    state: Arc<ArcSwap<ModelState>>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -35,7 +37,7 @@ impl LocalBackend {
         LocalBackend {
             name: name.into(),
             engine: Arc::new(RwLock::new(engine)),
-            state: Arc::new(Mutex::new(ModelState {
+            state: Arc::new(ArcSwap::from_pointee(ModelState {
                 version: info.version,
                 digest: info.digest,
             })),
@@ -43,10 +45,7 @@ impl LocalBackend {
     }
 
     fn set_state(&self, version: u64, digest: qnllm_engine::Digest) {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = ModelState { version, digest };
+        self.state.store(Arc::new(ModelState { version, digest }));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, dyn Engine> {
@@ -164,10 +163,7 @@ impl Backend for LocalBackend {
     }
 
     fn model_state(&self) -> ModelState {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        **self.state.load()
     }
 
     fn describe(&self) -> EngineInfo {
