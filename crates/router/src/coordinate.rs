@@ -176,6 +176,34 @@ impl StudentLog {
     }
 }
 
+/// Why [`Coordinator::learn_at`] applied nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LearnError {
+    /// The update names another model version than the student's.
+    #[error("update is for model version {base}, the student is at {current}")]
+    VersionConflict {
+        /// The version the update was for.
+        base: u64,
+        /// The student's version.
+        current: u64,
+    },
+    /// Bad input, no student, or replicas that refused or diverged.
+    #[error(transparent)]
+    Request(#[from] RouterError),
+}
+
+/// What one turn at the student did.
+#[derive(Debug)]
+enum Taught {
+    /// Applied; the student's label before, and the model after.
+    Applied(u32, ModelState),
+    /// Not applied: the student is at `current`, not the version asked for.
+    Stale { current: u64 },
+    /// No student replica.
+    NoStudent,
+}
+
 /// Where the student replicas come from.
 #[derive(Debug, Clone)]
 enum Students {
@@ -406,20 +434,64 @@ impl Coordinator {
         }
     }
 
-    /// Records the student's answer, then applies the update to every replica, in order.
-    /// `None` when there is no student replica. The replicas are read once, under the
-    /// student lock, so engines joining or leaving meanwhile cannot change the list between
-    /// a check and its use.
+    /// Teaches `label` for `encoding` to every student replica if the student is at
+    /// `base_version` when its turn comes: the check and the update happen under one lock,
+    /// so two callers naming the same version cannot both apply.
+    ///
+    /// # Errors
+    ///
+    /// [`LearnError::VersionConflict`] when the student is at another version; otherwise
+    /// [`LearnError::Request`] as [`Coordinator::learn`].
+    pub async fn learn_at(
+        &self,
+        encoding: &[f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> Result<ModelState, LearnError> {
+        match self
+            .teach_at(encoding, label, Some(base_version), budget)
+            .await?
+        {
+            Taught::Applied(_, state) => Ok(state),
+            Taught::Stale { current } => Err(LearnError::VersionConflict {
+                base: base_version,
+                current,
+            }),
+            Taught::NoStudent => Err(LearnError::Request(RouterError::NoEngineAvailable {
+                reason: "no student engine to learn".into(),
+            })),
+        }
+    }
+
     async fn teach(
         &self,
         encoding: &[f32],
         label: u32,
         budget: Duration,
     ) -> Result<Option<(u32, ModelState)>, RouterError> {
+        Ok(match self.teach_at(encoding, label, None, budget).await? {
+            Taught::Applied(before, state) => Some((before, state)),
+            // Without a base version nothing is stale.
+            Taught::Stale { .. } | Taught::NoStudent => None,
+        })
+    }
+
+    /// Records the student's answer, then applies the update to every replica, in order,
+    /// if the student is at `base` (when given). The replicas are read once, under the
+    /// student lock, so engines joining or leaving meanwhile cannot change the list between
+    /// a check and its use.
+    async fn teach_at(
+        &self,
+        encoding: &[f32],
+        label: u32,
+        base: Option<u64>,
+        budget: Duration,
+    ) -> Result<Taught, RouterError> {
         let mut log = self.student.lock().await;
         let students = lock(&self.students).snapshot();
         let Some(first) = students.first() else {
-            return Ok(None);
+            return Ok(Taught::NoStudent);
         };
         let labels = first.describe().labels;
         if label >= labels {
@@ -435,13 +507,17 @@ impl Coordinator {
                 }
             }
         }
-        let base = {
+        let before_state = {
             let info = first.describe();
             ModelState {
                 version: info.model_version,
                 digest: info.model_digest,
             }
         };
+        let current = log.version.unwrap_or(before_state.version);
+        if base.is_some_and(|b| b != current) {
+            return Ok(Taught::Stale { current });
+        }
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
             other => RouterError::NoEngineAvailable {
@@ -481,9 +557,9 @@ impl Coordinator {
             }
         }
         let Some(state) = agreed_state else {
-            return Ok(None);
+            return Ok(Taught::NoStudent);
         };
-        log.record(base, encoding, label, state);
+        log.record(before_state, encoding, label, state);
         log.window_steps += 1;
         log.window_agreed += u64::from(before.reasoning.label == label);
         if log.window_steps == AGREEMENT_WINDOW {
@@ -492,7 +568,7 @@ impl Coordinator {
             log.window_steps = 0;
             log.window_agreed = 0;
         }
-        Ok(Some((before.reasoning.label, state)))
+        Ok(Taught::Applied(before.reasoning.label, state))
     }
 
     /// The running figures.

@@ -22,7 +22,7 @@ pub use budget::RetryBudget;
 pub use cache::{CacheStats, ResultCache};
 pub use consensus::ConsensusPolicy;
 pub use coordinate::{
-    Coordination, CoordinationMetrics, Coordinator, TeacherVote, AGREEMENT_WINDOW,
+    Coordination, CoordinationMetrics, Coordinator, LearnError, TeacherVote, AGREEMENT_WINDOW,
     MAX_REPLAY_UPDATES,
 };
 pub use health::HealthSnapshot;

@@ -407,3 +407,35 @@ async fn replicas_that_join_late_or_fall_behind_replay_the_updates_and_strangers
     assert_eq!(first.info().version, 35);
     assert_eq!(stranger.info().version, 0);
 }
+
+#[tokio::test]
+async fn two_updates_naming_one_version_apply_once_and_the_other_is_a_version_conflict() {
+    let student = Arc::new(Pausing {
+        inner: LocalBackend::new(
+            "s1",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ),
+        coordinator: std::sync::OnceLock::new(),
+        // Only pauses; leaves the student list alone.
+        fired: std::sync::atomic::AtomicBool::new(true),
+    });
+    let coordinator = Coordinator::new(vec![], vec![student.clone() as Arc<dyn Backend>]);
+    let x = NormalInputs::new(5, 768).next().unwrap();
+    // The first holds the student lock inside its update while the second, also for
+    // version 0, waits for it.
+    let (first, second) = futures::join!(
+        coordinator.learn_at(&x, 1, 0, BUDGET),
+        coordinator.learn_at(&x, 2, 0, BUDGET)
+    );
+    assert_eq!(first.unwrap().version, 1);
+    assert_eq!(
+        second.unwrap_err(),
+        qnllm_router::LearnError::VersionConflict {
+            base: 0,
+            current: 1
+        }
+    );
+    assert_eq!(student.inner.info().version, 1);
+    let third = coordinator.learn_at(&x, 2, 1, BUDGET).await.unwrap();
+    assert_eq!(third.version, 2);
+}

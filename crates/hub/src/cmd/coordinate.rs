@@ -9,7 +9,7 @@ use qnllm_engine::{EngineError, Model, Params, SpikingEngine};
 use qnllm_protocol::{
     Coordinate, CoordinationResult, Deadline, ErrorCode, Learn, Learned, Message, TeacherVote,
 };
-use qnllm_router::{Backend, LocalBackend};
+use qnllm_router::{Backend, LearnError, LocalBackend};
 
 use crate::cmd::{error_code, ClientSession};
 use crate::hub::Shared;
@@ -87,21 +87,19 @@ pub(crate) fn learn(
 ) {
     let (shared_, sender) = (shared.clone(), session.sender.clone());
     session.spawn(shared, id, async move {
-        let students = shared_.router.backends();
-        let current = students.first().map(|s| s.describe().model_version);
-        if let Some(current) = current.filter(|&v| v != request.base_version) {
-            let message = format!(
-                "update is for model version {}, the engines are at {current}",
-                request.base_version
-            );
-            return fail(&sender, id, ErrorCode::VersionConflict, message).await;
-        }
+        // The version is checked under the student lock, with the update: two clients that
+        // name the same version cannot both apply.
         match shared_
             .coordinator
-            .learn(request.encoding.as_slice(), request.label, deadline)
+            .learn_at(
+                request.encoding.as_slice(),
+                request.label,
+                request.base_version,
+                deadline,
+            )
             .await
         {
-            Ok(Some(state)) => {
+            Ok(state) => {
                 let body = Learned {
                     model_version: state.version,
                     model_digest: state.digest.0,
@@ -110,16 +108,13 @@ pub(crate) fn learn(
                     .send(&Message::Learned(body), id, Deadline::NONE)
                     .await;
             }
-            Ok(None) => {
-                fail(
-                    &sender,
-                    id,
-                    ErrorCode::NoEngineAvailable,
-                    "no engine learned",
-                )
-                .await
+            Err(err @ LearnError::VersionConflict { .. }) => {
+                fail(&sender, id, ErrorCode::VersionConflict, err.to_string()).await
             }
-            Err(err) => fail(&sender, id, error_code(&err), err.to_string()).await,
+            Err(LearnError::Request(err)) => {
+                fail(&sender, id, error_code(&err), err.to_string()).await
+            }
+            Err(err) => fail(&sender, id, ErrorCode::NoEngineAvailable, err.to_string()).await,
         }
     });
 }
