@@ -49,7 +49,12 @@ std::vector<Reasoning> Engine::reason_batch(span<const float> values, std::size_
     if (dim == 0) return out;
     out.reserve(values.size() / dim);
     for (std::size_t at = 0; at + dim <= values.size(); at += dim) {
-        out.push_back(reason(values.subspan(at, dim)));
+        try {
+            out.push_back(reason(values.subspan(at, dim)));
+        } catch (const EngineError& e) {
+            throw EngineError(e.code(), "encoding " + std::to_string(at / dim) +
+                                            " of the batch: " + e.what());
+        }
     }
     return out;
 }
