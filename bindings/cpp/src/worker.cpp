@@ -407,6 +407,7 @@ int Worker::run() {
             log("registered as engine " + std::to_string(r.engine_id) + " at " + o_.connect);
             failures = 0;
             delay_ms = 50;
+            if (o_.on_registered) o_.on_registered(r.engine_id);
             auto s = std::make_shared<Session>(std::move(c));
             End end = session(s, heartbeat_ms);
             s->alive.store(false);
@@ -443,6 +444,11 @@ void request_worker_stop() {
 
 int serve_worker(Engine& engine, const WorkerOptions& options) {
     ensure_stop_pipe();
+    // A stop asked of an earlier serve_worker does not stop this one.
+    g_stop.store(false);
+    char buf[64];
+    while (g_stop_pipe[0] >= 0 && ::read(g_stop_pipe[0], buf, sizeof buf) > 0) {
+    }
     if (options.handle_signals) {
         struct sigaction sa{};
         sa.sa_handler = on_stop_signal;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "qnllm/engine.hpp"
@@ -15,7 +16,7 @@ struct WorkerOptions {
     /// The worker's name in `hello` and `register`.
     std::string name = "cpp-worker";
     /// Auth token (empty: none).
-    std::string token;
+    std::string token = "";
     /// Requests the worker offers to hold at once (`register.max_in_flight`).
     std::uint32_t max_in_flight = 64;
     /// Threads running the engine (0: one per core).
@@ -28,6 +29,8 @@ struct WorkerOptions {
     std::uint64_t grace_ms = 10000;
     /// Log connection events to stderr.
     bool verbose = true;
+    /// Called (on the worker's thread) each time the hub answers `registered`, with the engine id.
+    std::function<void(std::uint64_t)> on_registered = nullptr;
 };
 
 /// Serves `engine` until SIGTERM/SIGINT (or request_worker_stop()): then unregisters, finishes
