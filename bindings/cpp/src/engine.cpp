@@ -282,8 +282,8 @@ Reasoning Model::reason(span<const float> x) const {
 std::uint32_t Model::learn(span<const float> x, std::uint32_t label) {
     if (label >= p_.labels) {
         throw EngineError(ErrorCode::InvalidInput, "label " + std::to_string(label) +
-                                                       " is out of range: the model has " +
-                                                       std::to_string(p_.labels) + " labels");
+                                                       " is out of range: the model has labels 0.." +
+                                                       std::to_string(p_.labels));
     }
     Run r = run(x);
     if (r.label != label) {
