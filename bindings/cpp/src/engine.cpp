@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -12,7 +13,77 @@
 
 #include "qnllm/sha256.hpp"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QNLLM_HAVE_AVX2 1
+#include <immintrin.h>
+#endif
+
 namespace qnllm {
+
+namespace {
+// I[j] = sum_i W[j][i] * q[i], plain loops (the compiler may vectorise them).
+void currents_scalar(const std::int8_t* w, const std::int16_t* q, std::size_t n, std::size_t hid,
+                     std::int32_t* out) {
+    for (std::size_t j = 0; j < hid; ++j) {
+        const std::int8_t* row = w + j * n;
+        std::int32_t acc = 0;
+        for (std::size_t i = 0; i < n; ++i) acc += static_cast<std::int32_t>(row[i]) * q[i];
+        out[j] = acc;
+    }
+}
+
+#ifdef QNLLM_HAVE_AVX2
+// The same sums with vpmaddwd on sign-extended weights: pairs of i8*i16 products summed into
+// i32 lanes. Lane arithmetic wraps mod 2^32, and the exact total fits i32 (docs/engine.md
+// Bounds), so the result is the scalar one. Loads are unaligned loads (no alignment assumed).
+__attribute__((target("avx2"))) void currents_avx2(const std::int8_t* w, const std::int16_t* q,
+                                                   std::size_t n, std::size_t hid,
+                                                   std::int32_t* out) {
+    for (std::size_t j = 0; j < hid; ++j) {
+        const std::int8_t* row = w + j * n;
+        __m256i acc = _mm256_setzero_si256();
+        std::size_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m128i w8;
+            std::memcpy(&w8, row + i, 16);
+            __m256i q16;
+            std::memcpy(&q16, q + i, 32);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepi8_epi16(w8), q16));
+        }
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+        std::uint32_t total = static_cast<std::uint32_t>(_mm_cvtsi128_si32(s));
+        for (; i < n; ++i)
+            total += static_cast<std::uint32_t>(static_cast<std::int32_t>(row[i]) * q[i]);
+        out[j] = static_cast<std::int32_t>(total);
+    }
+}
+#endif
+}  // namespace
+
+bool kernel_available(Kernel k) {
+    if (k == Kernel::Scalar) return true;
+#ifdef QNLLM_HAVE_AVX2
+    return __builtin_cpu_supports("avx2");
+#else
+    return false;
+#endif
+}
+
+Kernel best_kernel() {
+    const char* force = std::getenv("QNLLM_KERNEL");
+    if (force && std::string(force) == "scalar") return Kernel::Scalar;
+    return kernel_available(Kernel::Avx2) ? Kernel::Avx2 : Kernel::Scalar;
+}
+
+const char* kernel_name(Kernel k) { return k == Kernel::Avx2 ? "avx2" : "scalar"; }
+
+bool Model::set_kernel(Kernel k) {
+    if (!kernel_available(k)) return false;
+    kernel_ = k;
+    return true;
+}
 
 namespace {
 constexpr std::int64_t I32_MAX = std::numeric_limits<std::int32_t>::max();
@@ -211,22 +282,22 @@ void Model::validate(span<const float> x) const {
 Model::Run Model::run(span<const float> x) const {
     validate(x);
     const std::size_t n = p_.inputs, hid = p_.hidden, lab = p_.labels;
-    std::vector<std::int32_t> q(n);
+    std::vector<std::int16_t> q(n);
     for (std::size_t i = 0; i < n; ++i) {
         float y = x[i] * 128.0f;
-        std::int32_t v;
+        std::int16_t v;
         if (y >= 127.0f) v = 127;
         else if (y <= -127.0f) v = -127;
-        else v = static_cast<std::int32_t>(std::nearbyint(y));  // ties to even (default mode)
+        else v = static_cast<std::int16_t>(std::nearbyint(y));  // ties to even (default mode)
         q[i] = v;
     }
     std::vector<std::int32_t> current(hid);
-    for (std::size_t j = 0; j < hid; ++j) {
-        const std::int8_t* row = w_.data() + j * n;
-        std::int32_t acc = 0;
-        for (std::size_t i = 0; i < n; ++i) acc += static_cast<std::int32_t>(row[i]) * q[i];
-        current[j] = acc;
-    }
+#ifdef QNLLM_HAVE_AVX2
+    if (kernel_ == Kernel::Avx2) currents_avx2(w_.data(), q.data(), n, hid, current.data());
+    else currents_scalar(w_.data(), q.data(), n, hid, current.data());
+#else
+    currents_scalar(w_.data(), q.data(), n, hid, current.data());
+#endif
     Run out;
     out.total = 0;
     out.scores.assign(lab, 0);

@@ -32,16 +32,22 @@ public:
     explicit Proc(std::vector<std::string> argv) {
         int fds[2];
         REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+        // Everything the child needs is built before fork: between fork and exec a child of a
+        // threaded process may only make async-signal-safe calls.
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        std::vector<std::string> env_strings = {"NO_COLOR=1"};
+        for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+        std::vector<char*> env;
+        for (auto& e : env_strings) env.push_back(e.data());
+        env.push_back(nullptr);
         pid_ = ::fork();
         REQUIRE(pid_ >= 0);
         if (pid_ == 0) {
             ::dup2(fds[1], 1);
             ::dup2(fds[1], 2);
-            ::setenv("NO_COLOR", "1", 1);
-            std::vector<char*> args;
-            for (auto& a : argv) args.push_back(a.data());
-            args.push_back(nullptr);
-            ::execv(args[0], args.data());
+            ::execve(args[0], args.data(), env.data());
             ::_exit(127);
         }
         ::close(fds[1]);
@@ -258,6 +264,23 @@ TEST_CASE("the C++ engine matches `qnllm reason --json` on 1000 fresh inputs") {
         CHECK(to_hex(r.result_digest) == j["result_digest"].get<std::string>());
         CHECK(to_hex(r.model_digest) == j["model_digest"].get<std::string>());
     }
+}
+
+TEST_CASE("a model file written by `qnllm export` loads in C++ as the same model") {
+    char dir[] = "/tmp/qnllm-cpp-export-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/seed3.safetensors";
+    Proc p({CLI, "export", "--model", "seed:3", path});
+    REQUIRE(p.wait_exit() == 0);
+    Model loaded = Model::load(path);
+    Model seeded = Model::from_seed(3);
+    CHECK(loaded.digest() == seeded.digest());
+    CHECK(loaded.name() == "seed:3");
+    CHECK(loaded.version() == 0);
+    auto xs = reference_inputs(12, 1, 768);
+    CHECK(loaded.reason(xs).result_digest == seeded.reason(xs).result_digest);
+    std::remove(path.c_str());
+    ::rmdir(dir);
 }
 
 TEST_CASE("the C++ client against a hub with Rust workers gives the digests of qnllm reason") {

@@ -82,6 +82,9 @@ TEST_CASE("every engine golden vector matches") {
         span<const float> x(xs.data() + index * p.inputs, p.inputs);
         for (std::size_t i = 0; i < 4; ++i)
             CHECK(bits(x[i]) == c.at("first_inputs")[i].get<std::uint32_t>());
+        for (Kernel k : {Kernel::Scalar, Kernel::Avx2}) {
+        if (!m.set_kernel(k)) continue;
+        CAPTURE(kernel_name(k));
         Reasoning r = m.reason(x);
         CHECK(r.label == c.at("label").get<std::uint32_t>());
         CHECK(bits(r.confidence) == c.at("confidence_bits").get<std::uint32_t>());
@@ -91,6 +94,7 @@ TEST_CASE("every engine golden vector matches") {
         CHECK(r.model_version == c.at("model_version").get<std::uint64_t>());
         CHECK(to_hex(r.model_digest) == c.at("model_digest").get<std::string>());
         CHECK(to_hex(r.result_digest) == c.at("result_digest").get<std::string>());
+        }
     }
 }
 
@@ -210,4 +214,34 @@ TEST_CASE("the safetensors loader refuses what is wrong, naming it") {
     write("{", {});
     CHECK(error().find("not a safetensors file") != std::string::npos);
     std::remove(path.c_str());
+}
+
+TEST_CASE("every kernel gives the same integers on random and extreme inputs") {
+    if (!kernel_available(Kernel::Avx2)) {
+        MESSAGE("AVX2 not available on this CPU: only the scalar kernel runs");
+        return;
+    }
+    Params small;
+    small.inputs = 37;  // not a multiple of 16: the tail loop runs too
+    small.hidden = 8;
+    small.labels = 3;
+    small.steps = 4;
+    small.hidden_threshold = 2000;
+    small.output_threshold = 100;
+    for (const Params& p : {Params{}, small}) {
+        Model a = Model::from_seed(9, p), b = Model::from_seed(9, p);
+        REQUIRE(a.set_kernel(Kernel::Scalar));
+        REQUIRE(b.set_kernel(Kernel::Avx2));
+        auto xs = reference_inputs(31, 50, p.inputs);
+        for (std::size_t k = 0; k < 50; ++k) {
+            span<const float> x(xs.data() + k * p.inputs, p.inputs);
+            CHECK(a.reason(x).result_digest == b.reason(x).result_digest);
+        }
+        for (float v : {1.0f, -1.0f, 0.5f, -0.0f}) {
+            std::vector<float> x(p.inputs, v);
+            for (std::size_t i = 0; i < x.size(); i += 3) x[i] = -v;
+            CHECK(a.reason(x).result_digest == b.reason(x).result_digest);
+            CHECK(a.reason(x).scores == b.reason(x).scores);
+        }
+    }
 }

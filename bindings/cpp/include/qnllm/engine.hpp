@@ -94,9 +94,21 @@ Digest result_digest(std::uint32_t label, std::uint32_t total_spikes,
 /// Confidence from integer scores (docs/engine.md §5).
 float confidence_of(const std::vector<std::int32_t>& scores, std::uint32_t label);
 
+/// How the input currents are computed. Both give the same integers (tested).
+enum class Kernel { Scalar, Avx2 };
+/// The best kernel this CPU runs (`QNLLM_KERNEL=scalar` in the environment forces Scalar).
+Kernel best_kernel();
+/// True if this CPU can run `k`.
+bool kernel_available(Kernel k);
+const char* kernel_name(Kernel k);
+
 /// The model: parameters, weights and version.
 class Model {
 public:
+    /// Chooses the kernel for later calls (default: best_kernel()); false if unavailable.
+    bool set_kernel(Kernel k);
+    Kernel kernel() const { return kernel_; }
+
     /// The model `seed:N`.
     static Model from_seed(std::uint64_t seed, const Params& params = Params{});
     /// A safetensors file written by `qnllm export`; throws EngineError naming what is wrong.
@@ -137,6 +149,7 @@ private:
     std::vector<std::int8_t> w_;
     std::vector<std::int16_t> r_;
     std::uint64_t version_ = 0;
+    Kernel kernel_ = best_kernel();
     Digest input_digest_{};
     Digest digest_{};
 };
