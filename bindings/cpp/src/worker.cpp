@@ -46,7 +46,8 @@ struct Session {
     Connection conn;
     std::atomic<bool> alive{true};
     std::mutex mu;
-    std::unordered_set<std::uint64_t> cancelled;
+    std::unordered_set<std::uint64_t> active;     // requests read and not yet finished
+    std::unordered_set<std::uint64_t> cancelled;  // a subset of active: cancelled ones
 
     void send(const Message& m, std::uint64_t id) {
         if (!alive.load()) return;
@@ -59,6 +60,21 @@ struct Session {
     bool take_cancel(std::uint64_t id) {
         std::lock_guard<std::mutex> lock(mu);
         return cancelled.erase(id) > 0;
+    }
+    void started(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mu);
+        active.insert(id);
+    }
+    void finished(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mu);
+        active.erase(id);
+        cancelled.erase(id);
+    }
+    /// A cancel for a request already answered (or never seen) is forgotten at once, so the
+    /// set cannot grow with the hub's late cancels.
+    void cancel(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (active.count(id)) cancelled.insert(id);
     }
 };
 
@@ -136,6 +152,7 @@ void Worker::run_pool() {
             queue_.pop_front();
         }
         execute(job);
+        if (job.session) job.session->finished(job.id);
         job = Job{};
         in_flight_.fetch_sub(1);
         served_.fetch_add(1);
@@ -222,6 +239,7 @@ void Worker::handle(const std::shared_ptr<Session>& s, const Frame& f, bool drai
             if (f.header.deadline_us > 0)
                 job.expires = Clock::now() + std::chrono::microseconds(f.header.deadline_us);
             in_flight_.fetch_add(1);
+            s->started(id);
             {
                 std::lock_guard<std::mutex> lock(qmu_);
                 queue_.push_back(std::move(job));
@@ -230,11 +248,7 @@ void Worker::handle(const std::shared_ptr<Session>& s, const Frame& f, bool drai
             (void)draining;  // requests already on their way after `unregister` are still served
             return;
         }
-        case Kind::Cancel: {
-            std::lock_guard<std::mutex> lock(s->mu);
-            s->cancelled.insert(id);
-            return;
-        }
+        case Kind::Cancel: s->cancel(id); return;
         case Kind::Ping: s->send(Pong{}, id); return;
         case Kind::Pong: return;
         case Kind::ModelQuery: {
