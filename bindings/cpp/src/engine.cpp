@@ -2,6 +2,7 @@
 // safetensors loader, quantisation, the integer LIF network, confidence, digests and learning.
 #include "qnllm/engine.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -97,9 +98,12 @@ constexpr std::int64_t INPUT_LIMIT = 127;
     throw EngineError(ErrorCode::Internal, "model file " + path + ": " + why);
 }
 
-// Arithmetic right shift of a signed value, spelled so it is defined before C++20 too.
+// Arithmetic right shift of a signed value (floor division by 2^s), spelled so it is defined
+// before C++20 too and without a branch: for negative v, v ^ m = ~v >= 0 and ~(~v >> s) is
+// the floor; for v >= 0, m = 0.
 inline std::int32_t asr(std::int32_t v, std::uint32_t s) {
-    return v >= 0 ? (v >> s) : static_cast<std::int32_t>(~(~v >> s));
+    const std::int32_t m = -static_cast<std::int32_t>(static_cast<std::uint32_t>(v) >> 31);
+    return ((v ^ m) >> s) ^ m;
 }
 
 // Rust's f32 Display for the three non-finite values.
@@ -241,6 +245,10 @@ Model Model::from_parts(std::string name, const Params& params, std::vector<std:
 }
 
 void Model::rehash() {
+    const std::size_t hid = p_.hidden, lab = p_.labels;
+    rt_.resize(r_.size());
+    for (std::size_t k = 0; k < lab; ++k)
+        for (std::size_t j = 0; j < hid; ++j) rt_[j * lab + k] = r_[k * hid + j];
     Sha256 h;
     h.update("qnllm-model-v1\0", 15);
     put32(h, p_.inputs);
@@ -304,25 +312,33 @@ Model::Run Model::run(span<const float> x) const {
     out.label_spikes.assign(lab, 0);
     out.counts.assign(hid, 0);
     std::vector<std::int32_t> v(hid, 0), u(lab, 0);
-    std::vector<std::uint32_t> fired;
-    fired.reserve(hid);
+    // The spikes of a step, as a list of the neurons that fired (written without branches:
+    // spiking is unpredictable, so a branch per neuron would be mispredicted often).
+    std::vector<std::uint32_t> fired(hid);
+    std::vector<std::int32_t> o(lab);
+    const std::int32_t threshold = p_.hidden_threshold;
+    const std::uint32_t shift = p_.hidden_leak_shift;
     for (std::uint32_t t = 0; t < p_.steps; ++t) {
-        fired.clear();
+        std::size_t nf = 0;
         for (std::size_t j = 0; j < hid; ++j) {
-            v[j] = v[j] - asr(v[j], p_.hidden_leak_shift) + current[j];
-            if (v[j] >= p_.hidden_threshold) {
-                v[j] = 0;
-                out.counts[j] += 1;
-                out.total += 1;
-                fired.push_back(static_cast<std::uint32_t>(j));
-            }
+            std::int32_t vj = v[j] - asr(v[j], shift) + current[j];
+            const std::uint32_t spike = vj >= threshold ? 1u : 0u;
+            v[j] = vj & (static_cast<std::int32_t>(spike) - 1);  // 0 after a spike
+            out.counts[j] += spike;
+            fired[nf] = static_cast<std::uint32_t>(j);
+            nf += spike;
+        }
+        out.total += static_cast<std::uint32_t>(nf);
+        // o[k] = sum over fired j of R[k][j], read from the transposed copy: one contiguous
+        // row of `labels` weights per neuron that fired.
+        std::fill(o.begin(), o.end(), 0);
+        for (std::size_t f = 0; f < nf; ++f) {
+            const std::int16_t* col = rt_.data() + static_cast<std::size_t>(fired[f]) * lab;
+            for (std::size_t k = 0; k < lab; ++k) o[k] += col[k];
         }
         for (std::size_t k = 0; k < lab; ++k) {
-            const std::int16_t* row = r_.data() + k * hid;
-            std::int32_t o = 0;
-            for (auto j : fired) o += row[j];
-            out.scores[k] += o;
-            u[k] = u[k] - asr(u[k], p_.output_leak_shift) + o;
+            out.scores[k] += o[k];
+            u[k] = u[k] - asr(u[k], p_.output_leak_shift) + o[k];
             if (u[k] >= p_.output_threshold) {
                 u[k] = 0;
                 out.label_spikes[k] += 1;

@@ -148,6 +148,7 @@ private:
     Params p_;
     std::vector<std::int8_t> w_;
     std::vector<std::int16_t> r_;
+    std::vector<std::int16_t> rt_;  // R transposed (hidden x labels), for the readout loop
     std::uint64_t version_ = 0;
     Kernel kernel_ = best_kernel();
     Digest input_digest_{};
