@@ -130,6 +130,31 @@ impl Client {
         })
     }
 
+    /// For bench.py: `n` requests by the Rust client on this connection, timed one by one
+    /// in Rust (nanoseconds each), the baseline the Python call is compared with.
+    fn _bench_reason(
+        &self,
+        py: Python<'_>,
+        encoding: &Bound<'_, PyAny>,
+        n: usize,
+    ) -> PyResult<Vec<u64>> {
+        let x = convert::encoding(encoding)?;
+        self.with(py, |live| {
+            live.runtime.block_on(async {
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let started = std::time::Instant::now();
+                    live.client
+                        .reason(&x, self.timeout)
+                        .await
+                        .map_err(error::from_client)?;
+                    times.push(started.elapsed().as_nanos() as u64);
+                }
+                Ok(times)
+            })
+        })
+    }
+
     /// Closes the connection and its thread. Closing twice does nothing.
     fn close(&self, py: Python<'_>) {
         py.detach(|| {

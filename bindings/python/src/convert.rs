@@ -1,7 +1,7 @@
 //! Encodings in from Python: a C-contiguous float32 array is copied as one block; anything
 //! else (float64, lists, strided views) goes through one vectorised `numpy` conversion.
 
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyAny;
@@ -32,9 +32,10 @@ fn as_float32<'py>(x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 /// One encoding, copied out of Python so the GIL can be released while Rust works.
 pub(crate) fn encoding(x: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
-    if let Ok(array) = x.extract::<PyReadonlyArray1<'_, f32>>() {
-        if let Ok(slice) = array.as_slice() {
-            return Ok(slice.to_vec());
+    // `to_vec` copies under the GIL and keeps no borrow, so it needs no borrow tracking.
+    if let Ok(array) = x.cast::<PyArray1<f32>>() {
+        if let Ok(values) = array.to_vec() {
+            return Ok(values);
         }
     }
     let converted = as_float32(x)?;

@@ -233,10 +233,11 @@ impl NativeEngine {
     /// Disagreement.
     fn reason(&self, py: Python<'_>, encoding: &Bound<'_, PyAny>) -> PyResult<Reasoning> {
         let x = convert::encoding(encoding)?;
+        // Checked here, not only by the engines, so a bad input is InvalidInput naming the
+        // index even when no engine is registered.
         convert::validate(&x, self.dim, None)?;
         self.with(py, |live| {
-            live.runtime
-                .block_on(live.engine.reason(&x))
+            crate::runtime::run(&live.runtime, live.engine.reason(&x))
                 .map(Reasoning::from_answer)
                 .map_err(error::from_facade)
         })
@@ -326,6 +327,29 @@ impl NativeEngine {
     fn policy(&self) -> (String, String) {
         let hub = self.hub_config();
         (hub.strategy.clone(), hub.mode.clone())
+    }
+
+    /// For bench.py: `n` calls of the Rust `reason` on this engine, timed one by one in
+    /// Rust (nanoseconds each), the baseline the Python call is compared with.
+    fn _bench_reason(
+        &self,
+        py: Python<'_>,
+        encoding: &Bound<'_, PyAny>,
+        n: usize,
+    ) -> PyResult<Vec<u64>> {
+        let x = convert::encoding(encoding)?;
+        convert::validate(&x, self.dim, None)?;
+        self.with(py, |live| {
+            live.runtime.block_on(async {
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let started = std::time::Instant::now();
+                    live.engine.reason(&x).await.map_err(error::from_facade)?;
+                    times.push(started.elapsed().as_nanos() as u64);
+                }
+                Ok(times)
+            })
+        })
     }
 
     /// Turns the result cache on or off at run time (entries are kept).

@@ -22,3 +22,21 @@ pub(crate) fn threads() -> usize {
         .unwrap_or(2)
         .max(2)
 }
+
+/// Runs `future` to completion on `runtime`. A future that is ready at its first poll (a
+/// request answered by an in-process engine) costs one poll, not a trip through the
+/// runtime's scheduler; one that is not continues under `block_on`.
+pub(crate) fn run<F: std::future::Future>(
+    runtime: &tokio::runtime::Runtime,
+    future: F,
+) -> F::Output {
+    let _entered = runtime.enter();
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        // block_on polls again at once with a real waker, which replaces the no-op one
+        // wherever the first poll registered it.
+        std::task::Poll::Pending => runtime.block_on(future),
+    }
+}

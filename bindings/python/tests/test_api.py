@@ -227,3 +227,11 @@ def test_help_is_there():
     for obj in (qnllm.UnifiedNeuralEngine, qnllm.UnifiedNeuralEngine.reason, qnllm.Reasoning,
                 qnllm.connect, qnllm.serve_worker, qnllm.InvalidInput, qnllm.EngineConfig):
         assert obj.__doc__ and len(obj.__doc__) > 20, obj
+
+
+def test_bad_input_is_invalid_input_even_without_engines():
+    with qnllm.UnifiedNeuralEngine(port=0, num_local_engines=0) as engine:
+        with pytest.raises(qnllm.InvalidInput) as e:
+            engine.reason(np.full(768, np.nan))
+        assert e.value.index == 0
+        assert engine.get_metrics().total_requests == 0
