@@ -235,3 +235,17 @@ def test_bad_input_is_invalid_input_even_without_engines():
             engine.reason(np.full(768, np.nan))
         assert e.value.index == 0
         assert engine.get_metrics().total_requests == 0
+
+
+def test_strategy_enum_and_kwargs_override_the_config():
+    config = qnllm.EngineConfig(port=0, strategy=qnllm.Strategy.CPP_FIRST, num_local_engines=2)
+    engine = qnllm.UnifiedNeuralEngine(config, strategy=qnllm.Strategy.PYTHON_FIRST)
+    try:
+        assert engine.policy == ("local-first", "single")
+        assert engine.strategy == "local-first"
+        assert engine.get_metrics().engine_count == 2
+        engine.strategy = "hedged"
+        assert engine.policy == ("local-first", "hedged") and engine.config.strategy == "hedged"
+    finally:
+        engine.stop()
+    assert config.strategy == "cpp_first"  # the caller's config is not changed by the engine

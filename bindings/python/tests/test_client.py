@@ -63,6 +63,11 @@ def test_client_sees_a_python_worker(make_engine, procs):
         r = client.reason(np.zeros(768, np.float32))
         assert r.engine == "py-for-client"
         assert r.result_digest == REFERENCE.reason(np.zeros(768, np.float32)).result_digest
+    # A batch reaches the Python worker as one batch request, answered item by item.
+    x = qnllm.normal_inputs(71, 5)
+    batch = engine.reason_batch(x)
+    assert [b.engine for b in batch] == ["py-for-client"] * 5
+    assert [b.result_digest for b in batch] == [REFERENCE.reason(row).result_digest for row in x]
 
 
 def test_asyncio_twin():
