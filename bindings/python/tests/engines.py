@@ -20,11 +20,16 @@ class HonestEngine:
 
 
 class LyingEngine(HonestEngine):
-    """Claims the reference model but shifts every label by one."""
+    """Claims the reference model but moves every answer to the next label, consistently
+    (scores and label spikes swapped with it), so only a vote can catch it."""
 
     def reason(self, encoding):
         r = self.inner.reason(encoding)
-        return ((r.label + 1) % 10, r.scores, r.total_spikes, r.label_spikes)
+        other = (r.label + 1) % 10
+        scores, spikes = list(r.scores), list(r.label_spikes)
+        scores[r.label], scores[other] = scores[other], scores[r.label]
+        spikes[r.label], spikes[other] = spikes[other], spikes[r.label]
+        return (other, scores, r.total_spikes, spikes)
 
 
 class TupleEngine:
