@@ -1,0 +1,87 @@
+"""Client for a hub another process runs, and the asyncio twin."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import qnllm
+from conftest import qnllm_bin, wait_engines
+
+REFERENCE = qnllm.SpikingEngine("seed:1")
+
+
+@pytest.fixture
+def cli_hub(procs):
+    """`qnllm serve` in its own process with one local engine; yields its address."""
+    import subprocess
+
+    serve = procs.start(
+        [qnllm_bin(), "serve", "--listen", "127.0.0.1:0", "--local", "1"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    for line in serve.stdout:
+        if "listening on tcp" in line:
+            yield line.rsplit(" ", 1)[1].strip()
+            return
+    pytest.fail("qnllm serve did not say where it listens")
+
+
+def test_client_reasons_through_another_process_hub(cli_hub, procs):
+    with qnllm.connect(cli_hub) as client:
+        x = qnllm.normal_inputs(60, 3)
+        for row in x:
+            r = client.reason(row)
+            assert r.result_digest == REFERENCE.reason(row).result_digest
+            assert r["success"] and r.latency_ms >= 0
+        batch = client.reason_batch(x)
+        assert [b.result_digest for b in batch] == [REFERENCE.reason(row).result_digest for row in x]
+        m = client.metrics()
+        assert m["requests"] >= 3 or m.get("router", {}).get("requests", 0) >= 3
+        with pytest.raises(qnllm.InvalidInput, match="767"):
+            client.reason(np.zeros(767, np.float32))
+        bad = np.zeros(768, np.float32)
+        bad[3] = np.nan
+        with pytest.raises(qnllm.InvalidInput) as e:
+            client.reason(bad)
+        assert e.value.index == 3
+        assert client.reason(x[0]).result_digest == REFERENCE.reason(x[0]).result_digest
+    with pytest.raises(qnllm.ConnectionLost):
+        client.reason(x[0])
+
+
+def test_connect_to_nothing_is_connection_lost():
+    with pytest.raises(qnllm.ConnectionLost, match="cannot connect"):
+        qnllm.connect("127.0.0.1:1")
+
+
+def test_client_sees_a_python_worker(make_engine, procs):
+    engine = make_engine(num_local_engines=0)
+    procs.python_worker(engine.address, "py-for-client")
+    wait_engines(engine, ["py-for-client"])
+    with qnllm.connect(engine.address) as client:
+        r = client.reason(np.zeros(768, np.float32))
+        assert r.engine == "py-for-client"
+        assert r.result_digest == REFERENCE.reason(np.zeros(768, np.float32)).result_digest
+    # A batch reaches the Python worker as one batch request, answered item by item.
+    x = qnllm.normal_inputs(71, 5)
+    batch = engine.reason_batch(x)
+    assert [b.engine for b in batch] == ["py-for-client"] * 5
+    assert [b.result_digest for b in batch] == [REFERENCE.reason(row).result_digest for row in x]
+
+
+def test_asyncio_twin():
+    async def main():
+        async with qnllm.AsyncUnifiedNeuralEngine(port=0, num_local_engines=2) as engine:
+            x = qnllm.normal_inputs(70, 16)
+            results = await asyncio.gather(*(engine.reason(row) for row in x))
+            assert [r.result_digest for r in results] == [REFERENCE.reason(row).result_digest for row in x]
+            batch = await engine.reason_batch(x)
+            assert [b.result_digest for b in batch] == [r.result_digest for r in results]
+            with pytest.raises(qnllm.InvalidInput):
+                await engine.reason(np.zeros(3))
+            assert engine.get_metrics().total_requests == 16
+        return engine
+
+    engine = asyncio.run(main())
+    assert not engine.engine.running
