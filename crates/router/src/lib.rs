@@ -23,5 +23,6 @@ pub use coordinate::{
 pub use health::HealthSnapshot;
 pub use local::LocalBackend;
 pub use router::{
-    EngineMetrics, Mode, Router, RouterConfig, RouterError, RouterMetrics, MIN_BATCH_PART,
+    EngineMetrics, Mode, RequestOptions, Router, RouterConfig, RouterError, RouterMetrics,
+    MIN_BATCH_PART,
 };

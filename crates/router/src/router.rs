@@ -50,6 +50,15 @@ pub enum RouterError {
 /// Fewest encodings worth a batch frame of their own when a batch is split across engines.
 pub const MIN_BATCH_PART: usize = 64;
 
+/// Settings of one request that differ from the router's: its own strategy, or no cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestOptions<'a> {
+    /// Orders the engines for this request instead of the router's strategy.
+    pub strategy: Option<&'a dyn Strategy>,
+    /// Neither read nor fill the result cache.
+    pub no_cache: bool,
+}
+
 /// How one request is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "mode")]
@@ -294,7 +303,8 @@ impl Router {
 
     /// The engines to try, best first: the strategy's order over the healthy ones, or over
     /// all of them when every one is ejected (better a sick engine than none).
-    fn plan(&self) -> Vec<Slot> {
+    /// `strategy`, when given, orders them instead of the router's.
+    fn plan_with(&self, strategy: Option<&dyn Strategy>) -> Vec<Slot> {
         let slots = self.slots.load();
         let healthy: Vec<Candidate> = slots
             .iter()
@@ -324,7 +334,10 @@ impl Router {
                 .rng
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.policy.load().strategy.order(&candidates, &mut rng)
+            match strategy {
+                Some(strategy) => strategy.order(&candidates, &mut rng),
+                None => self.policy.load().strategy.order(&candidates, &mut rng),
+            }
         };
         if let Some(first) = order.first().and_then(|&i| slots.get(i)) {
             first.health.picks.fetch_add(1, Ordering::Relaxed);
@@ -387,21 +400,39 @@ impl Router {
     ///
     /// See [`RouterError`].
     pub async fn reason(&self, encoding: &[f32], budget: Duration) -> Result<Answer, RouterError> {
+        self.reason_with(encoding, budget, &RequestOptions::default())
+            .await
+    }
+
+    /// As [`Router::reason`], with this request's own `options`.
+    ///
+    /// # Errors
+    ///
+    /// See [`RouterError`].
+    pub async fn reason_with(
+        &self,
+        encoding: &[f32],
+        budget: Duration,
+        options: &RequestOptions<'_>,
+    ) -> Result<Answer, RouterError> {
+        let strategy = options.strategy;
         let started = Instant::now();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
         let routed = async {
             let mode = self.policy.load().mode;
             match mode {
-                Mode::Single => self.single(encoding, budget, started).await,
-                Mode::Hedged => self.hedged(encoding, budget, started).await,
-                Mode::Redundant { copies } => self.redundant(encoding, copies, budget).await,
+                Mode::Single => self.single(encoding, budget, started, strategy).await,
+                Mode::Hedged => self.hedged(encoding, budget, started, strategy).await,
+                Mode::Redundant { copies } => {
+                    self.redundant(encoding, copies, budget, strategy).await
+                }
             }
         };
         let cache = self
             .cache
             .as_ref()
-            .filter(|_| self.cache_enabled.load(Ordering::Relaxed));
+            .filter(|_| self.cache_enabled.load(Ordering::Relaxed) && !options.no_cache);
         // The model (what cache keys start with) is only looked up by a router with a cache.
         let model = self.cache.as_ref().and_then(|_| self.serving_model());
         let mut answer = match (cache, model) {
@@ -434,10 +465,15 @@ impl Router {
         encoding: &[f32],
         budget: Duration,
         started: Instant,
+        strategy: Option<&dyn Strategy>,
     ) -> Result<Answer, RouterError> {
-        self.with_failover(self.plan(), budget, started, 1, |slot, left| async move {
-            slot.backend.reason(encoding, left).await
-        })
+        self.with_failover(
+            self.plan_with(strategy),
+            budget,
+            started,
+            1,
+            |slot, left| async move { slot.backend.reason(encoding, left).await },
+        )
         .await
     }
 
@@ -508,8 +544,9 @@ impl Router {
         encoding: &[f32],
         budget: Duration,
         started: Instant,
+        strategy: Option<&dyn Strategy>,
     ) -> Result<Answer, RouterError> {
-        let plan = self.plan();
+        let plan = self.plan_with(strategy);
         // Without a second engine, or before the first has a latency history, there is
         // nothing to hedge with or to compare against.
         let p95 = plan.first().and_then(|s| s.health.quantile(0.95));
@@ -570,9 +607,10 @@ impl Router {
         encoding: &[f32],
         copies: usize,
         budget: Duration,
+        strategy: Option<&dyn Strategy>,
     ) -> Result<Answer, RouterError> {
         let copies = copies.max(2);
-        let plan: Vec<Slot> = self.plan().into_iter().take(copies).collect();
+        let plan: Vec<Slot> = self.plan_with(strategy).into_iter().take(copies).collect();
         if plan.len() < copies {
             let reason = format!(
                 "redundant mode needs {copies} engines, {} available",
@@ -658,6 +696,23 @@ impl Router {
         dim: usize,
         budget: Duration,
     ) -> Result<Vec<Answer>, RouterError> {
+        self.reason_batch_with(values, dim, budget, &RequestOptions::default())
+            .await
+    }
+
+    /// As [`Router::reason_batch`], ordered by `options.strategy` when given (batches are
+    /// never cached).
+    ///
+    /// # Errors
+    ///
+    /// See [`RouterError`]; the first failing part's error.
+    pub async fn reason_batch_with(
+        &self,
+        values: &[f32],
+        dim: usize,
+        budget: Duration,
+        options: &RequestOptions<'_>,
+    ) -> Result<Vec<Answer>, RouterError> {
         let started = Instant::now();
         let dim = dim.max(1);
         let count = values.len() / dim;
@@ -666,7 +721,7 @@ impl Router {
             .batch_items
             .fetch_add(count as u64, Ordering::Relaxed);
         self.budget.deposit();
-        let plan = self.plan();
+        let plan = self.plan_with(options.strategy);
         let parts = plan.len().min(count.div_ceil(MIN_BATCH_PART)).max(1);
         let per_part = count.div_ceil(parts).max(1);
         let runs =
