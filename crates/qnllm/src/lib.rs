@@ -23,6 +23,7 @@ mod unified;
 pub use builder::Builder;
 pub use qnllm_engine::{Model, NormalInputs, Params, Reasoning, SpikingEngine};
 pub use qnllm_router::{
-    Answer, BatchPolicy, Coordination, CoordinationMetrics, Mode, ModelState, RouterMetrics,
+    Answer, BatchPolicy, CacheStats, Coordination, CoordinationMetrics, EngineMetrics, Mode,
+    ModelState, RouterError, RouterMetrics,
 };
 pub use unified::{Error, Metrics, UnifiedEngine};
