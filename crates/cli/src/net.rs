@@ -81,6 +81,8 @@ pub(crate) struct ServeArgs {
     /// Lower latency on machines where waking a core is slow, for CPU spent waiting.
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll_us: Option<u64>,
+    #[command(flatten)]
+    pub(crate) front: crate::front::FrontArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,7 +138,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A runtime with `threads` worker threads; by default one per core (or
 /// `TOKIO_WORKER_THREADS`).
-fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
         builder.worker_threads(threads.max(1));
@@ -148,7 +150,7 @@ fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 /// A token cancelled by SIGINT or SIGTERM.
-fn on_signal() -> CancellationToken {
+pub(crate) fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -206,6 +208,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     config.busy_poll_us = args.busy_poll_us.unwrap_or(config.busy_poll_us);
     if !args.teachers.is_empty() {
         config.teachers = args.teachers;
+    }
+    if args.front.enabled() {
+        return crate::front::serve(config, args.local, &args.model, args.threads, args.front);
     }
     let hub = Hub::new(config)?;
     if args.local > 0 {
