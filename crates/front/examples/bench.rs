@@ -189,6 +189,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await,
         ),
     ];
+    let empty = GrpcInferenceServiceClient::connect(format!("http://{empty_addr}")).await?;
+    let qnllm_grpc = GrpcInferenceServiceClient::connect(format!("http://{grpc}")).await?;
     let request = ModelInferRequest {
         model_name: "qnllm".into(),
         inputs: vec![InferInputTensor {
@@ -198,10 +200,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..InferInputTensor::default()
         }],
         raw_input_contents: vec![raw.clone()],
+        parameters: [(
+            "no_cache".to_string(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+            },
+        )]
+        .into_iter()
+        .collect(),
         ..ModelInferRequest::default()
     };
-    let empty = GrpcInferenceServiceClient::connect(format!("http://{empty_addr}")).await?;
-    let qnllm_grpc = GrpcInferenceServiceClient::connect(format!("http://{grpc}")).await?;
+    // Every qnllm row must really be answered: one checked call each before measuring.
+    let check = qnllm_grpc.clone().model_infer(request.clone()).await?;
+    if check.get_ref().outputs.len() != qnllm_front::OUTPUTS.len() {
+        return Err("the gRPC infer did not return every output".into());
+    }
+    for (name, body, extra) in [
+        ("binary", binary_body.clone(), Some(head.len())),
+        ("JSON", json_body.clone().into_bytes(), None),
+    ] {
+        let mut r = client.post(&infer_url).body(body);
+        if let Some(len) = extra {
+            r = r.header(qnllm_front::HEADER_LENGTH, len);
+        }
+        let status = r.send().await?.status();
+        if !status.is_success() {
+            return Err(format!("the HTTP {name} infer answered {status}").into());
+        }
+    }
     let tonic_empty = measure(|| {
         let mut c = empty.clone();
         let r = request.clone();
