@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod front;
 mod input;
 mod learn;
 mod net;

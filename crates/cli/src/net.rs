@@ -82,6 +82,8 @@ pub(crate) struct ServeArgs {
     /// Lower latency on machines where waking a core is slow, for CPU spent waiting.
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll_us: Option<u64>,
+    #[command(flatten)]
+    pub(crate) front: crate::front::FrontArgs,
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +139,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A runtime with `threads` worker threads; by default one per core (or
 /// `TOKIO_WORKER_THREADS`).
-fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
         builder.worker_threads(threads.max(1));
@@ -149,7 +151,7 @@ fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 /// A token cancelled by SIGINT or SIGTERM.
-fn on_signal() -> CancellationToken {
+pub(crate) fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -175,8 +177,9 @@ fn on_signal() -> CancellationToken {
     token
 }
 
-pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+pub(crate) fn serve(mut args: ServeArgs) -> Result<()> {
     let threads = args.threads;
+    let front = std::mem::take(&mut args.front);
     let local = args.local;
     let model = if local > 0 {
         Some(args.model.load()?)
@@ -199,6 +202,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         }
         if let Some(path) = engine.unix_path() {
             println!("qnllm hub listening on unix {}", path.display());
+        }
+        if front.enabled() {
+            return crate::front::serve(engine, front, shutdown).await;
         }
         shutdown.cancelled().await;
         engine.stop().await;

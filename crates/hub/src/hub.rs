@@ -172,6 +172,12 @@ impl Hub {
         self.shared.handlers.register(name.into(), handler);
     }
 
+    /// Hub events as they happen (topic `engines`: joined, left); a reader that falls
+    /// behind misses the oldest rather than slowing the hub.
+    pub fn events(&self) -> broadcast::Receiver<(String, serde_json::Value)> {
+        self.shared.events.subscribe()
+    }
+
     /// A JSON snapshot of engines, connections and counters.
     pub fn metrics(&self) -> serde_json::Value {
         crate::cmd::metrics::snapshot(&self.shared)

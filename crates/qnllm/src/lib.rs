@@ -25,6 +25,7 @@ pub use builder::Builder;
 pub use error::Error;
 pub use qnllm_engine::{Model, NormalInputs, Params, Reasoning, SpikingEngine};
 pub use qnllm_router::{
-    Answer, BatchPolicy, Coordination, CoordinationMetrics, Mode, ModelState, RouterMetrics,
+    Answer, BatchPolicy, CacheStats, Coordination, CoordinationMetrics, EngineMetrics, Mode,
+    ModelState, RouterError, RouterMetrics,
 };
 pub use unified::{Metrics, UnifiedEngine};

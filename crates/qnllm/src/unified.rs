@@ -151,6 +151,16 @@ impl UnifiedEngine {
             .await?)
     }
 
+    /// The hub's events (topic `engines`: joined, left) from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<(String, serde_json::Value)> {
+        self.hub.events()
+    }
+
+    /// The deadline each request gets unless it asks for less.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// A snapshot of every figure.
     pub fn metrics(&self) -> Metrics {
         Metrics {

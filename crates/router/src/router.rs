@@ -64,9 +64,11 @@ pub enum RouterError {
     },
 }
 
-/// Per-request options.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RequestOptions {
+/// Settings of one request that differ from the router's: its own strategy, or no cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestOptions<'a> {
+    /// Orders the engines for this request instead of the router's strategy.
+    pub strategy: Option<&'a dyn Strategy>,
     /// Neither read the cache nor fill it (the frame header's `NO_CACHE` flag).
     pub no_cache: bool,
 }
@@ -532,8 +534,8 @@ impl Router {
     /// the current model that are healthy and below their in-flight limit, then the healthy
     /// ones at their limit; or, when no engine has room, over every engine at the current
     /// model (better a sick or busy engine than none). Lagging and foreign engines are never
-    /// in it.
-    fn plan(&self) -> Plan {
+    /// in it. `strategy`, when given, orders them instead of the router's.
+    fn plan(&self, strategy: Option<&dyn Strategy>) -> Plan {
         let slots = self.slots.load();
         let states: Vec<ModelState> = slots.iter().map(|s| s.backend.model_state()).collect();
         let head = head(&states);
@@ -566,10 +568,14 @@ impl Router {
                 .rng
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.policy
-                .load()
-                .strategy
-                .order(&candidates, &cost, &mut rng)
+            match strategy {
+                Some(strategy) => strategy.order(&candidates, &cost, &mut rng),
+                None => self
+                    .policy
+                    .load()
+                    .strategy
+                    .order(&candidates, &cost, &mut rng),
+            }
         };
         if let Some(first) = order.first().and_then(|&i| slots.get(i)) {
             first.health.picks.fetch_add(1, Ordering::Relaxed);
@@ -670,12 +676,12 @@ impl Router {
         &self,
         encoding: &[f32],
         budget: Duration,
-        options: RequestOptions,
+        options: RequestOptions<'_>,
     ) -> Result<Answer, RouterError> {
         let started = Instant::now();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
-        let plan = self.plan();
+        let plan = self.plan(options.strategy);
         let cache = self
             .cache
             .as_ref()
@@ -1023,6 +1029,23 @@ impl Router {
         dim: usize,
         budget: Duration,
     ) -> Result<Vec<Answer>, RouterError> {
+        self.reason_batch_with(values, dim, budget, RequestOptions::default())
+            .await
+    }
+
+    /// As [`Router::reason_batch`], ordered by `options.strategy` when given (batches are
+    /// never cached).
+    ///
+    /// # Errors
+    ///
+    /// See [`RouterError`]; the first failing part's error.
+    pub async fn reason_batch_with(
+        &self,
+        values: &[f32],
+        dim: usize,
+        budget: Duration,
+        options: RequestOptions<'_>,
+    ) -> Result<Vec<Answer>, RouterError> {
         let started = Instant::now();
         let dim = dim.max(1);
         let count = values.len() / dim;
@@ -1031,7 +1054,7 @@ impl Router {
             .batch_items
             .fetch_add(count as u64, Ordering::Relaxed);
         self.budget.deposit();
-        let plan = self.plan().slots;
+        let plan = self.plan(options.strategy).slots;
         let parts = plan.len().min(count.div_ceil(MIN_BATCH_PART)).max(1);
         let per_part = count.div_ceil(parts).max(1);
         let runs = values.chunks(per_part * dim).enumerate().map(|(i, part)| {

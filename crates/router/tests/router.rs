@@ -867,7 +867,10 @@ async fn no_cache_neither_reads_nor_fills_the_cache() {
         },
         std::slice::from_ref(&a),
     );
-    let no_cache = RequestOptions { no_cache: true };
+    let no_cache = RequestOptions {
+        no_cache: true,
+        ..Default::default()
+    };
     router.reason(&[0.5, 0.5], BUDGET).await.unwrap(); // fills
     let fresh = router
         .reason_with(&[0.5, 0.5], BUDGET, no_cache)

@@ -25,7 +25,10 @@ pub(crate) fn one(
     session.spawn_costing(shared, id, cost, async move {
         // The router's future is about 3 KB: boxed, it is written once, where the task
         // would otherwise copy it on every move into place.
-        let options = qnllm_router::RequestOptions { no_cache };
+        let options = qnllm_router::RequestOptions {
+            no_cache,
+            ..Default::default()
+        };
         match Box::pin(shared_.router.reason_with(&encoding, deadline, options)).await {
             Ok(answer) => {
                 sender
