@@ -332,6 +332,9 @@ async fn client_loop(
             () = shared.shutdown.cancelled(), if !draining => continue,
             read = reader.read_frame_within(limit) => read,
         };
+        if draining && shared.past_grace() {
+            break;
+        }
         let frame = match read {
             Err(Elapsed) if draining => {
                 if session.idle() || shared.past_grace() {
@@ -438,8 +441,9 @@ async fn worker_loop(
     // The worker asked to leave (`status: draining`): once it holds nothing, the hub says
     // goodbye, and the worker leaves with nothing to fail over.
     let mut released = false;
+    let mut asked_to_drain = false;
     let reason = loop {
-        if !released && engine.drained() {
+        if asked_to_drain && !released && engine.drained() {
             released = true;
             let goodbye = Message::Goodbye(Goodbye {
                 reason: "drained: no requests left for this worker".into(),
@@ -469,7 +473,7 @@ async fn worker_loop(
                 Ok(Some(frame)) => {
                     count_in(shared, stats, &frame);
                     engine.heard();
-                    if let Some(reason) = worker_frame(shared, sender, &engine, frame).await {
+                    if let Some(reason) = worker_frame(shared, sender, &engine, frame, &mut asked_to_drain).await {
                         break reason;
                     }
                 }
@@ -496,6 +500,7 @@ async fn worker_frame(
     sender: &FrameSender,
     engine: &crate::remote::RemoteEngine,
     frame: Frame,
+    asked_to_drain: &mut bool,
 ) -> Option<String> {
     use qnllm_protocol::MessageKind;
     let id = frame.header.request_id;
@@ -524,6 +529,8 @@ async fn worker_frame(
         Message::Status(status) => {
             tracing::debug!(engine = %qnllm_router::Backend::name(engine), state = %status.state, "worker status");
             if status.state == "draining" || status.state == "stopped" {
+                // The worker waits for the hub's goodbye, sent once it holds nothing.
+                *asked_to_drain = true;
                 shared.registry.withdraw(engine);
             }
         }
