@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod input;
+mod nats;
 mod net;
 mod npy;
 mod output;

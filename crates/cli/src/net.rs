@@ -81,6 +81,8 @@ pub(crate) struct ServeArgs {
     /// Lower latency on machines where waking a core is slow, for CPU spent waiting.
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll_us: Option<u64>,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +114,8 @@ pub(crate) struct WorkerArgs {
     /// Poll for the next request this long before sleeping [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll_us: u64,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -217,10 +221,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             ));
         }
     }
-    let threads = args.threads;
+    let (threads, nats) = (args.threads, args.nats);
     runtime_with(threads)?.block_on(async move {
         let shutdown = on_signal();
         let running = hub.start(shutdown).await?;
+        let _discovery = crate::nats::discover(&nats, running.hub().router()).await?;
         // One line per listener on stdout, so scripts (and tests) can find the address.
         if let Some(addr) = running.tcp {
             println!("qnllm hub listening on tcp {addr}");
@@ -252,6 +257,17 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     } else {
         LocalBackend::new(config.name.clone(), spiking)
     };
+    if args.nats.url().is_some() {
+        let (name, runtime) = (config.name, runtime_with(args.threads)?);
+        return crate::nats::worker(
+            &args.nats,
+            engine,
+            name,
+            args.max_in_flight,
+            args.fixed,
+            runtime,
+        );
+    }
     runtime_with(args.threads)?.block_on(async move {
         let shutdown = on_signal();
         // On a runtime thread, not this one: the task that reads the socket then runs
