@@ -40,12 +40,19 @@ pub struct LearnLog {
 /// within milliseconds of each other.
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
+/// Longest wait for a JetStream API answer.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl LearnLog {
     /// Logs on `client`'s cluster, created with `replicas` copies (1 for a single server, 3
     /// for a three-node cluster) when they do not exist yet.
     pub fn new(client: async_nats::Client, replicas: usize) -> LearnLog {
+        let mut js = jetstream::new(client);
+        // The connection has no request timeout (each request brings its own): without one
+        // here, an API call to a cluster with no JetStream leader would wait for ever.
+        js.set_timeout(API_TIMEOUT);
         LearnLog {
-            js: jetstream::new(client),
+            js,
             instance: fastrand::u64(..),
             replicas: replicas.max(1),
             streams: Mutex::new(HashMap::new()),
