@@ -670,7 +670,19 @@ async fn redundant_mode_across_hosts_catches_a_lying_remote_engine() {
         &["--fixed"],
     );
     cluster.workers.insert("liar".into(), liar);
-    cluster.wait_engines("h1", &["liar", "w1", "w2"]).await;
+    // And a third honest one on w1's host, so three honest engines remain once the liar is
+    // ejected (redundancy 3 needs three engines).
+    let w3 = worker(
+        &cluster.hosts,
+        "w1",
+        "w3",
+        &cluster.hosts.nats_url("n3"),
+        &[],
+    );
+    cluster.workers.insert("w3".into(), w3);
+    cluster
+        .wait_engines("h1", &["liar", "w1", "w2", "w3"])
+        .await;
     let local = local();
     let client = cluster.client("h1").await;
     for x in NormalInputs::new(8, 768).take(20) {
