@@ -5,6 +5,7 @@ mod demo;
 mod front;
 mod input;
 mod learn;
+mod nats;
 mod net;
 mod npy;
 mod output;

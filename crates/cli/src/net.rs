@@ -84,6 +84,8 @@ pub(crate) struct ServeArgs {
     busy_poll_us: Option<u64>,
     #[command(flatten)]
     pub(crate) front: crate::front::FrontArgs,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +117,8 @@ pub(crate) struct WorkerArgs {
     /// Poll for the next request this long before sleeping [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll_us: u64,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +184,7 @@ pub(crate) fn on_signal() -> CancellationToken {
 pub(crate) fn serve(mut args: ServeArgs) -> Result<()> {
     let threads = args.threads;
     let front = std::mem::take(&mut args.front);
+    let nats = std::mem::take(&mut args.nats);
     let local = args.local;
     let model = if local > 0 {
         Some(args.model.load()?)
@@ -196,6 +201,7 @@ pub(crate) fn serve(mut args: ServeArgs) -> Result<()> {
     runtime_with(threads)?.block_on(async move {
         let shutdown = on_signal();
         engine.start().await?;
+        let _discovery = crate::nats::discover(&nats, engine.router()).await?;
         // One line per listener on stdout, so scripts (and tests) can find the address.
         if let Some(addr) = engine.tcp_addr() {
             println!("qnllm hub listening on tcp {addr}");
@@ -268,6 +274,17 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     } else {
         LocalBackend::new(config.name.clone(), spiking)
     };
+    if args.nats.url().is_some() {
+        let (name, runtime) = (config.name, runtime_with(args.threads)?);
+        return crate::nats::worker(
+            &args.nats,
+            engine,
+            name,
+            args.max_in_flight,
+            args.fixed,
+            runtime,
+        );
+    }
     runtime_with(args.threads)?.block_on(async move {
         let shutdown = on_signal();
         // On a runtime thread, not this one: the task that reads the socket then runs

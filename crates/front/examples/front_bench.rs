@@ -1,4 +1,4 @@
-//! `cargo run -p qnllm-front --example bench --release`: what the front adds over the HTTP
+//! `cargo run -p qnllm-front --example front_bench --release`: what the front adds over the HTTP
 //! and gRPC stacks themselves. In one run, one request at a time over loopback, it measures a
 //! minimal axum echo server and a minimal tonic server (the same generated service, answering
 //! empty) next to qnllm's HTTP JSON, HTTP binary and gRPC infer with one in-process engine,

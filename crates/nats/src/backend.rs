@@ -1,0 +1,292 @@
+//! `NatsBackend`: a worker on NATS as a router backend. Each call is one NATS request whose
+//! payload is one frame and whose timeout is the try's budget; learning appends to the
+//! lineage's update log and waits for this worker's state after that entry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use bytes::{Bytes, BytesMut};
+use qnllm_engine::Digest;
+use qnllm_protocol::{
+    encode_batch_frame, encode_reason_frame, Deadline, ErrorCode, Frame, Message,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
+
+use crate::announce::Announce;
+use crate::convert;
+use crate::frame::decode_one;
+use crate::log::LearnLog;
+use crate::subject;
+
+/// One worker's engine, reached over NATS.
+#[derive(Debug)]
+pub struct NatsBackend {
+    name: String,
+    id: String,
+    subject: String,
+    lineage: String,
+    client: async_nats::Client,
+    info: Mutex<EngineInfo>,
+    log: Option<Arc<LearnLog>>,
+    next_request: AtomicU64,
+}
+
+impl NatsBackend {
+    /// The worker `announce` describes, reached through `client`; `log` (shared by the
+    /// backends of one hub) lets it learn.
+    pub fn new(
+        client: async_nats::Client,
+        announce: &Announce,
+        log: Option<Arc<LearnLog>>,
+    ) -> NatsBackend {
+        NatsBackend {
+            name: announce.name.clone(),
+            id: announce.id.clone(),
+            subject: announce.subject.clone(),
+            lineage: announce.lineage.clone(),
+            client,
+            info: Mutex::new(info_of(announce)),
+            log,
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// The engine id (its subject token).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lineage it belongs to.
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    /// Takes the model version and digest from a newer announcement.
+    pub fn update(&self, announce: &Announce) {
+        *self.lock() = info_of(announce);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EngineInfo> {
+        // One field assignment at a time: consistent whatever panicked.
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn gone(&self, reason: impl Into<String>) -> BackendError {
+        BackendError::Gone {
+            engine: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// One request-reply on `subject` within `budget`; the reply must be one frame.
+    async fn exchange(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        budget: Duration,
+    ) -> Result<Frame, BackendError> {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(budget));
+        let reply = self
+            .client
+            .send_request(subject.to_string(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::TimedOut => BackendError::Timeout {
+                    engine: self.name.clone(),
+                    budget,
+                },
+                RequestErrorKind::NoResponders => self.gone("no responders on its subject"),
+                _ => self.gone(e.to_string()),
+            })?;
+        decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES).map_err(|e| BackendError::Failed {
+            engine: self.name.clone(),
+            reason: format!("bad reply: {e}"),
+        })
+    }
+
+    async fn call(
+        &self,
+        encode: impl FnOnce(u64, Deadline, &mut BytesMut),
+        budget: Duration,
+    ) -> Result<Frame, BackendError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut out = BytesMut::new();
+        encode(id, Deadline::from_remaining(budget), &mut out);
+        let frame = self.exchange(&self.subject, out.freeze(), budget).await?;
+        if frame.header.request_id != id {
+            return Err(BackendError::Failed {
+                engine: self.name.clone(),
+                reason: format!("reply is for request {}, not {id}", frame.header.request_id),
+            });
+        }
+        Ok(frame)
+    }
+
+    fn failure(&self, frame: &Frame) -> BackendError {
+        let engine = self.name.clone();
+        match frame.message() {
+            Ok(Message::Error(error)) if error.code == ErrorCode::InvalidInput => {
+                BackendError::InvalidInput(error.message)
+            }
+            Ok(Message::Error(error)) if error.code == ErrorCode::DeadlineExceeded => {
+                BackendError::Timeout {
+                    engine,
+                    budget: Duration::ZERO,
+                }
+            }
+            Ok(Message::Error(error)) => BackendError::Failed {
+                engine,
+                reason: format!("{}: {}", error.code, error.message),
+            },
+            Ok(other) => BackendError::Failed {
+                engine,
+                reason: format!("unexpected {} in reply", other.kind()),
+            },
+            Err(e) => BackendError::Failed {
+                engine,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn info_of(announce: &Announce) -> EngineInfo {
+    EngineInfo {
+        name: announce.name.clone(),
+        kind: "remote",
+        input_size: announce.input_size,
+        labels: announce.labels,
+        model_version: announce.model_version,
+        model_digest: Digest::from_hex(&announce.model_digest).unwrap_or_default(),
+    }
+}
+
+impl Backend for NatsBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+
+    fn describe(&self) -> EngineInfo {
+        self.lock().clone()
+    }
+
+    fn model_digest(&self) -> Digest {
+        self.lock().model_digest
+    }
+
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        Box::pin(async move {
+            let frame = self
+                .call(
+                    |id, deadline, out| encode_reason_frame(encoding, id, deadline, out),
+                    budget,
+                )
+                .await?;
+            match frame.message() {
+                Ok(Message::Result(body)) => Ok(convert::answer(body)),
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        Box::pin(async move {
+            let dim = u32::try_from(dim)
+                .ok()
+                .filter(|d| *d > 0 && values.len().is_multiple_of(*d as usize))
+                .ok_or_else(|| {
+                    BackendError::InvalidInput(format!(
+                        "{} values do not split into encodings of {dim}",
+                        values.len()
+                    ))
+                })?;
+            let frame = self
+                .call(
+                    |id, deadline, out| {
+                        encode_batch_frame(dim, values, id, deadline, out);
+                    },
+                    budget,
+                )
+                .await?;
+            match frame.message() {
+                Ok(Message::BatchResult(body)) => {
+                    Ok(body.results.into_iter().map(convert::answer).collect())
+                }
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
+        Box::pin(async move {
+            let Some(log) = &self.log else {
+                return Err(BackendError::Failed {
+                    engine: self.name.clone(),
+                    reason: "this hub has no update log: learning is off".into(),
+                });
+            };
+            let started = tokio::time::Instant::now();
+            let seq = tokio::time::timeout(
+                budget,
+                log.append(&self.lineage, encoding, label, base_version),
+            )
+            .await
+            .map_err(|_| BackendError::Timeout {
+                engine: self.name.clone(),
+                budget,
+            })?
+            .map_err(|e| self.gone(e.to_string()))?;
+            let left = budget.saturating_sub(started.elapsed());
+            let wait_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+            let mut payload = BytesMut::with_capacity(12);
+            payload.extend_from_slice(&seq.to_le_bytes());
+            payload.extend_from_slice(&wait_ms.to_le_bytes());
+            let applied = subject::applied(&self.id);
+            // A little longer than the worker waits, so its own "not yet" arrives first.
+            let frame = self
+                .exchange(&applied, payload.freeze(), left + Duration::from_millis(50))
+                .await?;
+            match frame.message() {
+                Ok(Message::Learned(learned)) => {
+                    let state = ModelState {
+                        version: learned.model_version,
+                        digest: Digest(learned.model_digest),
+                    };
+                    let mut info = self.lock();
+                    if state.version >= info.model_version {
+                        info.model_version = state.version;
+                        info.model_digest = state.digest;
+                    }
+                    Ok(state)
+                }
+                _ => Err(self.failure(&frame)),
+            }
+        })
+    }
+}

@@ -1,0 +1,433 @@
+//! The worker on NATS: serves one engine on its own subject and its lineage's queue-group
+//! subject, announces itself with heartbeats, follows the update log in order, and leaves
+//! cleanly (announce `leaving`, finish in-flight requests) when asked to stop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use qnllm_protocol::{
+    encode_frame, BatchResult, Deadline, ErrorCode, Frame, Learned, Message, ModelInfo, WireError,
+    DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use qnllm_router::{BackendError, LocalBackend, ModelState};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::announce::Announce;
+use crate::convert::result_body;
+use crate::error::NatsError;
+use crate::frame::decode_one;
+use crate::log::LearnLog;
+use crate::subject;
+
+/// How a NATS worker presents itself and behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Name in results and metrics; its subject token is the engine id, unique in the
+    /// cluster.
+    pub name: String,
+    /// Engine kind announced (`spiking`, `fixed`).
+    pub kind: String,
+    /// Requests handled at once; more wait in the subscription (back-pressure).
+    pub max_in_flight: u32,
+    /// Time between announcements. Hubs forget a worker silent for three of them.
+    pub heartbeat: Duration,
+    /// Follow the lineage's update log (learn in the cluster's one order).
+    pub follow_log: bool,
+    /// Copies of the update log, when this worker is the one to create it.
+    pub log_replicas: usize,
+    /// Time in-flight requests get to finish when stopping.
+    pub grace: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `name`: 64 in flight, heartbeat 1 s, follow the log (one copy), 5 s grace.
+    pub fn new(name: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            kind: "spiking".into(),
+            max_in_flight: 64,
+            heartbeat: Duration::from_secs(1),
+            follow_log: true,
+            log_replicas: 1,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// States reached by applying log entries, remembered so a hub can ask for the state after
+/// exactly its entry, even when later entries were applied since.
+const STATES_KEPT: usize = 10_000;
+
+/// What the worker's tasks share.
+struct Shared {
+    client: async_nats::Client,
+    config: WorkerConfig,
+    id: String,
+    lineage: String,
+    engine: LocalBackend,
+    /// Outcome of each applied log entry, by sequence.
+    states: Mutex<BTreeMap<u64, Result<ModelState, String>>>,
+    /// The last log sequence applied.
+    applied: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn announcement(&self, leaving: bool) -> Announce {
+        let info = self.engine.info();
+        Announce {
+            id: self.id.clone(),
+            name: self.config.name.clone(),
+            kind: self.config.kind.clone(),
+            model_digest: info.digest.to_hex(),
+            model_version: info.version,
+            lineage: self.lineage.clone(),
+            input_size: info.params.inputs,
+            labels: info.params.labels,
+            max_in_flight: self.config.max_in_flight,
+            protocol: PROTOCOL_VERSION,
+            subject: subject::engine(&self.id),
+            leaving,
+        }
+    }
+
+    async fn announce(&self, leaving: bool) {
+        let body = match serde_json::to_vec(&self.announcement(leaving)) {
+            Ok(body) => body,
+            Err(e) => return tracing::error!(error = %e, "cannot encode the announcement"),
+        };
+        // While disconnected the client buffers; a lost heartbeat is replaced by the next.
+        if let Err(e) = self.client.publish(subject::ANNOUNCE, body.into()).await {
+            tracing::debug!(error = %e, "announcement not sent");
+        }
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Result<ModelState, String>>> {
+        // Single inserts and removals: consistent whatever panicked.
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Serves `engine` on the cluster `client` is connected to until `shutdown` is cancelled;
+/// then announces it is leaving, stops taking requests, and lets those in flight finish
+/// within the grace period.
+///
+/// # Errors
+///
+/// [`NatsError::Subscribe`] when the subscriptions cannot be made.
+pub async fn run(
+    client: async_nats::Client,
+    config: WorkerConfig,
+    engine: LocalBackend,
+    shutdown: CancellationToken,
+) -> Result<(), NatsError> {
+    let info = engine.info();
+    let id = subject::token(&config.name);
+    let lineage = info.digest.short();
+    let subscribe_error = |subject: &str, e: async_nats::SubscribeError| NatsError::Subscribe {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    };
+    let own_subject = subject::engine(&id);
+    let any_subject = subject::model(&lineage);
+    let applied_subject = subject::applied(&id);
+    let mut own = client
+        .subscribe(own_subject.clone())
+        .await
+        .map_err(|e| subscribe_error(&own_subject, e))?;
+    let mut any = client
+        .queue_subscribe(any_subject.clone(), subject::QUEUE_GROUP.to_string())
+        .await
+        .map_err(|e| subscribe_error(&any_subject, e))?;
+    let mut applied = client
+        .subscribe(applied_subject.clone())
+        .await
+        .map_err(|e| subscribe_error(&applied_subject, e))?;
+    let mut discover = client
+        .subscribe(subject::DISCOVER)
+        .await
+        .map_err(|e| subscribe_error(subject::DISCOVER, e))?;
+    // Subscriptions are in place before anyone hears of us.
+    let _ = client.flush().await;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        id,
+        lineage,
+        engine,
+        states: Mutex::new(BTreeMap::new()),
+        applied: watch::channel(0).0,
+        config,
+    });
+    tracing::info!(engine = %shared.config.name, subject = %own_subject, lineage = %shared.lineage, "serving on NATS");
+    shared.announce(false).await;
+
+    let stop = CancellationToken::new();
+    let _stop_follower = stop.clone().drop_guard();
+    if shared.config.follow_log {
+        tokio::spawn(follow_log(shared.clone(), stop.clone()));
+    }
+    let requests = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight.max(1) as usize));
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => { shared.announce(false).await; continue; }
+            Some(_) = discover.next() => { shared.announce(false).await; continue; }
+            Some(m) = applied.next() => {
+                requests.spawn(answer_applied(shared.clone(), m));
+                continue;
+            }
+            Some(m) = own.next() => m,
+            Some(m) = any.next() => m,
+            else => break,
+        };
+        let arrived = Instant::now();
+        let Some(reply) = message.reply else {
+            continue; // nobody to answer: a publish, not a request
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let shared = shared.clone();
+        requests.spawn(async move {
+            let answer = serve(&shared, &message.payload, arrived).await;
+            if let Err(e) = shared.client.publish(reply, answer).await {
+                tracing::debug!(error = %e, "reply not sent");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!(engine = %shared.config.name, in_flight = requests.len(), "leaving NATS");
+    let _ = own.unsubscribe().await;
+    let _ = any.unsubscribe().await;
+    shared.announce(true).await;
+    requests.close();
+    if tokio::time::timeout(shared.config.grace, requests.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            requests = requests.len(),
+            "grace period over; cutting what is in flight"
+        );
+    }
+    let _ = client.flush().await;
+    Ok(())
+}
+
+fn frame_bytes(message: &Message, id: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_frame(message, id, Deadline::NONE, &mut out);
+    out.freeze()
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, id: u64) -> Bytes {
+    frame_bytes(&Message::Error(WireError::new(code, message)), id)
+}
+
+fn backend_error_frame(err: &BackendError, id: u64) -> Bytes {
+    let code = match err {
+        BackendError::InvalidInput(_) => ErrorCode::InvalidInput,
+        BackendError::VersionConflict { .. } => ErrorCode::VersionConflict,
+        _ => ErrorCode::EngineFailed,
+    };
+    error_frame(code, err.to_string(), id)
+}
+
+/// Answers one request frame with one reply frame.
+async fn serve(shared: &Shared, payload: &Bytes, arrived: Instant) -> Bytes {
+    let frame: Frame = match decode_one(payload, DEFAULT_MAX_FRAME_BYTES) {
+        Ok(frame) => frame,
+        Err(crate::frame::FrameOfOne::Protocol(e)) => {
+            return error_frame(e.code(), e.to_string(), 0)
+        }
+        Err(e) => return error_frame(ErrorCode::TruncatedBody, e.to_string(), 0),
+    };
+    let id = frame.header.request_id;
+    if frame
+        .header
+        .deadline
+        .remaining()
+        .is_some_and(|budget| arrived.elapsed() >= budget)
+    {
+        return error_frame(
+            ErrorCode::DeadlineExceeded,
+            "the deadline passed while the request waited for this engine",
+            id,
+        );
+    }
+    let message = match frame.message() {
+        Ok(message) => message,
+        Err(e) => return error_frame(e.code(), e.to_string(), id),
+    };
+    match message {
+        Message::Reason(encoding) => match shared.engine.reason_now(encoding.as_slice()) {
+            Ok(answer) => frame_bytes(&Message::Result(result_body(&answer)), id),
+            Err(e) => backend_error_frame(&e, id),
+        },
+        Message::Batch(batch) => {
+            let engine = shared.engine.clone();
+            // A batch can take milliseconds: off the async threads.
+            let job = move || engine.reason_batch_now(batch.values(), batch.dim() as usize);
+            match tokio::task::spawn_blocking(job).await {
+                Ok(Ok(answers)) => frame_bytes(
+                    &Message::BatchResult(BatchResult {
+                        results: answers.iter().map(result_body).collect(),
+                    }),
+                    id,
+                ),
+                Ok(Err(e)) => backend_error_frame(&e, id),
+                Err(e) => error_frame(ErrorCode::Internal, e.to_string(), id),
+            }
+        }
+        Message::Ping => frame_bytes(&Message::Pong, id),
+        Message::ModelQuery => {
+            let info = shared.engine.info();
+            let body = ModelInfo {
+                name: shared.config.name.clone(),
+                input_size: info.params.inputs,
+                hidden: info.params.hidden,
+                steps: info.params.steps,
+                labels: info.params.labels,
+                model_version: info.version,
+                model_digest: info.digest.to_hex(),
+            };
+            frame_bytes(&Message::ModelInfo(body), id)
+        }
+        Message::Learn(_) => error_frame(
+            ErrorCode::UnexpectedMessage,
+            format!(
+                "a NATS worker learns only from its update log ({}): an update sent to one \
+                 replica would make it diverge from the others",
+                subject::learn(&shared.lineage)
+            ),
+            id,
+        ),
+        other => error_frame(
+            ErrorCode::UnexpectedMessage,
+            format!("{} is not something a NATS worker answers", other.kind()),
+            id,
+        ),
+    }
+}
+
+/// Answers "the state after log entry N" (payload: N as u64 LE, then the wait allowed in
+/// ms as u32 LE) once entry N is applied, with a `learned` frame, or an `error` frame.
+async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
+    let Some(reply) = message.reply else { return };
+    let payload = message.payload.as_ref();
+    let answer = if payload.len() != 12 {
+        error_frame(
+            ErrorCode::MalformedBody,
+            format!(
+                "applied takes 12 bytes (sequence u64, wait ms u32), not {}",
+                payload.len()
+            ),
+            0,
+        )
+    } else {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&payload[..8]);
+        let seq = u64::from_le_bytes(seq);
+        let mut wait = [0u8; 4];
+        wait.copy_from_slice(&payload[8..]);
+        let wait = Duration::from_millis(u64::from(u32::from_le_bytes(wait)));
+        let mut applied = shared.applied.subscribe();
+        let reached = tokio::time::timeout(wait, applied.wait_for(|&done| done >= seq)).await;
+        match reached {
+            Ok(Ok(_)) => match shared.states().get(&seq) {
+                Some(Ok(state)) => frame_bytes(
+                    &Message::Learned(Learned {
+                        model_version: state.version,
+                        model_digest: state.digest.0,
+                    }),
+                    0,
+                ),
+                Some(Err(reason)) => error_frame(ErrorCode::EngineFailed, reason.clone(), 0),
+                None => error_frame(
+                    ErrorCode::EngineFailed,
+                    format!("update {seq} was applied too long ago to report its state"),
+                    0,
+                ),
+            },
+            _ => error_frame(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "update {seq} not applied yet (at {})",
+                    *shared.applied.borrow()
+                ),
+                0,
+            ),
+        }
+    };
+    let _ = shared.client.publish(reply, answer).await;
+}
+
+/// Applies the lineage's update log in order, from the first entry, for ever: catches up
+/// whenever an update is published (or once a second, for updates missed while cut off).
+async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
+    let log = LearnLog::new(shared.client.clone(), shared.config.log_replicas);
+    let learn_subject = subject::learn(&shared.lineage);
+    let mut kicks = loop {
+        match shared.client.subscribe(learn_subject.clone()).await {
+            Ok(kicks) => break kicks,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the update log; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let served = AtomicU64::new(0);
+    let mut next = 1u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        // Catch up as far as the log goes.
+        loop {
+            match log.read(&shared.lineage, next).await {
+                Ok(Some(entry)) => {
+                    let version = shared.engine.info().version;
+                    let outcome = shared
+                        .engine
+                        .learn_at(&entry.encoding, entry.label, version)
+                        .map_err(|e| e.to_string());
+                    tracing::debug!(seq = entry.seq, ok = outcome.is_ok(), "applied update");
+                    {
+                        let mut states = shared.states();
+                        states.insert(entry.seq, outcome);
+                        while states.len() > STATES_KEPT {
+                            states.pop_first();
+                        }
+                    }
+                    shared.applied.send_replace(entry.seq);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    next += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = next, "cannot read the update log yet");
+                    break;
+                }
+            }
+        }
+        if served.swap(0, Ordering::Relaxed) > 0 {
+            // Hubs see the new version at once rather than at the next heartbeat.
+            shared.announce(false).await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = kicks.next() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
