@@ -160,6 +160,13 @@ impl StudentLog {
         })
     }
 
+    /// Drops the replay record: the students' order of updates is kept elsewhere.
+    fn forget(&mut self) {
+        self.version = None;
+        self.base = None;
+        self.updates.clear();
+    }
+
     fn record(&mut self, before: ModelState, encoding: &[f32], label: u32, after: ModelState) {
         if self.base.is_none() {
             self.base = Some(before);
@@ -499,6 +506,17 @@ impl Coordinator {
                 "label {label} is out of range: the student has {labels} labels (0 to {})",
                 labels.saturating_sub(1)
             )));
+        }
+        if let Some(version) = log.version {
+            // A student ahead of this log was taught elsewhere (another hub's coordinator
+            // through an update log the students share, as on NATS): this log no longer
+            // holds the whole order, so it is dropped rather than replayed from.
+            if students
+                .iter()
+                .any(|s| s.describe().model_version > version)
+            {
+                log.forget();
+            }
         }
         if let Some(version) = log.version {
             for student in &students {
