@@ -93,6 +93,7 @@ public:
         unsigned n = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
         for (unsigned i = 0; i < n; ++i) pool_.emplace_back([this] { run_pool(); });
         info_ = engine_.info();
+        describe_by_probe();
     }
     ~Worker() {
         {
@@ -125,6 +126,22 @@ private:
     EngineInfo info() {
         std::lock_guard<std::mutex> lock(info_mu_);
         return info_;
+    }
+    /// An engine whose `info()` names no model is described by its answer to one zero
+    /// encoding: the hub checks every reply's model digest against the registered one.
+    void describe_by_probe() {
+        const bool unnamed = std::all_of(info_.model_digest.begin(), info_.model_digest.end(),
+                                         [](std::uint8_t b) { return b == 0; });
+        if (!unnamed) return;
+        try {
+            std::vector<float> zeros(info_.input_size, 0.0f);
+            Reasoning r = engine_.reason(span<const float>(zeros.data(), zeros.size()));
+            info_.model_digest = r.model_digest;
+            info_.model_version = r.model_version;
+            if (!r.scores.empty()) info_.labels = static_cast<std::uint32_t>(r.scores.size());
+        } catch (const std::exception& e) {
+            log(std::string("cannot describe the engine by a probe: ") + e.what());
+        }
     }
 
     Engine& engine_;

@@ -36,7 +36,9 @@ struct EngineInfo {
     std::uint32_t labels = 10;
 };
 
-/// A reasoning engine a worker serves. Only `reason` is required. The worker fills a result's
+/// A reasoning engine a worker serves. Only `reason` is required: an engine whose `info()`
+/// leaves the model digest all-zero is registered under the model its answer to one zero
+/// encoding names. The worker fills a result's
 /// `result_digest` (if left all-zero), `model_digest`/`model_version` (from `info()` if the
 /// digest is left all-zero), `compute_ns` and `engine`.
 struct Engine {
