@@ -6,7 +6,8 @@ use qnllm_engine::{Digest, Reasoning};
 use qnllm_protocol::ResultBody;
 use qnllm_router::Answer;
 
-pub(crate) fn result_body(answer: &Answer) -> ResultBody {
+/// The `result` body that carries `answer` on the wire.
+pub fn result_body(answer: &Answer) -> ResultBody {
     let r = &answer.reasoning;
     ResultBody {
         label: r.label,
@@ -22,7 +23,8 @@ pub(crate) fn result_body(answer: &Answer) -> ResultBody {
     }
 }
 
-pub(crate) fn answer(body: ResultBody) -> Answer {
+/// The answer a `result` body carries.
+pub fn answer(body: ResultBody) -> Answer {
     let reasoning = Reasoning {
         label: body.label,
         confidence: body.confidence,

@@ -5,7 +5,7 @@
 
 mod config;
 mod connection;
-mod convert;
+pub mod convert;
 mod endpoint;
 mod hub;
 mod registry;

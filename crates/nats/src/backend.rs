@@ -16,10 +16,10 @@ use qnllm_protocol::{
 use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 
 use crate::announce::Announce;
-use crate::convert;
 use crate::frame::decode_one;
 use crate::log::LearnLog;
 use crate::subject;
+use qnllm_hub::convert;
 
 /// One worker's engine, reached over NATS.
 #[derive(Debug)]

@@ -8,7 +8,6 @@
 mod announce;
 mod backend;
 mod connect;
-mod convert;
 mod discovery;
 mod error;
 mod frame;

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::announce::Announce;
-use crate::convert::result_body;
 use crate::error::NatsError;
 use crate::frame::decode_one;
 use crate::log::LearnLog;
 use crate::subject;
+use qnllm_hub::convert::result_body;
 
 /// How a NATS worker presents itself and behaves.
 #[derive(Debug, Clone)]
