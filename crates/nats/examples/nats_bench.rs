@@ -140,6 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         protocol: qnllm_protocol::PROTOCOL_VERSION,
         subject: qnllm_nats::subject::engine("bench-worker"),
         leaving: false,
+        run: 1,
     };
     let backend = NatsBackend::new(client.clone(), &announce, None);
     // The worker is subscribed once it answers a first request.

@@ -31,6 +31,11 @@ pub struct Announce {
     /// Sent once, when it stops: forget it now rather than after missed heartbeats.
     #[serde(default)]
     pub leaving: bool,
+    /// Drawn when the worker process starts: announcements of one run are states of one
+    /// replica, whose version only grows, so a late heartbeat never takes it back; a new run
+    /// (a restart under the same id) starts over.
+    #[serde(default)]
+    pub run: u64,
 }
 
 #[cfg(test)]
@@ -52,10 +57,14 @@ mod tests {
             protocol: 1,
             subject: "qnllm.engine.w1".into(),
             leaving: false,
+            run: 7,
         };
         let mut json = serde_json::to_value(&a).unwrap();
         json.as_object_mut().unwrap().remove("leaving");
-        let back: Announce = serde_json::from_value(json).unwrap();
+        let back: Announce = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, a);
+        json.as_object_mut().unwrap().remove("run");
+        let old: Announce = serde_json::from_value(json).unwrap();
+        assert_eq!(old.run, 0);
     }
 }

@@ -29,7 +29,8 @@ pub struct NatsBackend {
     subject: String,
     lineage: String,
     client: async_nats::Client,
-    info: Mutex<EngineInfo>,
+    /// What it serves, and the run (see [`Announce::run`]) that said so.
+    info: Mutex<(EngineInfo, u64)>,
     log: Option<Arc<LearnLog>>,
     next_request: AtomicU64,
 }
@@ -48,7 +49,7 @@ impl NatsBackend {
             subject: announce.subject.clone(),
             lineage: announce.lineage.clone(),
             client,
-            info: Mutex::new(info_of(announce)),
+            info: Mutex::new((info_of(announce), announce.run)),
             log,
             next_request: AtomicU64::new(1),
         }
@@ -64,13 +65,16 @@ impl NatsBackend {
         &self.lineage
     }
 
-    /// Takes the model version and digest from a newer announcement.
+    /// Takes what `announce` says, except a model state older than the one known from the
+    /// same run (see [`merge`]).
     pub fn update(&self, announce: &Announce) {
-        *self.lock() = info_of(announce);
+        let (info, run) = &mut *self.lock();
+        *info = merge(info, *run, announce);
+        *run = announce.run;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, EngineInfo> {
-        // One field assignment at a time: consistent whatever panicked.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (EngineInfo, u64)> {
+        // Whole assignments only: consistent whatever panicked.
         self.info
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -157,6 +161,21 @@ impl NatsBackend {
     }
 }
 
+/// What `announce` says, except that within one run (`known_run`) the model state never goes
+/// back: a heartbeat built before an update can arrive after that update's reply.
+fn merge(known: &EngineInfo, known_run: u64, announce: &Announce) -> EngineInfo {
+    let fresh = info_of(announce);
+    if known_run == announce.run && fresh.model_version < known.model_version {
+        EngineInfo {
+            model_version: known.model_version,
+            model_digest: known.model_digest,
+            ..fresh
+        }
+    } else {
+        fresh
+    }
+}
+
 fn info_of(announce: &Announce) -> EngineInfo {
     EngineInfo {
         name: announce.name.clone(),
@@ -177,12 +196,17 @@ impl Backend for NatsBackend {
         "remote"
     }
 
+    /// It learns in the order of its lineage's update log, and catches up from it by itself.
+    fn follows_update_log(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> EngineInfo {
-        self.lock().clone()
+        self.lock().0.clone()
     }
 
     fn model_digest(&self) -> Digest {
-        self.lock().model_digest
+        self.lock().0.model_digest
     }
 
     fn reason<'a>(
@@ -278,7 +302,7 @@ impl Backend for NatsBackend {
                         version: learned.model_version,
                         digest: Digest(learned.model_digest),
                     };
-                    let mut info = self.lock();
+                    let info = &mut self.lock().0;
                     if state.version >= info.model_version {
                         info.model_version = state.version;
                         info.model_digest = state.digest;
@@ -288,5 +312,47 @@ impl Backend for NatsBackend {
                 _ => Err(self.failure(&frame)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announce(run: u64, version: u64, digest: u8) -> Announce {
+        Announce {
+            id: "w1".into(),
+            name: "w1".into(),
+            kind: "spiking".into(),
+            model_digest: format!("{digest:02x}").repeat(32),
+            model_version: version,
+            lineage: "abcd".into(),
+            input_size: 768,
+            labels: 10,
+            max_in_flight: 64,
+            protocol: 1,
+            subject: "qnllm.engine.w1".into(),
+            leaving: false,
+            run,
+        }
+    }
+
+    #[test]
+    fn a_late_heartbeat_does_not_take_a_replica_back_but_a_restart_does() {
+        let at_two = info_of(&announce(5, 2, 0xbb));
+        // The same run, a heartbeat built at version 1: still version 2.
+        let late = merge(&at_two, 5, &announce(5, 1, 0xaa));
+        assert_eq!(
+            (late.model_version, late.model_digest),
+            (2, at_two.model_digest)
+        );
+        // The same run, ahead: taken.
+        let ahead = merge(&at_two, 5, &announce(5, 3, 0xcc));
+        assert_eq!(ahead.model_version, 3);
+        assert_eq!(ahead.model_digest, Digest([0xcc; 32]));
+        // A new run under the same id starts over, at what it says.
+        let restarted = merge(&at_two, 5, &announce(6, 0, 0x11));
+        assert_eq!(restarted.model_version, 0);
+        assert_eq!(restarted.model_digest, Digest([0x11; 32]));
     }
 }

@@ -69,6 +69,8 @@ struct Shared {
     client: async_nats::Client,
     config: WorkerConfig,
     id: String,
+    /// This process's run (see [`Announce::run`]).
+    run: u64,
     lineage: String,
     engine: LocalBackend,
     /// Outcome of each applied log entry, by sequence.
@@ -93,6 +95,7 @@ impl Shared {
             protocol: PROTOCOL_VERSION,
             subject: subject::engine(&self.id),
             leaving,
+            run: self.run,
         }
     }
 
@@ -159,6 +162,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         client: client.clone(),
         id,
+        run: fastrand::u64(1..),
         lineage,
         engine,
         states: Mutex::new(BTreeMap::new()),

@@ -195,6 +195,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether it applies learning updates in an order kept outside any one coordinator: a
+    /// shared update log that it follows by itself, as a worker on NATS does. A coordinator
+    /// neither replays updates to such a replica nor reads its described version as the
+    /// student's order (that description may lag the log).
+    fn follows_update_log(&self) -> bool {
+        false
+    }
+
     /// Reasons over one encoding within `budget`.
     fn reason<'a>(
         &'a self,

@@ -507,16 +507,11 @@ impl Coordinator {
                 labels.saturating_sub(1)
             )));
         }
-        if let Some(version) = log.version {
-            // A student ahead of this log was taught elsewhere (another hub's coordinator
-            // through an update log the students share, as on NATS): this log no longer
-            // holds the whole order, so it is dropped rather than replayed from.
-            if students
-                .iter()
-                .any(|s| s.describe().model_version > version)
-            {
-                log.forget();
-            }
+        // Replicas that follow a shared update log are ordered by it, and catch up from it by
+        // themselves: this coordinator's record would hold only its own share of the order.
+        let ordered_elsewhere = students.iter().any(|s| s.follows_update_log());
+        if ordered_elsewhere {
+            log.forget();
         }
         if let Some(version) = log.version {
             for student in &students {
@@ -525,27 +520,18 @@ impl Coordinator {
                 }
             }
         }
-        let before_state = {
-            let info = first.describe();
-            ModelState {
-                version: info.model_version,
-                digest: info.model_digest,
-            }
-        };
-        let current = log.version.unwrap_or(before_state.version);
-        if base.is_some_and(|b| b != current) {
-            return Ok(Taught::Stale { current });
-        }
+        let before_state = first.model_state();
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
             other => RouterError::NoEngineAvailable {
                 reason: other.to_string(),
             },
         })?;
-        let version = match log.version {
-            Some(v) => v,
-            None => before.reasoning.model_version,
-        };
+        // The answer comes from the replica itself: fresher than a description that may lag.
+        let version = log.version.unwrap_or(before.reasoning.model_version);
+        if base.is_some_and(|b| b != version) {
+            return Ok(Taught::Stale { current: version });
+        }
         let states = futures::future::join_all(
             students
                 .iter()
@@ -577,7 +563,9 @@ impl Coordinator {
         let Some(state) = agreed_state else {
             return Ok(Taught::NoStudent);
         };
-        log.record(before_state, encoding, label, state);
+        if !ordered_elsewhere {
+            log.record(before_state, encoding, label, state);
+        }
         log.window_steps += 1;
         log.window_agreed += u64::from(before.reasoning.label == label);
         if log.window_steps == AGREEMENT_WINDOW {

@@ -439,3 +439,88 @@ async fn two_updates_naming_one_version_apply_once_and_the_other_is_a_version_co
     let third = coordinator.learn_at(&x, 2, 1, BUDGET).await.unwrap();
     assert_eq!(third.version, 2);
 }
+
+/// A student replica that follows an update log kept elsewhere, as a worker on NATS does:
+/// it describes the model as its last heartbeat did, one update behind what it serves.
+#[derive(Debug)]
+struct Following {
+    inner: LocalBackend,
+    shown: std::sync::Mutex<qnllm_router::EngineInfo>,
+}
+
+impl Following {
+    fn new(name: &str) -> Arc<Following> {
+        let inner = LocalBackend::new(
+            name,
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        );
+        let shown = std::sync::Mutex::new(inner.describe());
+        Arc::new(Following { inner, shown })
+    }
+}
+
+impl Backend for Following {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.shown.lock().unwrap().clone()
+    }
+    fn follows_update_log(&self) -> bool {
+        true
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        Box::pin(async move {
+            *self.shown.lock().unwrap() = self.inner.describe();
+            Backend::learn(&self.inner, encoding, label, base_version, budget).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn replicas_that_follow_a_shared_log_are_not_replayed_to_when_their_description_lags() {
+    let teachers = vec![variant("t2", 2), variant("t3", 3), variant("t4", 4)];
+    let (a, b) = (Following::new("a"), Following::new("b"));
+    let coordinator = Coordinator::new(
+        teachers,
+        vec![a.clone() as Arc<dyn Backend>, b.clone() as Arc<dyn Backend>],
+    );
+    let mut last = None;
+    for x in NormalInputs::new(71, 768).take(6) {
+        let step = coordinator.coordinate(&x, 0, true, BUDGET).await.unwrap();
+        last = step.learned;
+    }
+    let state = last.unwrap();
+    assert_eq!(state.version, 6);
+    assert_eq!(a.inner.info().version, 6);
+    assert_eq!(a.inner.info().digest, state.digest);
+    assert_eq!(b.inner.info().digest, state.digest);
+    // Their descriptions still lag by one: the order was never read from them.
+    assert_eq!(a.describe().model_version, 5);
+}
