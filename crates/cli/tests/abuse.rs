@@ -13,90 +13,25 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use qnllm_engine::NormalInputs;
-use qnllm_hub::{Client, Endpoint};
 use qnllm_protocol::{encode_frame, Deadline, ErrorCode, FrameDecoder, Hello, Message};
 
 mod common;
 
+use common::hub::{client, runtime, wait_for_engines, TempFile};
 use common::proc::Proc;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Starts `qnllm serve` with `settings` (TOML) and returns it with its TCP address.
-fn hub(settings: &str) -> (Proc, String, tempfile_path::TempFile) {
-    let file = tempfile_path::TempFile::new("hub.toml", settings);
+fn hub(settings: &str) -> (Proc, String, TempFile) {
+    let file = TempFile::new("hub.toml", settings);
     let path = file.0.display().to_string();
-    let (proc, lines) = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--config", &path]);
-    let line = lines
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("hub did not start:\n{}", proc.log()));
-    let addr = line
-        .strip_prefix("qnllm hub listening on tcp ")
-        .unwrap_or_else(|| panic!("unexpected line {line}"))
-        .to_string();
+    let (proc, addr) = common::hub::hub(&["--config", &path]);
     (proc, addr, file)
 }
 
-mod tempfile_path {
-    /// A file under the temp dir, removed on drop.
-    pub(crate) struct TempFile(pub(crate) std::path::PathBuf);
-
-    impl TempFile {
-        pub(crate) fn new(name: &str, text: &str) -> TempFile {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("qnllm-abuse-{}-{n}-{name}", std::process::id()));
-            std::fs::write(&path, text).unwrap();
-            TempFile(path)
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
 fn worker(addr: &str, name: &str) -> Proc {
-    Proc::spawn(&["worker", "--connect", addr, "--name", name]).0
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn client(addr: &str, name: &str) -> Client {
-    Client::connect(&Endpoint::parse(addr), name, None)
-        .await
-        .unwrap()
-}
-
-/// Waits on the hub's `engines` events until its engines are exactly `names`.
-async fn wait_for_engines(client: &Client, names: &[&str]) {
-    let mut events = client.subscribe(&["engines"], WAIT).await.unwrap();
-    loop {
-        let metrics = client.metrics(WAIT).await.unwrap();
-        let mut have: Vec<String> = metrics["engines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_string())
-            .collect();
-        have.sort();
-        if have == names {
-            return;
-        }
-        tokio::time::timeout(WAIT, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("engines {have:?}, expected {names:?}"))
-            .unwrap();
-    }
+    common::hub::worker(addr, name, &[])
 }
 
 fn frame(message: &Message, id: u64) -> Vec<u8> {

@@ -9,81 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_engine::NormalInputs;
-use qnllm_hub::{Client, Endpoint};
+use qnllm_hub::Client;
 
 mod common;
 
+use common::hub::{hub, runtime, wait_for_engines};
 use common::proc::Proc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Starts `qnllm serve` and returns it with its TCP address, read from its stdout.
-fn hub(args: &[&str]) -> (Proc, String) {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    if !args.contains(&"--listen") {
-        all.extend(["--listen", "127.0.0.1:0"]);
-    }
-    let (proc, lines) = Proc::spawn(&all);
-    let line = lines
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("hub did not start:\n{}", proc.log()));
-    let addr = line
-        .strip_prefix("qnllm hub listening on tcp ")
-        .unwrap_or_else(|| panic!("unexpected line {line}"))
-        .to_string();
-    (proc, addr)
-}
-
 fn worker(addr: &str, name: &str) -> Proc {
-    Proc::spawn(&["worker", "--connect", addr, "--name", name]).0
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::hub::worker(addr, name, &[])
 }
 
 async fn client(addr: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Client::connect(&Endpoint::parse(addr), "test", None).await {
-            Ok(client) => return client,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "cannot connect to {addr}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// Polls the hub until its engine names are exactly `names` (sorted).
-async fn wait_for_engines(client: &Client, names: &[&str]) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let metrics = client.metrics(WAIT).await.unwrap();
-        let mut have: Vec<String> = metrics["engines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_string())
-            .collect();
-        have.sort();
-        if have == names {
-            return metrics;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engines {have:?}, expected {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::hub::client(addr, "test").await
 }
 
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {

@@ -3,121 +3,30 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
-use qnllm_hub::{Client, Endpoint};
+use qnllm_hub::Client;
+
+mod common;
+
+use common::hub::{runtime, wait_for_engines};
+use common::proc::Proc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A child process, killed and reaped when the test ends however it ends.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qnllm"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (Proc(child), rx)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn hub() -> (Proc, String) {
-    let (proc, lines) = Proc::spawn(&["serve", "--listen", "127.0.0.1:0"]);
-    let line = lines.recv_timeout(WAIT).unwrap();
-    let addr = line
-        .strip_prefix("qnllm hub listening on tcp ")
-        .unwrap_or_else(|| panic!("unexpected line {line}"))
-        .to_string();
-    (proc, addr)
+    common::hub::hub(&[])
 }
 
 fn worker(addr: &str, name: &str, model: &str) -> Proc {
-    Proc::spawn(&[
-        "worker",
-        "--connect",
-        addr,
-        "--name",
-        name,
-        "--model",
-        model,
-    ])
-    .0
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::hub::worker(addr, name, &["--model", model])
 }
 
 async fn client(addr: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Client::connect(&Endpoint::parse(addr), "test", None).await {
-            Ok(client) => return client,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{addr}: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// The hub's metrics once its engines are exactly `names` (bounded by `WAIT`).
-async fn wait_for_engines(client: &Client, names: &[&str]) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let metrics = client.metrics(WAIT).await.unwrap();
-        let mut have: Vec<String> = metrics["engines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_string())
-            .collect();
-        have.sort();
-        if have == names {
-            return metrics;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engines {have:?}, expected {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::hub::client(addr, "test").await
 }
 
 fn engine_row<'a>(metrics: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

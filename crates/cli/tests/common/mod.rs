@@ -3,4 +3,5 @@
 // Each test binary uses some of the helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub(crate) mod hub;
 pub(crate) mod proc;
