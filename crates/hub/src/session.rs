@@ -512,6 +512,13 @@ async fn worker_frame(
         | MessageKind::Error
             if id != 0 =>
         {
+            // Checked before it is handed on: a reply that does not decode is a broken
+            // worker, closed like any other broken frame; its requests then fail with the
+            // reason and go to another engine instead of each failing on its own.
+            if let Err(err) = qnllm_protocol::Message::decode(frame.kind, &frame.payload) {
+                protocol_error(shared, sender, &err, id).await;
+                return Some(format!("undecodable {} from the worker: {err}", frame.kind));
+            }
             engine.complete(frame);
             return None;
         }
