@@ -110,3 +110,68 @@ async fn a_worker_that_sends_an_undecodable_result_is_closed_and_its_requests_go
     good.cancel();
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_names_the_engine_that_answered_even_when_the_worker_leaves_it_empty() {
+    let (running, stop) = start(quiet_workers()).await;
+    let client = Client::connect(&tcp(&running), "c", None).await.unwrap();
+    let mut scripted = Peer::worker(addr(&running), "scripted").await;
+    assert!(matches!(
+        scripted.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    wait_for_engines(&client, 1).await;
+    // Right answers, computed by the same model, with the `engine` field left empty as a
+    // worker may leave it.
+    let answering = tokio::spawn(async move {
+        let model = engine("scripted");
+        while let Some((id, message)) = scripted.recv().await {
+            if let Message::Reason(encoding) = message {
+                let answer = model.reason_now(encoding.as_slice()).unwrap();
+                let mut body = qnllm_hub::convert::result_body(&answer);
+                body.engine = String::new();
+                scripted.send(&Message::Result(body), id).await;
+            }
+        }
+    });
+    let x = NormalInputs::new(5, 768).next().unwrap();
+    let answer = client.reason(&x, WAIT).await.unwrap();
+    assert_eq!(answer.engine, "scripted", "{answer:?}");
+    stop.cancel();
+    running.wait().await;
+    answering.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_of_one_name_are_told_apart_in_their_results() {
+    let (running, stop) = start(config()).await;
+    let client = Client::connect(&tcp(&running), "c", None).await.unwrap();
+    let first = worker(tcp(&running), "twin", None);
+    wait_for_engines(&client, 1).await;
+    let second = worker(tcp(&running), "twin", None);
+    let metrics = wait_for_engines(&client, 2).await;
+    // The hub's names for them: the second is renamed, since names are unique on a hub.
+    let mut listed: Vec<String> = metrics["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed.len(), 2);
+    assert_ne!(listed[0], listed[1], "{metrics}");
+    // Round-robin sends these to both; each result names the engine as `metrics` does,
+    // though both workers call their own engine `twin`.
+    let mut named: Vec<String> = Vec::new();
+    for x in NormalInputs::new(6, 768).take(8) {
+        let answer = client.reason(&x, WAIT).await.unwrap();
+        if !named.contains(&answer.engine) {
+            named.push(answer.engine);
+        }
+    }
+    named.sort();
+    assert_eq!(named, listed);
+    first.cancel();
+    second.cancel();
+    stop.cancel();
+}
