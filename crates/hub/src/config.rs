@@ -49,10 +49,15 @@ pub struct HubConfig {
     /// Of `max_connections`, how many only workers may take, so clients cannot lock
     /// workers out; at most a quarter of `max_connections` is kept.
     pub worker_reserved_connections: usize,
-    /// Most connections still in their handshake (before hello). These do not count
-    /// against `max_connections`; when the budget is full, the one that has waited longest
-    /// is closed to make room, so silent sockets cannot lock anyone out.
+    /// Most connections still in their handshake (before hello) once they have had
+    /// `handshake_floor_ms`. These do not count against `max_connections`; past the budget,
+    /// the one that has waited longest is closed to make room, so silent sockets cannot lock
+    /// anyone out.
     pub max_handshakes: usize,
+    /// Every new connection has at least this long, in milliseconds, to say hello before it
+    /// may be closed to make room in the handshake budget; one whose hello has been read is
+    /// never closed for it.
+    pub handshake_floor_ms: u64,
     /// Most requests one client connection may have in flight; at the limit, the hub stops
     /// reading that socket until replies drain (back-pressure).
     pub max_requests_per_connection: usize,
@@ -109,6 +114,7 @@ impl Default for HubConfig {
             max_connections: 1_024,
             worker_reserved_connections: 32,
             max_handshakes: 64,
+            handshake_floor_ms: 200,
             max_requests_per_connection: 512,
             max_request_bytes_per_connection: 8 * 1024 * 1024,
             max_subscriptions_per_connection: 16,
@@ -266,6 +272,11 @@ impl HubConfig {
 
     pub(crate) fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
+    }
+    /// What a new connection has before it may be closed to make room: the floor, never
+    /// more than the hello timeout itself.
+    pub(crate) fn handshake_floor(&self) -> Duration {
+        Duration::from_millis(self.handshake_floor_ms.min(self.hello_timeout_ms))
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)

@@ -127,7 +127,7 @@ impl Hub {
             batching,
             handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            handshakes: session::Handshakes::new(config.max_handshakes),
+            handshakes: session::Handshakes::new(config.max_handshakes, config.handshake_floor()),
             config,
             router,
             events,

@@ -221,6 +221,14 @@ impl RemoteEngine {
         }
     }
 
+    /// The answer a result carries, named as the hub names this engine (what a worker
+    /// writes in `engine` may be empty, or a name another engine also has).
+    fn answer(&self, body: qnllm_protocol::ResultBody) -> Answer {
+        let mut answer = convert::answer(body);
+        answer.engine.clone_from(&self.name);
+        answer
+    }
+
     fn failure(&self, frame: &Frame) -> BackendError {
         let engine = self.name.clone();
         match frame.message() {
@@ -339,7 +347,7 @@ impl Backend for RemoteEngine {
             match frame.message() {
                 Ok(Message::Result(body)) => {
                     self.served.fetch_add(1, Ordering::Relaxed);
-                    Ok(convert::answer(body))
+                    Ok(self.answer(body))
                 }
                 _ => Err(self.failure(&frame)),
             }
@@ -388,7 +396,7 @@ impl Backend for RemoteEngine {
                 Ok(Message::BatchResult(body)) => {
                     self.served
                         .fetch_add(body.results.len() as u64, Ordering::Relaxed);
-                    Ok(body.results.into_iter().map(convert::answer).collect())
+                    Ok(body.results.into_iter().map(|b| self.answer(b)).collect())
                 }
                 _ => Err(self.failure(&frame)),
             }

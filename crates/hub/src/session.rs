@@ -21,46 +21,54 @@ use crate::stream::Stream;
 type Reader = FrameReader;
 
 /// Connections still in their handshake. They have their own budget, apart from the
-/// connection cap: when it is full, the connection that has waited longest is closed to
-/// make room, so silent sockets can neither lock peers out nor hold more than the budget.
+/// connection cap, with a floor: every connection first has `floor` to say hello. Past it,
+/// while more than the budget are waiting, the one that has waited longest is closed to make
+/// room, so silent sockets can neither lock peers out nor hold more than the budget for
+/// longer than the floor. A connection whose hello has been read is out of the set, so it is
+/// never closed for it, however busy the hub.
 #[derive(Debug)]
 pub(crate) struct Handshakes {
     budget: usize,
-    waiting: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>,
+    floor: Duration,
+    waiting: std::sync::Mutex<Waiting>,
+}
+
+/// The handshakes in progress, oldest first (keys are handed out in order of arrival).
+#[derive(Debug, Default)]
+struct Waiting {
+    next: u64,
+    open: std::collections::BTreeMap<u64, (tokio::time::Instant, CancellationToken)>,
 }
 
 impl Handshakes {
-    pub(crate) fn new(budget: usize) -> Handshakes {
+    pub(crate) fn new(budget: usize, floor: Duration) -> Handshakes {
         Handshakes {
             budget: budget.max(1),
+            floor,
             waiting: std::sync::Mutex::default(),
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (u64, std::collections::BTreeMap<u64, CancellationToken>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // Single inserts and removes: a poisoned map is still consistent.
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A slot for one handshake; evicts the oldest when the budget is full. Returns the slot
-    /// and whether one was evicted.
-    fn enter(&self) -> (HandshakeSlot<'_>, bool) {
+    /// A place for one new handshake; first makes room as [`Handshakes::trim`] does.
+    /// Returns the slot and how many were evicted.
+    fn enter(&self) -> (HandshakeSlot<'_>, u64) {
         let evicted = CancellationToken::new();
-        let mut waiting = self.lock();
-        let mut made_room = false;
-        while waiting.1.len() >= self.budget {
-            if let Some((_, oldest)) = waiting.1.pop_first() {
-                oldest.cancel();
-                made_room = true;
-            }
-        }
-        waiting.0 += 1;
-        let key = waiting.0;
-        waiting.1.insert(key, evicted.clone());
+        let key = {
+            let mut waiting = self.lock();
+            waiting.next += 1;
+            let key = waiting.next;
+            let since = tokio::time::Instant::now();
+            waiting.open.insert(key, (since, evicted.clone()));
+            key
+        };
+        let made_room = self.trim();
         (
             HandshakeSlot {
                 handshakes: self,
@@ -71,22 +79,54 @@ impl Handshakes {
         )
     }
 
+    /// While more than the budget are waiting, closes the oldest that has had its floor;
+    /// how many were closed. Called as a handshake starts and as each reaches its floor, so
+    /// the set is back within the budget a floor after a flood at most.
+    fn trim(&self) -> u64 {
+        self.trim_at(tokio::time::Instant::now())
+    }
+
+    /// [`Handshakes::trim`] as of `now`.
+    fn trim_at(&self, now: tokio::time::Instant) -> u64 {
+        let mut waiting = self.lock();
+        let mut evicted = 0;
+        while waiting.open.len() > self.budget {
+            let Some(entry) = waiting.open.first_entry() else {
+                break;
+            };
+            if now.duration_since(entry.get().0) < self.floor {
+                break; // the oldest is still within its floor, so is every other
+            }
+            entry.remove().1.cancel();
+            evicted += 1;
+        }
+        evicted
+    }
+
     /// Connections in their handshake now.
     pub(crate) fn len(&self) -> usize {
-        self.lock().1.len()
+        self.lock().open.len()
     }
 }
 
-/// A handshake's place in the budget; freed on drop.
+/// A handshake's place in the budget; freed when its hello is read, or on drop.
 struct HandshakeSlot<'a> {
     handshakes: &'a Handshakes,
     key: u64,
     evicted: CancellationToken,
 }
 
+impl HandshakeSlot<'_> {
+    /// The connection's first frame was read: it leaves the set and can no longer be
+    /// evicted (unless that already happened).
+    fn greeted(&self) {
+        self.handshakes.lock().open.remove(&self.key);
+    }
+}
+
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
-        self.handshakes.lock().1.remove(&self.key);
+        self.greeted();
     }
 }
 
@@ -97,19 +137,35 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
     let mut reader =
         FrameReader::new(read, shared.config.max_frame_bytes).busy_poll(shared.config.busy_poll());
     let (slot, made_room) = shared.handshakes.enter();
-    if made_room {
-        Counters::add(&shared.counters.handshakes_evicted, 1);
-    }
-    let hello = tokio::select! {
-        hello = handshake(&shared, &mut reader, &sender) => hello,
-        () = slot.evicted.cancelled() => {
-            tracing::debug!(%peer, "handshake evicted: the handshake budget is full");
-            let message = format!(
-                "{} connections are waiting to say hello; this one waited longest and was closed",
-                shared.config.max_handshakes
-            );
-            fail(&sender, 0, ErrorCode::HelloTimeout, message).await;
-            None
+    Counters::add(&shared.counters.handshakes_evicted, made_room);
+    let hello = {
+        let handshake = handshake(&shared, &mut reader, &sender, &slot);
+        tokio::pin!(handshake);
+        let floor = tokio::time::sleep(shared.config.handshake_floor());
+        tokio::pin!(floor);
+        let mut floored = false;
+        loop {
+            tokio::select! {
+                // A hello that is ready wins over an eviction that is too.
+                biased;
+                hello = &mut handshake => break hello,
+                () = slot.evicted.cancelled() => {
+                    tracing::debug!(%peer, "handshake evicted: the handshake budget is full");
+                    let message = format!(
+                        "more than {} connections are waiting to say hello; this one waited \
+                         longest and was closed",
+                        shared.config.max_handshakes
+                    );
+                    fail(&sender, 0, ErrorCode::HelloTimeout, message).await;
+                    break None;
+                }
+                () = &mut floor, if !floored => {
+                    // Past its floor, this one (or an older one) may have to make room.
+                    floored = true;
+                    let evicted = shared.handshakes.trim();
+                    Counters::add(&shared.counters.handshakes_evicted, evicted);
+                }
+            }
         }
     };
     drop(slot);
@@ -213,11 +269,18 @@ async fn protocol_error(
     .await;
 }
 
-async fn handshake(shared: &Shared, reader: &mut Reader, sender: &FrameSender) -> Option<Hello> {
-    let frame = match reader
+async fn handshake(
+    shared: &Shared,
+    reader: &mut Reader,
+    sender: &FrameSender,
+    slot: &HandshakeSlot<'_>,
+) -> Option<Hello> {
+    let read = reader
         .read_frame_within(shared.config.hello_timeout())
-        .await
-    {
+        .await;
+    // Whatever it is, the peer has spoken: it is judged by what it said, never evicted.
+    slot.greeted();
+    let frame = match read {
         Err(Elapsed) => {
             let limit = shared.config.hello_timeout();
             fail(
@@ -512,6 +575,13 @@ async fn worker_frame(
         | MessageKind::Error
             if id != 0 =>
         {
+            // Checked before it is handed on: a reply that does not decode is a broken
+            // worker, closed like any other broken frame; its requests then fail with the
+            // reason and go to another engine instead of each failing on its own.
+            if let Err(err) = qnllm_protocol::Message::decode(frame.kind, &frame.payload) {
+                protocol_error(shared, sender, &err, id).await;
+                return Some(format!("undecodable {} from the worker: {err}", frame.kind));
+            }
             engine.complete(frame);
             return None;
         }
@@ -552,4 +622,45 @@ async fn worker_frame(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOOR: Duration = Duration::from_millis(100);
+
+    #[tokio::test]
+    async fn past_the_budget_only_handshakes_past_their_floor_are_evicted_oldest_first() {
+        let handshakes = Handshakes::new(2, FLOOR);
+        let (a, evicted) = handshakes.enter();
+        assert_eq!(evicted, 0);
+        let (b, _) = handshakes.enter();
+        // Over the budget, but nobody has had the floor: all three stay.
+        let (c, evicted) = handshakes.enter();
+        assert_eq!(evicted, 0);
+        assert_eq!(handshakes.len(), 3);
+        let later = tokio::time::Instant::now() + FLOOR;
+        // Once they have: the oldest goes, and only as many as bring it back to the budget.
+        assert_eq!(handshakes.trim_at(later), 1);
+        assert!(a.evicted.is_cancelled());
+        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        assert_eq!(handshakes.len(), 2);
+        assert_eq!(handshakes.trim_at(later), 0);
+        drop((a, b, c));
+        assert_eq!(handshakes.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_whose_hello_was_read_is_never_evicted() {
+        let handshakes = Handshakes::new(1, FLOOR);
+        let (greeted, _) = handshakes.enter();
+        greeted.greeted();
+        let (waiting, _) = handshakes.enter();
+        let (_newest, _) = handshakes.enter();
+        let later = tokio::time::Instant::now() + FLOOR;
+        assert_eq!(handshakes.trim_at(later), 1);
+        assert!(!greeted.evicted.is_cancelled(), "evicted after its hello");
+        assert!(waiting.evicted.is_cancelled());
+    }
 }
