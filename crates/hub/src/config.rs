@@ -72,6 +72,8 @@ pub struct HubConfig {
     pub hello_timeout_ms: u64,
     /// How long a client connection may stay silent, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// How often subscribers of the `metrics` topic get a snapshot, in milliseconds.
+    pub metrics_interval_ms: u64,
     /// How often workers send heartbeats, in milliseconds.
     pub heartbeat_interval_ms: u64,
     /// A worker silent for longer than this is declared dead, in milliseconds.
@@ -121,6 +123,7 @@ impl Default for HubConfig {
             max_frame_bytes: qnllm_protocol::DEFAULT_MAX_FRAME_BYTES,
             hello_timeout_ms: 2_000,
             idle_timeout_ms: 300_000,
+            metrics_interval_ms: 1_000,
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 1_500,
             default_deadline_ms: 5_000,
@@ -170,6 +173,7 @@ impl HubConfig {
         }
         if self.max_connections == 0
             || self.heartbeat_interval_ms == 0
+            || self.metrics_interval_ms == 0
             || self.hello_timeout_ms == 0
             || self.max_handshakes == 0
             || self.max_requests_per_connection == 0
@@ -177,8 +181,8 @@ impl HubConfig {
         {
             return Err(ConfigError::Invalid(
                 "max_connections, max_handshakes, max_requests_per_connection, \
-                 max_request_bytes_per_connection, heartbeat_interval_ms and hello_timeout_ms \
-                 must be positive"
+                 max_request_bytes_per_connection, heartbeat_interval_ms, metrics_interval_ms \
+                 and hello_timeout_ms must be positive"
                     .into(),
             ));
         }
@@ -277,6 +281,9 @@ impl HubConfig {
     /// more than the hello timeout itself.
     pub(crate) fn handshake_floor(&self) -> Duration {
         Duration::from_millis(self.handshake_floor_ms.min(self.hello_timeout_ms))
+    }
+    pub(crate) fn metrics_interval(&self) -> Duration {
+        Duration::from_millis(self.metrics_interval_ms)
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// coordinator of the system: `UnifiedEngine` reaches it through [`Hub::coordinator`].
     pub(crate) coordinator: Arc<qnllm_router::Coordinator>,
     pub(crate) events: broadcast::Sender<Event>,
+    /// Subscriptions that take the `metrics` topic (by name or `*`): snapshots are made
+    /// only while there is one.
+    pub(crate) metrics_subscribers: std::sync::atomic::AtomicUsize,
     pub(crate) counters: Counters,
     /// Per-connection counters of the open connections.
     pub(crate) open: Connections,
@@ -131,6 +134,7 @@ impl Hub {
             config,
             router,
             events,
+            metrics_subscribers: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             open: Connections::default(),
             next_session: AtomicU64::new(1),
@@ -258,6 +262,10 @@ impl Hub {
             }));
         }
         accepting.close();
+        tokio::spawn(publish_metrics(
+            Arc::downgrade(&shared),
+            shared.shutdown.clone(),
+        ));
         let inner = shared.shutdown.clone();
         let done = tokio::spawn(async move {
             shutdown.cancelled().await;
@@ -300,6 +308,34 @@ impl Hub {
             hub: self,
             done,
         })
+    }
+}
+
+/// Publishes a metrics snapshot on the `metrics` topic every `metrics_interval_ms` while
+/// anyone subscribes to it, until the hub stops (or is dropped: the loop holds no strong
+/// reference to it).
+async fn publish_metrics(shared: std::sync::Weak<Shared>, shutdown: CancellationToken) {
+    let Some(interval) = shared.upgrade().map(|s| s.config.metrics_interval()) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared
+            .metrics_subscribers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            let snapshot = crate::cmd::metrics::snapshot(&shared);
+            let _ = shared.events.send(("metrics".into(), snapshot));
+        }
     }
 }
 

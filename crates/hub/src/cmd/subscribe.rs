@@ -38,7 +38,12 @@ pub(crate) async fn start(
         .send(&Message::Event(confirm), id, Deadline::NONE)
         .await;
     let (sender, ended) = (session.sender.clone(), session.ended.clone());
+    let metrics = topics.iter().any(|t| t == "*" || t == "metrics").then(|| {
+        shared.metrics_subscribers.fetch_add(1, Ordering::Relaxed);
+        MetricsSubscriber(shared.clone())
+    });
     tokio::spawn(async move {
+        let _metrics = metrics; // counted out however the forwarding ends
         loop {
             let (topic, data) = tokio::select! {
                 () = ended.cancelled() => return,
@@ -58,4 +63,14 @@ pub(crate) async fn start(
             }
         }
     });
+}
+
+/// One subscription that takes the `metrics` topic, counted while it lasts so the hub makes
+/// snapshots only for someone.
+struct MetricsSubscriber(Arc<Shared>);
+
+impl Drop for MetricsSubscriber {
+    fn drop(&mut self) {
+        self.0.metrics_subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
