@@ -22,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<result::Reasoning>()?;
     m.add_class::<client::Client>()?;
     m.add_class::<reference::SpikingEngine>()?;
+    m.add_class::<reference::Learned>()?;
     m.add_function(wrap_pyfunction!(worker::serve_worker, m)?)?;
     m.add_function(wrap_pyfunction!(reference::normal_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(outputs::result_digest, m)?)?;

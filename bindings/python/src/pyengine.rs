@@ -1,12 +1,13 @@
-//! A Python object with `reason(self, encoding) -> (label, scores)` as a Rust engine: the
-//! [`Engine`] a worker process serves, and the [`Backend`] an in-process router routes to.
+//! A Python object with `reason(self, encoding) -> (label, scores)` (and, to learn,
+//! `learn(self, encoding, label)`) as a Rust engine: the [`Engine`] a worker process serves,
+//! and the [`Backend`] an in-process router routes to.
 
 use std::time::{Duration, Instant};
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
 use qnllm_engine::{Digest, Engine, EngineError, Learned, ModelInfo, Params, Reasoning};
-use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo};
+use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ConfigError;
@@ -64,6 +65,38 @@ fn declared_model(object: &Bound<'_, PyAny>, class: &str) -> PyResult<ModelInfo>
         version: 0,
         digest: Digest(h.finalize().into()),
     })
+}
+
+/// Reads the model state a Python `learn` reports: an object (or the engine itself) with
+/// `model_version` and `model_digest` (and optionally `predicted`), or a tuple
+/// `(version, digest)`. The digest is 64 hex digits or 32 bytes.
+fn learned_state(out: &Bound<'_, PyAny>) -> Result<(u64, Digest, Option<u32>), String> {
+    let (version, digest, predicted) = match out.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
+        Ok((version, digest)) => (version, digest, None),
+        Err(_) => {
+            let get = |name: &str| {
+                out.getattr(name)
+                    .map_err(|_| format!("no `{name}` (return (version, digest) or an object with model_version and model_digest)"))
+            };
+            let predicted = out
+                .getattr("predicted")
+                .ok()
+                .and_then(|p| p.extract::<u32>().ok());
+            (get("model_version")?, get("model_digest")?, predicted)
+        }
+    };
+    let version = version
+        .extract::<u64>()
+        .map_err(|_| "the model version must be a non-negative integer".to_string())?;
+    let digest = if let Ok(text) = digest.extract::<String>() {
+        Digest::from_hex(&text)
+    } else if let Ok(bytes) = digest.extract::<Vec<u8>>() {
+        <[u8; 32]>::try_from(bytes.as_slice()).ok().map(Digest)
+    } else {
+        None
+    }
+    .ok_or_else(|| "the model digest must be 64 hex digits or 32 bytes".to_string())?;
+    Ok((version, digest, predicted))
 }
 
 impl PyEngine {
@@ -125,6 +158,70 @@ impl PyEngine {
         })
     }
 
+    /// Checks the label and encoding, then calls the Python `learn`.
+    fn learn_checked(&self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
+        let labels = self.model().params.labels;
+        if label >= labels {
+            return Err(EngineError::UnknownLabel { label, labels });
+        }
+        self.check(encoding)?;
+        self.call_learn(encoding, label)
+            .map_err(EngineError::Failed)
+    }
+
+    /// Calls the Python `learn` and records the model state it reports.
+    fn call_learn(&self, encoding: &[f32], label: u32) -> Result<Learned, String> {
+        let before = self.model();
+        let state = Python::attach(|py| {
+            let object = self.object.bind(py);
+            let callable = object
+                .getattr("learn")
+                .map(|r| r.is_callable())
+                .unwrap_or(false);
+            if !callable {
+                return Err(format!(
+                    "the Python engine {} does not learn: give it a learn(self, encoding, label) \
+                     method that reports the model's new version and digest",
+                    self.class
+                ));
+            }
+            let x = PyArray1::from_slice(py, encoding);
+            let out = object
+                .call_method1("learn", (x, label))
+                .map_err(|e| format!("the Python engine {} raised {e}", self.class))?;
+            // `None`: the engine's own `model_version` and `model_digest` say where it is.
+            let source = if out.is_none() { object.clone() } else { out };
+            learned_state(&source).map_err(|why| {
+                format!(
+                    "the Python engine {} reported its model badly after learning: {why}",
+                    self.class
+                )
+            })
+        })?;
+        let (version, digest, predicted) = state;
+        if version <= before.version {
+            return Err(format!(
+                "the Python engine {} reported model version {version} after learning from \
+                 version {}: every update must bump the version",
+                self.class, before.version
+            ));
+        }
+        {
+            let mut info = self
+                .info
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            info.version = version;
+            info.digest = digest;
+        }
+        Ok(Learned {
+            predicted: predicted.unwrap_or(label),
+            changed: digest != before.digest,
+            version,
+            digest,
+        })
+    }
+
     fn check(&self, encoding: &[f32]) -> Result<(), EngineError> {
         let expected = self.model().params.inputs as usize;
         if encoding.len() != expected {
@@ -150,17 +247,13 @@ impl Engine for PyEngine {
 
     fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {
         self.check(encoding)?;
-        // The worker turns an engine error into that request's error reply; the engine
-        // error type has no variant for "the engine failed", so the text carries it.
-        self.call(encoding).map_err(EngineError::InvalidParams)
+        // An exception is the engine's failure, not bad input: the worker answers it with
+        // `EngineFailed`, and the router may try another engine.
+        self.call(encoding).map_err(EngineError::Failed)
     }
 
-    fn learn(&mut self, encoding: &[f32], _label: u32) -> Result<Learned, EngineError> {
-        self.check(encoding)?;
-        Err(EngineError::InvalidParams(format!(
-            "the Python engine {} does not learn",
-            self.class
-        )))
+    fn learn(&mut self, encoding: &[f32], label: u32) -> Result<Learned, EngineError> {
+        self.learn_checked(encoding, label)
     }
 }
 
@@ -170,11 +263,49 @@ impl Engine for PyEngine {
 pub(crate) struct PyBackend {
     name: String,
     engine: PyEngine,
+    /// Held from the version check to the update: two updates for one version cannot
+    /// both apply.
+    learning: std::sync::Mutex<()>,
 }
 
 impl PyBackend {
     pub(crate) fn new(name: String, engine: PyEngine) -> PyBackend {
-        PyBackend { name, engine }
+        PyBackend {
+            name,
+            engine,
+            learning: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn learn_now(
+        &self,
+        encoding: &[f32],
+        label: u32,
+        base_version: u64,
+    ) -> Result<ModelState, BackendError> {
+        let _one = self
+            .learning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let actual = self.engine.model().version;
+        if actual != base_version {
+            return Err(BackendError::VersionConflict {
+                engine: self.name.clone(),
+                expected: base_version,
+                actual,
+            });
+        }
+        match self.engine.learn_checked(encoding, label) {
+            Ok(learned) => Ok(ModelState {
+                version: learned.version,
+                digest: learned.digest,
+            }),
+            Err(EngineError::Failed(reason)) => Err(BackendError::Failed {
+                engine: self.name.clone(),
+                reason,
+            }),
+            Err(other) => Err(BackendError::InvalidInput(other.to_string())),
+        }
     }
 
     fn reason_now(&self, encoding: &[f32]) -> Result<Answer, BackendError> {
@@ -239,5 +370,19 @@ impl Backend for PyBackend {
             .map(|x| self.reason_now(x))
             .collect();
         Box::pin(std::future::ready(answers))
+    }
+
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        _budget: Duration,
+    ) -> BackendFuture<'a, Result<ModelState, BackendError>> {
+        Box::pin(std::future::ready(self.learn_now(
+            encoding,
+            label,
+            base_version,
+        )))
     }
 }

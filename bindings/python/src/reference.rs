@@ -1,6 +1,8 @@
 //! The reference spiking engine and its input generator, for Python engines that wrap it and
 //! for tests that compare against it.
 
+use std::sync::RwLock;
+
 use numpy::{PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use qnllm_engine::{Engine, NormalInputs};
@@ -16,7 +18,44 @@ use crate::result::Reasoning;
 #[pyclass(module = "qnllm", frozen, name = "SpikingEngine")]
 #[derive(Debug)]
 pub(crate) struct SpikingEngine {
-    engine: qnllm_engine::SpikingEngine,
+    engine: RwLock<qnllm_engine::SpikingEngine>,
+}
+
+impl SpikingEngine {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, qnllm_engine::SpikingEngine> {
+        self.engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one learning update did: the label predicted before it, whether the weights
+/// changed, and the model's new version and digest (hex). A Python engine's `learn` can
+/// return it as it is.
+#[pyclass(module = "qnllm", frozen, get_all, name = "Learned")]
+#[derive(Debug, Clone)]
+pub(crate) struct Learned {
+    /// The label the model predicted before the update.
+    predicted: u32,
+    /// Whether the weights changed (only when the prediction was wrong).
+    changed: bool,
+    /// The model version after the update.
+    model_version: u64,
+    /// The model digest after the update, 64 hex digits.
+    model_digest: String,
+}
+
+#[pymethods]
+impl Learned {
+    fn __repr__(&self) -> String {
+        format!(
+            "Learned(predicted={}, changed={}, model_version={}, model_digest='{}')",
+            self.predicted,
+            if self.changed { "True" } else { "False" },
+            self.model_version,
+            self.model_digest
+        )
+    }
 }
 
 #[pymethods]
@@ -25,18 +64,18 @@ impl SpikingEngine {
     #[pyo3(signature = (model = "seed:1".to_string()))]
     fn new(model: String) -> PyResult<SpikingEngine> {
         Ok(SpikingEngine {
-            engine: qnllm_engine::SpikingEngine::new(load_model(&model)?),
+            engine: RwLock::new(qnllm_engine::SpikingEngine::new(load_model(&model)?)),
         })
     }
 
     /// Reasons over one encoding; the result's `engine` is `reference`.
     fn reason(&self, py: Python<'_>, encoding: &Bound<'_, PyAny>) -> PyResult<Reasoning> {
         let x = convert::encoding(encoding)?;
-        let dim = self.engine.info().params.inputs as usize;
+        let dim = self.read().info().params.inputs as usize;
         convert::validate(&x, dim, None)?;
         let started = std::time::Instant::now();
         let reasoning = py
-            .detach(|| self.engine.reason(&x))
+            .detach(|| self.read().reason(&x))
             .map_err(|e| invalid_input(e.to_string(), Place::default()))?;
         Ok(Reasoning::from_answer(Answer::new(
             reasoning,
@@ -45,9 +84,43 @@ impl SpikingEngine {
         )))
     }
 
+    /// Applies the learning update for `(encoding, label)` (`docs/engine.md`): every update
+    /// bumps the model version. Raises InvalidInput for a bad encoding or label.
+    fn learn(&self, py: Python<'_>, encoding: &Bound<'_, PyAny>, label: u32) -> PyResult<Learned> {
+        let x = convert::encoding(encoding)?;
+        let dim = self.read().info().params.inputs as usize;
+        convert::validate(&x, dim, None)?;
+        let learned = py
+            .detach(|| {
+                self.engine
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .learn(&x, label)
+            })
+            .map_err(|e| invalid_input(e.to_string(), Place::default()))?;
+        Ok(Learned {
+            predicted: learned.predicted,
+            changed: learned.changed,
+            model_version: learned.version,
+            model_digest: learned.digest.to_hex(),
+        })
+    }
+
+    /// The model version (0 until the first update).
+    #[getter]
+    fn model_version(&self) -> u64 {
+        self.read().info().version
+    }
+
+    /// The model digest, 64 hex digits.
+    #[getter]
+    fn model_digest(&self) -> String {
+        self.read().info().digest.to_hex()
+    }
+
     /// Model name, sizes, version and digest.
     fn info(&self) -> (String, u32, u32, u64, String) {
-        let info = self.engine.info();
+        let info = self.read().info();
         (
             info.name,
             info.params.inputs,

@@ -58,3 +58,34 @@ class PidEngine(HonestEngine):
     @property
     def name(self):
         return f"py-worker-{os.getpid()}"
+
+
+class LearningEngine(HonestEngine):
+    """A student replica: learns through the reference engine and returns its report
+    (a ``qnllm.Learned``, with the new model version and digest)."""
+
+    def learn(self, encoding, label):
+        return self.inner.learn(encoding, label)
+
+
+class AttributeLearningEngine(HonestEngine):
+    """Learns and returns nothing: its own ``model_version`` and ``model_digest`` say
+    where its model is."""
+
+    def learn(self, encoding, label):
+        self.inner.learn(encoding, label)
+
+    @property
+    def model_version(self):
+        return self.inner.model_version
+
+    @property
+    def model_digest(self):
+        return self.inner.model_digest
+
+
+class StuckLearningEngine(HonestEngine):
+    """Claims to learn but reports the version it had: a replica that would drift."""
+
+    def learn(self, encoding, label):
+        return (0, self.inner.model_digest)

@@ -39,9 +39,7 @@ def test_exception_in_a_python_engine_is_that_requests_error(make_engine):
 
     engine = make_engine(num_local_engines=0, engines=[FlakyEngine()])
     bad = np.full(768, -0.01, np.float32)
-    # NoEngineAvailable from this router; EngineFailed once the router tells "every engine
-    # tried failed" apart from "no engine".
-    with pytest.raises((qnllm.NoEngineAvailable, qnllm.EngineFailed), match="ValueError: refusing a negative first value"):
+    with pytest.raises(qnllm.EngineFailed, match="ValueError: refusing a negative first value"):
         engine.reason(bad)
     good = np.full(768, 0.01, np.float32)
     assert engine.reason(good).result_digest == REFERENCE.reason(good).result_digest
@@ -74,9 +72,17 @@ def test_python_worker_process_serves_and_survives_its_exceptions(make_engine, p
     assert r.engine == "py-flaky" and r.result_digest == REFERENCE.reason(good).result_digest
     bad = good.copy()
     bad[0] = -0.5
-    with pytest.raises(qnllm.QnllmError, match="refusing a negative first value"):
+    # The engine failed, the input is fine: EngineFailed with the exception's own words,
+    # never InvalidInput (which says "fix your input").
+    with pytest.raises(qnllm.EngineFailed, match="ValueError: refusing a negative first value") as e:
         engine.reason(bad)
+    assert not isinstance(e.value, qnllm.InvalidInput)
     assert engine.reason(good).result_digest == r.result_digest
+    # A client of the same hub sees the same kind, through the hub's error frame.
+    with qnllm.connect(engine.address) as client:
+        with pytest.raises(qnllm.EngineFailed, match="ValueError: refusing a negative first value"):
+            client.reason(bad)
+        assert client.reason(good).result_digest == r.result_digest
     assert engine.get_metrics().remote_engines == 1
 
 

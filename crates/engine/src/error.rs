@@ -39,6 +39,10 @@ pub enum EngineError {
     /// Hyper-parameters that would break the integer bounds or make no network.
     #[error("invalid model parameters: {0}")]
     InvalidParams(String),
+    /// The engine itself failed on a valid request (an engine written in another language
+    /// raised, say): that request's failure, not bad input; another engine may answer it.
+    #[error("{0}")]
+    Failed(String),
     /// A model file could not be read or written.
     #[error(transparent)]
     ModelFile(#[from] ModelFileError),

@@ -44,6 +44,19 @@ impl LocalBackend {
         }
     }
 
+    /// The backend error for an engine error: the caller's fault (a bad encoding or label,
+    /// which no engine would take) or this engine's failure (which another may not share).
+    fn failure(&self, err: EngineError) -> BackendError {
+        if is_bad_input(&err) {
+            BackendError::InvalidInput(err.to_string())
+        } else {
+            BackendError::Failed {
+                engine: self.name.clone(),
+                reason: err.to_string(),
+            }
+        }
+    }
+
     fn set_state(&self, version: u64, digest: qnllm_engine::Digest) {
         self.state.store(Arc::new(ModelState { version, digest }));
     }
@@ -81,8 +94,8 @@ impl LocalBackend {
     ///
     /// # Errors
     ///
-    /// [`BackendError::VersionConflict`], or [`BackendError::InvalidInput`] for a bad
-    /// encoding or label.
+    /// [`BackendError::VersionConflict`], [`BackendError::InvalidInput`] for a bad
+    /// encoding or label, [`BackendError::Failed`] when the engine itself failed.
     pub fn learn_at(
         &self,
         encoding: &[f32],
@@ -101,9 +114,7 @@ impl LocalBackend {
                 actual,
             });
         }
-        let learned = engine
-            .learn(encoding, label)
-            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let learned = engine.learn(encoding, label).map_err(|e| self.failure(e))?;
         self.set_state(learned.version, learned.digest);
         Ok(ModelState {
             version: learned.version,
@@ -115,13 +126,11 @@ impl LocalBackend {
     ///
     /// # Errors
     ///
-    /// [`BackendError::InvalidInput`] for a bad encoding.
+    /// [`BackendError::InvalidInput`] for a bad encoding, [`BackendError::Failed`] when the
+    /// engine itself failed.
     pub fn reason_now(&self, encoding: &[f32]) -> Result<Answer, BackendError> {
         let started = Instant::now();
-        let reasoning = self
-            .read()
-            .reason(encoding)
-            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let reasoning = self.read().reason(encoding).map_err(|e| self.failure(e))?;
         Ok(Answer::new(reasoning, self.name.clone(), started.elapsed()))
     }
 
@@ -129,7 +138,8 @@ impl LocalBackend {
     ///
     /// # Errors
     ///
-    /// [`BackendError::InvalidInput`] naming the first bad encoding.
+    /// [`BackendError::InvalidInput`] naming the first bad encoding, or
+    /// [`BackendError::Failed`] when the engine itself failed on one.
     pub fn reason_batch_now(
         &self,
         values: &[f32],
@@ -140,12 +150,23 @@ impl LocalBackend {
         let results = self
             .read()
             .reason_batch(&encodings)
-            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+            .map_err(|e| self.failure(e))?;
         let each = started.elapsed() / results.len().max(1) as u32;
         Ok(results
             .into_iter()
             .map(|reasoning| Answer::new(reasoning, self.name.clone(), each))
             .collect())
+    }
+}
+
+/// Whether `err` blames the request rather than the engine.
+fn is_bad_input(err: &EngineError) -> bool {
+    match err {
+        EngineError::WrongLength { .. }
+        | EngineError::NotFinite { .. }
+        | EngineError::UnknownLabel { .. } => true,
+        EngineError::InBatch { reason, .. } => is_bad_input(reason),
+        _ => false,
     }
 }
 

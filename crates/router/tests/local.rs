@@ -10,7 +10,7 @@ use qnllm_engine::{
     Digest, Engine, EngineError, FixedEngine, Learned, Model, ModelInfo, Params, Reasoning,
     SpikingEngine,
 };
-use qnllm_router::{Backend, LocalBackend};
+use qnllm_router::{Backend, BackendError, LocalBackend};
 
 /// Counts the reasonings it computes.
 #[derive(Debug)]
@@ -97,4 +97,71 @@ async fn an_answer_computed_past_the_deadline_is_not_returned_as_in_time() {
         "{err}"
     );
     assert!(router.reason(&x, Duration::from_secs(5)).await.is_ok());
+}
+
+/// Refuses encodings whose first value is negative as a failure of its own, as a Python
+/// engine that raised does.
+#[derive(Debug)]
+struct Failing {
+    inner: SpikingEngine,
+}
+
+impl Engine for Failing {
+    fn info(&self) -> ModelInfo {
+        self.inner.info()
+    }
+    fn digest(&self) -> Digest {
+        self.inner.digest()
+    }
+    fn reason(&self, encoding: &[f32]) -> Result<Reasoning, EngineError> {
+        if encoding.first().is_some_and(|v| *v < 0.0) {
+            return Err(EngineError::Failed("the engine raised".into()));
+        }
+        self.inner.reason(encoding)
+    }
+    fn learn(&mut self, _encoding: &[f32], _label: u32) -> Result<Learned, EngineError> {
+        Err(EngineError::Failed("the engine cannot learn".into()))
+    }
+}
+
+#[test]
+fn an_engine_failure_is_the_engines_fault_and_bad_input_the_callers() {
+    let real = SpikingEngine::new(Model::from_seed(1, Params::default()).unwrap());
+    let backend = LocalBackend::new(
+        "failing",
+        Failing {
+            inner: SpikingEngine::new(Model::from_seed(1, Params::default()).unwrap()),
+        },
+    );
+    let dim = real.info().params.inputs as usize;
+    let mut x = vec![0.0; dim];
+    x[0] = -1.0;
+    let failed = backend.reason_now(&x).unwrap_err();
+    assert!(
+        matches!(&failed, BackendError::Failed { engine, reason } if engine == "failing" && reason == "the engine raised"),
+        "{failed:?}"
+    );
+    assert!(failed.is_retryable());
+    let mut batch = vec![0.0; 2 * dim];
+    batch[dim] = -1.0;
+    assert!(matches!(
+        backend.reason_batch_now(&batch, dim).unwrap_err(),
+        BackendError::Failed { .. }
+    ));
+    assert!(matches!(
+        backend.learn_at(&x, 1, 0).unwrap_err(),
+        BackendError::Failed { .. }
+    ));
+    // Bad input stays the caller's fault, alone or inside a batch.
+    assert!(matches!(
+        backend.reason_now(&x[1..]).unwrap_err(),
+        BackendError::InvalidInput(_)
+    ));
+    batch[1] = f32::NAN;
+    assert!(matches!(
+        backend.reason_batch_now(&batch, dim).unwrap_err(),
+        BackendError::InvalidInput(_)
+    ));
+    x[0] = 0.5;
+    assert!(backend.reason_now(&x).is_ok(), "the engine keeps serving");
 }

@@ -7,6 +7,7 @@ from ._native import (
     EngineStopped as EngineStopped,
     HubError as HubError,
     InvalidInput as InvalidInput,
+    Learned as Learned,
     ModelError as ModelError,
     NoEngineAvailable as NoEngineAvailable,
     QnllmError as QnllmError,
