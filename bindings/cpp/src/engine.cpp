@@ -22,6 +22,22 @@
 namespace qnllm {
 
 namespace {
+// Arithmetic right shift of a signed value (floor division by 2^s), spelled so it is defined
+// before C++20 too and without a branch: for negative v, v ^ m = ~v >= 0 and ~(~v >> s) is
+// the floor; for v >= 0, m = 0.
+inline std::int32_t asr(std::int32_t v, std::uint32_t s) {
+    const std::int32_t m = -static_cast<std::int32_t>(static_cast<std::uint32_t>(v) >> 31);
+    return ((v ^ m) >> s) ^ m;
+}
+
+// q = clamp(round_half_even(x * 128), -127, 127); x * 128 is exact in f32.
+inline std::int16_t quantise_one(float x) {
+    const float y = x * 128.0f;
+    if (y >= 127.0f) return 127;
+    if (y <= -127.0f) return -127;
+    return static_cast<std::int16_t>(std::nearbyint(y));  // ties to even (default mode)
+}
+
 // I[j] = sum_i W[j][i] * q[i], plain loops (the compiler may vectorise them).
 void currents_scalar(const std::int8_t* w, const std::int16_t* q, std::size_t n, std::size_t hid,
                      std::int32_t* out) {
@@ -34,31 +50,139 @@ void currents_scalar(const std::int8_t* w, const std::int16_t* q, std::size_t n,
 }
 
 #ifdef QNLLM_HAVE_AVX2
+// Functions compiled for AVX2 (called only when the CPU has it). Lambdas would not inherit
+// the target, so the helpers are small functions of their own.
+#define QNLLM_AVX2 __attribute__((target("avx2")))
+
+// Horizontal sum of eight i32 lanes (wrapping, like the lanes themselves).
+QNLLM_AVX2 inline std::int32_t hsum_avx2(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// Sixteen i8 weights times sixteen i16 inputs, adjacent products summed into eight i32 lanes.
+QNLLM_AVX2 inline __m256i madd_w8_q16(const std::int8_t* w, const std::int16_t* q) {
+    return _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+}
+
+// Sixteen i16 readout weights times sixteen i16 0/1 flags, pairs summed into i32 lanes.
+QNLLM_AVX2 inline __m256i madd_i16(const std::int16_t* a, const std::int16_t* b) {
+    return _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
+}
+
+// Eight values quantised (see quantise_avx2), as i32 lanes.
+QNLLM_AVX2 inline __m256i quantise8(const float* x) {
+    __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x), _mm256_set1_ps(128.0f));
+    y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    return _mm256_cvtps_epi32(y);
+}
+
+// One LIF update of eight neurons at v/counts/current; returns the all-ones mask of those
+// that fired, and adds how many to `total`.
+QNLLM_AVX2 inline __m256i lif8(std::int32_t* v, std::int32_t* counts, const std::int32_t* current,
+                               __m128i shift, __m256i below, std::uint32_t& total) {
+    auto* vp = reinterpret_cast<__m256i*>(v);
+    auto* cp = reinterpret_cast<__m256i*>(counts);
+    __m256i vj = _mm256_loadu_si256(vp);
+    vj = _mm256_add_epi32(_mm256_sub_epi32(vj, _mm256_sra_epi32(vj, shift)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(current)));
+    const __m256i fired = _mm256_cmpgt_epi32(vj, below);
+    _mm256_storeu_si256(vp, _mm256_andnot_si256(fired, vj));  // 0 after a spike
+    _mm256_storeu_si256(cp, _mm256_sub_epi32(_mm256_loadu_si256(cp), fired));
+    total += static_cast<std::uint32_t>(
+        __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(fired)))));
+    return fired;
+}
+
 // The same sums with vpmaddwd on sign-extended weights: pairs of i8*i16 products summed into
-// i32 lanes. Lane arithmetic wraps mod 2^32, and the exact total fits i32 (docs/engine.md
-// Bounds), so the result is the scalar one. Loads are unaligned loads (no alignment assumed).
-__attribute__((target("avx2"))) void currents_avx2(const std::int8_t* w, const std::int16_t* q,
+// i32 lanes, four independent accumulators of 16 products each per 64 inputs. Every partial
+// sum is bounded by the row's total bound (docs/engine.md Bounds, checked by Params::check),
+// so nothing wraps and the result is the scalar one. Loads are unaligned loads.
+QNLLM_AVX2 void currents_avx2(const std::int8_t* w, const std::int16_t* q,
                                                    std::size_t n, std::size_t hid,
                                                    std::int32_t* out) {
+    const std::size_t whole = n / 64 * 64, blocks = n / 16 * 16;
     for (std::size_t j = 0; j < hid; ++j) {
         const std::int8_t* row = w + j * n;
-        __m256i acc = _mm256_setzero_si256();
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         std::size_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            __m128i w8;
-            std::memcpy(&w8, row + i, 16);
-            __m256i q16;
-            std::memcpy(&q16, q + i, 32);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepi8_epi16(w8), q16));
+        for (; i < whole; i += 64) {
+            a0 = _mm256_add_epi32(a0, madd_w8_q16(row + i, q + i));
+            a1 = _mm256_add_epi32(a1, madd_w8_q16(row + i + 16, q + i + 16));
+            a2 = _mm256_add_epi32(a2, madd_w8_q16(row + i + 32, q + i + 32));
+            a3 = _mm256_add_epi32(a3, madd_w8_q16(row + i + 48, q + i + 48));
         }
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-        std::uint32_t total = static_cast<std::uint32_t>(_mm_cvtsi128_si32(s));
-        for (; i < n; ++i)
-            total += static_cast<std::uint32_t>(static_cast<std::int32_t>(row[i]) * q[i]);
-        out[j] = static_cast<std::int32_t>(total);
+        for (; i < blocks; i += 16) a0 = _mm256_add_epi32(a0, madd_w8_q16(row + i, q + i));
+        std::int32_t total =
+            hsum_avx2(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)));
+        for (; i < n; ++i) total += static_cast<std::int32_t>(row[i]) * q[i];
+        out[j] = total;
     }
+}
+
+// Quantisation, eight at a time: round to nearest-even then clamp to +-127 gives what the
+// scalar "clamp, else nearbyint" gives (values at or beyond 127 round to at least 127).
+QNLLM_AVX2 void quantise_avx2(const float* x, std::size_t n,
+                                                   std::int16_t* q) {
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        // packs works per 128-bit half: [a0..3 b0..3 a4..7 b4..7]; the permute restores order.
+        __m256i packed =
+            _mm256_permute4x64_epi64(_mm256_packs_epi32(quantise8(x + i), quantise8(x + i + 8)), 0xd8);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), packed);
+    }
+    for (; i < n; ++i) q[i] = quantise_one(x[i]);
+}
+
+// The time-stepped LIF network and readout, eight hidden neurons per instruction.
+// `current`, `v`, `counts` and `spikes` hold `hidp` (a multiple of 16) values, zero beyond
+// `hid`: a padded neuron has no current, so its membrane stays 0 and it never fires
+// (thresholds are positive). `readout` is the padded copy, `labels` rows of `hidp`, zero in
+// the padding. The readout sums R[k][j] over the neurons that fired with vpmaddwd on 0/1
+// spike flags: each pair sum is at most 2 * 32767 and the row total is bounded by
+// Params::check, so nothing wraps. Every lane computes exactly the scalar expression.
+QNLLM_AVX2 std::uint32_t lif_avx2(
+    const Params& p, std::size_t hidp, const std::int16_t* readout, const std::int32_t* current,
+    std::int32_t* v, std::int32_t* counts, std::int16_t* spikes, std::int32_t* u,
+    std::int32_t* scores, std::uint32_t* label_spikes) {
+    // v >= threshold  <=>  v > threshold - 1 (threshold >= 1, so no overflow).
+    const __m256i below = _mm256_set1_epi32(p.hidden_threshold - 1);
+    const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(p.hidden_leak_shift));
+    const std::size_t lab = p.labels;
+    std::uint32_t total = 0;
+    for (std::uint32_t t = 0; t < p.steps; ++t) {
+        for (std::size_t j = 0; j < hidp; j += 16) {
+            __m256i f0 = lif8(v + j, counts + j, current + j, shift, below, total);
+            __m256i f1 = lif8(v + j + 8, counts + j + 8, current + j + 8, shift, below, total);
+            // Sixteen -1/0 flags as i16 in neuron order, then 0/1.
+            __m256i flags = _mm256_permute4x64_epi64(_mm256_packs_epi32(f0, f1), 0xd8);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(spikes + j),
+                                _mm256_srli_epi16(flags, 15));
+        }
+        for (std::size_t k = 0; k < lab; ++k) {
+            const std::int16_t* row = readout + k * hidp;
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+            std::size_t j = 0;
+            for (; j + 32 <= hidp; j += 32) {
+                a0 = _mm256_add_epi32(a0, madd_i16(row + j, spikes + j));
+                a1 = _mm256_add_epi32(a1, madd_i16(row + j + 16, spikes + j + 16));
+            }
+            if (j < hidp) a0 = _mm256_add_epi32(a0, madd_i16(row + j, spikes + j));
+            const std::int32_t o = hsum_avx2(_mm256_add_epi32(a0, a1));
+            scores[k] += o;
+            u[k] = u[k] - asr(u[k], p.output_leak_shift) + o;
+            if (u[k] >= p.output_threshold) {
+                u[k] = 0;
+                label_spikes[k] += 1;
+            }
+        }
+    }
+    return total;
 }
 #endif
 }  // namespace
@@ -98,13 +222,6 @@ constexpr std::int64_t INPUT_LIMIT = 127;
     throw EngineError(ErrorCode::Internal, "model file " + path + ": " + why);
 }
 
-// Arithmetic right shift of a signed value (floor division by 2^s), spelled so it is defined
-// before C++20 too and without a branch: for negative v, v ^ m = ~v >= 0 and ~(~v >> s) is
-// the floor; for v >= 0, m = 0.
-inline std::int32_t asr(std::int32_t v, std::uint32_t s) {
-    const std::int32_t m = -static_cast<std::int32_t>(static_cast<std::uint32_t>(v) >> 31);
-    return ((v ^ m) >> s) ^ m;
-}
 
 // Rust's f32 Display for the three non-finite values.
 std::string nonfinite_text(float v) {
@@ -249,6 +366,12 @@ void Model::rehash() {
     rt_.resize(r_.size());
     for (std::size_t k = 0; k < lab; ++k)
         for (std::size_t j = 0; j < hid; ++j) rt_[j * lab + k] = r_[k * hid + j];
+    const std::size_t hidp = padded_hidden();
+    rp_.assign(lab * hidp, 0);
+    for (std::size_t k = 0; k < lab; ++k)
+        std::copy(r_.begin() + static_cast<std::ptrdiff_t>(k * hid),
+                  r_.begin() + static_cast<std::ptrdiff_t>((k + 1) * hid),
+                  rp_.begin() + static_cast<std::ptrdiff_t>(k * hidp));
     Sha256 h;
     h.update("qnllm-model-v1\0", 15);
     put32(h, p_.inputs);
@@ -290,22 +413,13 @@ void Model::validate(span<const float> x) const {
 Model::Run Model::run(span<const float> x) const {
     validate(x);
     const std::size_t n = p_.inputs, hid = p_.hidden, lab = p_.labels;
-    std::vector<std::int16_t> q(n);
-    for (std::size_t i = 0; i < n; ++i) {
-        float y = x[i] * 128.0f;
-        std::int16_t v;
-        if (y >= 127.0f) v = 127;
-        else if (y <= -127.0f) v = -127;
-        else v = static_cast<std::int16_t>(std::nearbyint(y));  // ties to even (default mode)
-        q[i] = v;
-    }
-    std::vector<std::int32_t> current(hid);
 #ifdef QNLLM_HAVE_AVX2
-    if (kernel_ == Kernel::Avx2) currents_avx2(w_.data(), q.data(), n, hid, current.data());
-    else currents_scalar(w_.data(), q.data(), n, hid, current.data());
-#else
-    currents_scalar(w_.data(), q.data(), n, hid, current.data());
+    if (kernel_ == Kernel::Avx2) return run_avx2(x);
 #endif
+    std::vector<std::int16_t> q(n);
+    for (std::size_t i = 0; i < n; ++i) q[i] = quantise_one(x[i]);
+    std::vector<std::int32_t> current(hid);
+    currents_scalar(w_.data(), q.data(), n, hid, current.data());
     Run out;
     out.total = 0;
     out.scores.assign(lab, 0);
@@ -351,6 +465,38 @@ Model::Run Model::run(span<const float> x) const {
     out.label = best;
     return out;
 }
+
+#ifdef QNLLM_HAVE_AVX2
+Model::Run Model::run_avx2(span<const float> x) const {
+    const std::size_t n = p_.inputs, hid = p_.hidden, lab = p_.labels;
+    const std::size_t hidp = padded_hidden();
+    // Per-thread scratch, reused across calls (a call only reads what it wrote first).
+    struct Scratch {
+        std::vector<std::int16_t> q, spikes;
+        std::vector<std::int32_t> current, v, counts, u;
+    };
+    thread_local Scratch s;
+    s.q.resize(n);
+    s.current.assign(hidp, 0);
+    s.v.assign(hidp, 0);
+    s.counts.assign(hidp, 0);
+    s.spikes.resize(hidp);
+    s.u.assign(lab, 0);
+    quantise_avx2(x.data(), n, s.q.data());
+    currents_avx2(w_.data(), s.q.data(), n, hid, s.current.data());
+    Run out;
+    out.scores.assign(lab, 0);
+    out.label_spikes.assign(lab, 0);
+    out.total = lif_avx2(p_, hidp, rp_.data(), s.current.data(), s.v.data(), s.counts.data(),
+                         s.spikes.data(), s.u.data(), out.scores.data(), out.label_spikes.data());
+    out.counts.assign(s.counts.begin(), s.counts.begin() + static_cast<std::ptrdiff_t>(hid));
+    std::uint32_t best = 0;
+    for (std::uint32_t k = 1; k < lab; ++k)
+        if (out.scores[k] > out.scores[best]) best = k;
+    out.label = best;
+    return out;
+}
+#endif
 
 Reasoning Model::reason(span<const float> x) const {
     Run r = run(x);

@@ -228,7 +228,14 @@ TEST_CASE("every kernel gives the same integers on random and extreme inputs") {
     small.steps = 4;
     small.hidden_threshold = 2000;
     small.output_threshold = 100;
-    for (const Params& p : {Params{}, small}) {
+    // 100 inputs: one 64-block, two 16-blocks and a tail of 4; 48 hidden: padded to 48, one
+    // 32-block and one 16-block in the readout.
+    Params mid = small;
+    mid.inputs = 100;
+    mid.hidden = 48;
+    mid.labels = 5;
+    mid.steps = 9;
+    for (const Params& p : {Params{}, small, mid}) {
         Model a = Model::from_seed(9, p), b = Model::from_seed(9, p);
         REQUIRE(a.set_kernel(Kernel::Scalar));
         REQUIRE(b.set_kernel(Kernel::Avx2));
@@ -243,5 +250,19 @@ TEST_CASE("every kernel gives the same integers on random and extreme inputs") {
             CHECK(a.reason(x).result_digest == b.reason(x).result_digest);
             CHECK(a.reason(x).scores == b.reason(x).scores);
         }
+        // Halves (ties to even in quantisation) and values around the +-127 clamp.
+        std::vector<float> ties(p.inputs);
+        for (std::size_t i = 0; i < ties.size(); ++i)
+            ties[i] = (static_cast<float>(i % 259) - 129.0f + 0.5f) / 128.0f;
+        CHECK(a.reason(ties).scores == b.reason(ties).scores);
+        CHECK(a.reason(ties).result_digest == b.reason(ties).result_digest);
+        // Learning uses each kernel's spike counts: the models stay identical.
+        for (std::size_t k = 0; k < 20; ++k) {
+            span<const float> x(xs.data() + k * p.inputs, p.inputs);
+            auto label = static_cast<std::uint32_t>(k % p.labels);
+            CHECK(a.learn(x, label) == b.learn(x, label));
+        }
+        CHECK(a.digest() == b.digest());
+        CHECK(a.readout() == b.readout());
     }
 }

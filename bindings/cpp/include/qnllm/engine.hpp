@@ -144,13 +144,16 @@ private:
         std::vector<std::uint32_t> counts;
     };
     Run run(span<const float> x) const;
+    Run run_avx2(span<const float> x) const;
+    std::size_t padded_hidden() const { return (std::size_t{p_.hidden} + 15) / 16 * 16; }
     void rehash();
 
     std::string name_;
     Params p_;
     std::vector<std::int8_t> w_;
     std::vector<std::int16_t> r_;
-    std::vector<std::int16_t> rt_;  // R transposed (hidden x labels), for the readout loop
+    std::vector<std::int16_t> rt_;  // R transposed (hidden x labels), for the scalar readout
+    std::vector<std::int16_t> rp_;  // R with rows padded with zeros to a multiple of 16 (AVX2)
     std::uint64_t version_ = 0;
     Kernel kernel_ = best_kernel();
     Digest input_digest_{};
