@@ -1,21 +1,22 @@
 //! `Client`: an application's connection to a hub, with many requests in flight and
 //! replies matched by request id.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use qnllm_protocol::{
-    Batch, BatchResult, Call, Deadline, ErrorCode, Event, Frame, Hello, Message, MessageKind,
-    Welcome, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    Batch, BatchResult, Call, Deadline, ErrorCode, Event, Frame, Message, Welcome,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 use qnllm_router::Answer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{spawn_writer, Closer, FrameReader, FrameSender, ReadError};
+use crate::connection::{spawn_writer, Closer, Elapsed, FrameReader, FrameSender, ReadError};
 use crate::convert;
 use crate::endpoint::Endpoint;
+use crate::peer::{
+    lock, Greeted, Handshake, HandshakeError, Progress, Refused, Reply, Requests, HANDSHAKE_TIMEOUT,
+};
 
 /// Why a client request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,16 +49,9 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-/// Longest wait for the hub's welcome after hello.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Default)]
-struct Pending {
-    closed: Option<String>,
-    waiting: HashMap<u64, oneshot::Sender<Frame>>,
-    /// Open subscriptions by request id: where their events go.
-    subscriptions: HashMap<u64, mpsc::Sender<Event>>,
-}
+/// What waits on a client's connection: a request's reply (`None` when it came after the
+/// request's deadline), or a subscription's events.
+type Table = Requests<oneshot::Sender<Option<Frame>>, mpsc::Sender<Event>>;
 
 /// Events a subscription has not handed out yet, at most this many: a subscriber that
 /// falls further behind misses events, as on the hub.
@@ -80,16 +74,8 @@ impl Subscription {
 #[derive(Debug)]
 pub struct Client {
     sender: FrameSender,
-    pending: Arc<Mutex<Pending>>,
-    next_id: AtomicU64,
+    pending: Arc<Mutex<Table>>,
     welcome: Welcome,
-}
-
-fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
-    // Single inserts and removes only: a poisoned map is still consistent.
-    pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Client {
@@ -126,40 +112,24 @@ impl Client {
         let (read, write) = io.into_split();
         let (sender, _writer) = spawn_writer(write);
         let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES).busy_poll(busy_poll);
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            role: "client".into(),
-            name: name.into(),
-            token: token.map(str::to_string),
+        let (handshake, hello) = Handshake::client(name, token, Instant::now(), HANDSHAKE_TIMEOUT);
+        sender.send(&hello, 0, Deadline::NONE).await;
+        let welcome = match greet(&mut reader, &sender, handshake).await {
+            Ok(greeted) => greeted.welcome,
+            Err(Greeting::Closed(reason)) => return Err(ClientError::Closed(reason)),
+            Err(Greeting::Failed(HandshakeError::Timeout { waited, .. })) => {
+                return Err(ClientError::Timeout(waited))
+            }
+            Err(Greeting::Failed(HandshakeError::Refused { code, message })) => {
+                return Err(ClientError::Remote { code, message })
+            }
+            Err(Greeting::Failed(other)) => return Err(ClientError::Unexpected(other.to_string())),
         };
-        sender.send(&Message::Hello(hello), 0, Deadline::NONE).await;
-        let read = tokio::time::timeout(WELCOME_TIMEOUT, reader.read_frame())
-            .await
-            .map_err(|_| ClientError::Timeout(WELCOME_TIMEOUT))?;
-        let welcome = match read {
-            Ok(Some(frame)) => match frame.message() {
-                Ok(Message::Welcome(welcome)) => welcome,
-                Ok(Message::Error(e)) => {
-                    return Err(ClientError::Remote {
-                        code: e.code,
-                        message: e.message,
-                    })
-                }
-                other => {
-                    return Err(ClientError::Unexpected(format!(
-                        "{other:?} instead of welcome"
-                    )))
-                }
-            },
-            Ok(None) => return Err(ClientError::Closed("before the welcome".into())),
-            Err(e) => return Err(ClientError::Closed(e.to_string())),
-        };
-        let pending = Arc::new(Mutex::new(Pending::default()));
+        let pending = Arc::new(Mutex::new(Table::default()));
         tokio::spawn(read_replies(reader, pending.clone(), sender.closer()));
         Ok(Client {
             sender,
             pending,
-            next_id: AtomicU64::new(1),
             welcome,
         })
     }
@@ -196,30 +166,33 @@ impl Client {
         deadline: Duration,
         timeout: Duration,
     ) -> Result<Message, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let reply = {
-            let mut pending = lock(&self.pending);
-            if let Some(reason) = &pending.closed {
-                return Err(ClientError::Closed(reason.clone()));
-            }
-            let (tx, rx) = oneshot::channel();
-            pending.waiting.insert(id, tx);
-            rx
+        let (tx, reply) = oneshot::channel();
+        let id = lock(&self.pending)
+            .start(Instant::now(), timeout, tx)
+            .map_err(|refused| self.refused(refused))?;
+        // Forget the request however this future ends: answered, timed out or dropped.
+        let _forget = Forget {
+            pending: &self.pending,
+            id,
         };
-        let closed = || ClientError::Closed(lock(&self.pending).closed.clone().unwrap_or_default());
         let exchange = async {
             if !self
                 .sender
                 .send(message, id, Deadline::from_remaining(deadline))
                 .await
             {
-                return Err(closed());
+                return Err(self.closed());
             }
-            reply.await.map_err(|_| closed())
+            match reply.await {
+                Ok(Some(frame)) => Ok(frame),
+                // The answer came after `timeout`, just before the timer said so.
+                Ok(None) => Err(ClientError::Timeout(timeout)),
+                Err(_) => Err(self.closed()),
+            }
         };
-        let outcome = tokio::time::timeout(timeout, exchange).await;
-        lock(&self.pending).waiting.remove(&id);
-        let frame = outcome.map_err(|_| ClientError::Timeout(timeout))??;
+        let frame = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
         match frame.message() {
             Ok(Message::Error(e)) => Err(ClientError::Remote {
                 code: e.code,
@@ -313,15 +286,10 @@ impl Client {
         topics: &[&str],
         timeout: Duration,
     ) -> Result<Subscription, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut events) = mpsc::channel(SUBSCRIPTION_EVENTS);
-        {
-            let mut pending = lock(&self.pending);
-            if let Some(reason) = &pending.closed {
-                return Err(ClientError::Closed(reason.clone()));
-            }
-            pending.subscriptions.insert(id, tx);
-        }
+        let id = lock(&self.pending)
+            .open_stream(tx)
+            .map_err(|refused| self.refused(refused))?;
         let subscribe = Message::Subscribe(qnllm_protocol::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),
         });
@@ -338,19 +306,17 @@ impl Client {
                     "{} before the confirmation",
                     other.topic
                 ))),
-                None => Err(ClientError::Closed(
-                    lock(&self.pending).closed.clone().unwrap_or_default(),
-                )),
+                None => Err(self.closed()),
             }
         };
         match tokio::time::timeout(timeout, confirmed).await {
             Ok(Ok(())) => Ok(Subscription { events }),
             Ok(Err(e)) => {
-                lock(&self.pending).subscriptions.remove(&id);
+                lock(&self.pending).forget(id);
                 Err(e)
             }
             Err(_) => {
-                lock(&self.pending).subscriptions.remove(&id);
+                lock(&self.pending).forget(id);
                 Err(ClientError::Timeout(timeout))
             }
         }
@@ -372,56 +338,138 @@ impl Client {
     }
 }
 
-async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>, closer: Closer) {
-    let reason = loop {
-        match reader.read_frame().await {
-            Ok(Some(frame)) => {
-                let id = frame.header.request_id;
-                if frame.kind == MessageKind::Event || frame.kind == MessageKind::Error {
-                    let subscription = lock(&pending).subscriptions.get(&id).cloned();
-                    if let Some(subscription) = subscription {
-                        let event = match frame.message() {
-                            Ok(Message::Event(event)) => event,
-                            Ok(Message::Error(e)) => Event {
-                                topic: "error".into(),
-                                data: serde_json::json!({ "code": e.code.as_u16(), "message": e.message }),
-                            },
-                            _ => continue,
-                        };
-                        if subscription.try_send(event).is_err() && subscription.is_closed() {
-                            lock(&pending).subscriptions.remove(&id);
-                        }
-                        continue;
-                    }
-                }
-                let waiter = lock(&pending).waiting.remove(&id);
-                match waiter {
-                    Some(waiter) => {
-                        let _ = waiter.send(frame);
-                    }
-                    None if frame.header.request_id == 0 => match frame.message() {
-                        Ok(Message::Error(e)) => break format!("{}: {}", e.code, e.message),
-                        Ok(Message::Goodbye(goodbye)) => {
-                            // The hub is stopping: send nothing more and close our side, so
-                            // the hub knows it has read every request; the replies to those
-                            // still come (a result or `ShuttingDown` each).
-                            lock(&pending).closed.get_or_insert_with(|| {
-                                format!("the hub said goodbye: {}", goodbye.reason)
-                            });
-                            closer.close();
-                        }
-                        _ => {}
-                    },
-                    None => {} // an answer nobody waits for any more (timed out)
+impl Client {
+    fn refused(&self, refused: Refused) -> ClientError {
+        match refused {
+            Refused::Closed(reason) => ClientError::Closed(reason),
+            Refused::Draining => ClientError::Closed("draining".into()),
+        }
+    }
+
+    fn closed(&self) -> ClientError {
+        ClientError::Closed(
+            lock(&self.pending)
+                .closed()
+                .map(str::to_string)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Removes a request from the table when its caller stops waiting.
+struct Forget<'a> {
+    pending: &'a Mutex<Table>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).forget(self.id);
+    }
+}
+
+/// Why a handshake did not open the connection.
+#[derive(Debug)]
+pub(crate) enum Greeting {
+    /// The connection closed or broke first: why.
+    Closed(String),
+    /// The handshake failed.
+    Failed(HandshakeError),
+}
+
+/// Drives `handshake` (its hello already sent) over a connection: reads the hub's answers
+/// within the handshake's deadlines and sends what it asks. Shared with the worker side.
+pub(crate) async fn greet(
+    reader: &mut FrameReader,
+    sender: &FrameSender,
+    mut handshake: Handshake,
+) -> Result<Greeted, Greeting> {
+    loop {
+        let wait = handshake
+            .deadline()
+            .saturating_duration_since(Instant::now());
+        let frame = match reader.read_frame_within(wait).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => {
+                return Err(Greeting::Closed(
+                    "closed by the hub before the welcome".into(),
+                ))
+            }
+            Ok(Err(e)) => return Err(Greeting::Closed(e.to_string())),
+            Err(Elapsed) => {
+                // The timer is the authority: at or past the deadline, whatever the clock says.
+                let at = Instant::now().max(handshake.deadline());
+                match handshake.handle_timeout(at) {
+                    Some(late) => return Err(Greeting::Failed(late)),
+                    None => continue,
                 }
             }
+        };
+        match handshake.handle_frame(Instant::now(), &frame) {
+            Ok(Progress::Done(greeted)) => return Ok(greeted),
+            Ok(Progress::Send(message)) => {
+                if !sender.send(&message, 0, Deadline::NONE).await {
+                    return Err(Greeting::Closed("closed during the handshake".into()));
+                }
+            }
+            Err(e) => return Err(Greeting::Failed(e)),
+        }
+    }
+}
+
+async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Table>>, closer: Closer) {
+    let reason = loop {
+        let frame = match reader.read_frame().await {
+            Ok(Some(frame)) => frame,
             Ok(None) => break "closed by the hub".to_string(),
             Err(ReadError::Protocol(e)) => break e.to_string(),
             Err(e) => break e.to_string(),
+        };
+        let id = frame.header.request_id;
+        if id == 0 {
+            // Not a reply: the hub speaks to the connection.
+            match frame.message() {
+                Ok(Message::Error(e)) => break format!("{}: {}", e.code, e.message),
+                Ok(Message::Goodbye(goodbye)) => {
+                    // The hub is stopping: send nothing more and close our side, so the hub
+                    // knows it has read every request; the replies to those still come (a
+                    // result or `ShuttingDown` each).
+                    lock(&pending).refuse(|| format!("the hub said goodbye: {}", goodbye.reason));
+                    closer.close();
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let mut table = lock(&pending);
+        match table.reply(Instant::now(), id) {
+            Reply::Answer(waiter) => {
+                drop(table);
+                let _ = waiter.send(Some(frame));
+            }
+            Reply::Late(waiter) => {
+                drop(table);
+                let _ = waiter.send(None);
+            }
+            Reply::Stream(subscription) => {
+                let subscription = subscription.clone();
+                drop(table);
+                let event = match frame.message() {
+                    Ok(Message::Event(event)) => event,
+                    Ok(Message::Error(e)) => Event {
+                        topic: "error".into(),
+                        data: serde_json::json!({ "code": e.code.as_u16(), "message": e.message }),
+                    },
+                    _ => continue,
+                };
+                if subscription.try_send(event).is_err() && subscription.is_closed() {
+                    lock(&pending).forget(id);
+                }
+            }
+            // An answer nobody waits for any more (timed out, dropped).
+            Reply::Unmatched { .. } => {}
         }
     };
-    let mut pending = lock(&pending);
-    pending.closed.get_or_insert(reason);
-    pending.waiting.clear(); // wakes every waiter with `Closed`
-    pending.subscriptions.clear(); // ends every subscription
+    // Dropping every waiter wakes it with `Closed`, and ends every subscription.
+    lock(&pending).close(|| reason);
 }

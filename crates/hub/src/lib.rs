@@ -8,6 +8,7 @@ mod connection;
 pub mod convert;
 mod endpoint;
 mod hub;
+mod peer;
 mod registry;
 mod remote;
 mod session;

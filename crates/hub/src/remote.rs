@@ -2,7 +2,6 @@
 //! connection and matches replies by request id; when the worker goes, every request it
 //! held fails at once with `Gone`, so the router can fail over and nothing hangs.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,16 +18,11 @@ use tokio::sync::oneshot;
 
 use crate::connection::FrameSender;
 use crate::convert;
+use crate::peer::{self, Refused, Reply, Requests};
 
-/// Requests waiting for a reply from one worker.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Set once the worker is gone: why. No request is accepted after that.
-    closed: Option<String>,
-    /// The worker is draining: no new request is sent to it.
-    draining: bool,
-    waiting: HashMap<u64, oneshot::Sender<Frame>>,
-}
+/// Requests waiting for a reply from one worker: the reply, or `None` when it came after
+/// the request's deadline.
+type Pending = Requests<oneshot::Sender<Option<Frame>>>;
 
 /// One worker's engine.
 #[derive(Debug)]
@@ -44,7 +38,6 @@ pub(crate) struct RemoteEngine {
     state: ArcSwap<ModelState>,
     sender: FrameSender,
     pending: Mutex<Pending>,
-    next_request: AtomicU64,
     last_heard: Mutex<Instant>,
     pub(crate) served: AtomicU64,
 }
@@ -92,18 +85,13 @@ impl RemoteEngine {
             }),
             sender,
             pending: Mutex::new(Pending::default()),
-            next_request: AtomicU64::new(1),
             last_heard: Mutex::new(Instant::now()),
             served: AtomicU64::new(0),
         })
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
-        // The map stays consistent whatever panicked while holding it: every operation on
-        // it is a single insert or remove.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        peer::lock(&self.pending)
     }
 
     /// Records a sign of life (any frame, heartbeats included).
@@ -130,46 +118,62 @@ impl RemoteEngine {
     /// Sends this engine no new requests (each is refused with `Gone`, before it is sent,
     /// so the router tries elsewhere); what it holds may finish.
     pub(crate) fn drain(&self) {
-        self.pending().draining = true;
+        self.pending().drain();
     }
 
     /// Draining and holding no request: nothing more will be sent to it.
     pub(crate) fn drained(&self) -> bool {
-        let pending = self.pending();
-        pending.draining && pending.waiting.is_empty()
+        self.pending().drained()
     }
 
     /// Requests sent and not yet answered.
     pub(crate) fn in_flight(&self) -> usize {
-        self.pending().waiting.len()
+        self.pending().in_flight()
     }
 
     /// Hands a reply to the request waiting for it; replies to forgotten requests (timed
-    /// out, cancelled) are dropped.
+    /// out, cancelled) and to ids never sent are dropped.
     pub(crate) fn complete(&self, frame: Frame) {
-        if let Some(waiter) = self.pending().waiting.remove(&frame.header.request_id) {
-            let _ = waiter.send(frame);
+        let id = frame.header.request_id;
+        let mut pending = self.pending();
+        let reply = pending.reply(Instant::now(), id);
+        match reply {
+            Reply::Answer(waiter) => {
+                drop(pending);
+                let _ = waiter.send(Some(frame));
+            }
+            Reply::Late(waiter) => {
+                drop(pending);
+                let _ = waiter.send(None);
+            }
+            Reply::Unmatched { never_sent: true } => {
+                tracing::debug!(engine = %self.name, request = id, "reply to a request never sent");
+            }
+            Reply::Unmatched { never_sent: false } | Reply::Stream(()) => {}
         }
     }
 
     /// Fails every waiting request with `Gone` and refuses new ones.
     pub(crate) fn close(&self, reason: &str) -> usize {
-        let mut pending = self.pending();
-        pending.closed.get_or_insert_with(|| reason.to_string());
-        let failed = pending.waiting.len();
-        pending.waiting.clear(); // dropping the senders wakes every waiter with an error
-        failed
+        self.pending().close(|| reason.to_string())
     }
 
     fn gone(&self) -> BackendError {
         let reason = self
             .pending()
-            .closed
-            .clone()
-            .unwrap_or_else(|| "connection closed".into());
+            .closed()
+            .unwrap_or("connection closed")
+            .to_string();
         BackendError::Gone {
             engine: self.name.clone(),
             reason,
+        }
+    }
+
+    fn timeout(&self, budget: Duration) -> BackendError {
+        BackendError::Timeout {
+            engine: self.name.clone(),
+            budget,
         }
     }
 
@@ -180,23 +184,15 @@ impl RemoteEngine {
         encode: impl FnOnce(u64, Deadline, &mut BytesMut),
         budget: Duration,
     ) -> Result<Frame, BackendError> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let reply = {
-            let mut pending = self.pending();
-            if pending.closed.is_some() {
-                drop(pending);
-                return Err(self.gone());
-            }
-            if pending.draining {
-                return Err(BackendError::Gone {
-                    engine: self.name.clone(),
-                    reason: "draining".into(),
-                });
-            }
-            let (tx, rx) = oneshot::channel();
-            pending.waiting.insert(id, tx);
-            rx
-        };
+        let (tx, reply) = oneshot::channel();
+        let started = self.pending().start(Instant::now(), budget, tx);
+        let id = started.map_err(|refused| BackendError::Gone {
+            engine: self.name.clone(),
+            reason: match refused {
+                Refused::Closed(reason) => reason,
+                Refused::Draining => "draining".into(),
+            },
+        })?;
         // Forget the request however this future ends: answered, timed out or dropped.
         let _forget = Forget { engine: self, id };
         let exchange = async {
@@ -205,18 +201,22 @@ impl RemoteEngine {
             if !self.sender.send_encoded(frame).await {
                 return Err(self.gone());
             }
-            reply.await.map_err(|_| self.gone())
+            match reply.await {
+                Ok(Some(frame)) => Ok(frame),
+                // The reply came after the deadline, just before the timer said so.
+                Ok(None) => Err(self.timeout(budget)),
+                Err(_) => Err(self.gone()),
+            }
         };
         match tokio::time::timeout(budget, exchange).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 // Best effort, and never a wait: a stalled worker's full queue must not hold
-                // the caller past its deadline.
-                let _ = self.sender.try_send(&Message::Cancel, id, Deadline::NONE);
-                Err(BackendError::Timeout {
-                    engine: self.name.clone(),
-                    budget,
-                })
+                // the caller past its deadline. A request already answered needs none.
+                if self.pending().forget(id) {
+                    let _ = self.sender.try_send(&Message::Cancel, id, Deadline::NONE);
+                }
+                Err(self.timeout(budget))
             }
         }
     }
@@ -259,7 +259,7 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.engine.pending().waiting.remove(&self.id);
+        self.engine.pending().forget(self.id);
     }
 }
 

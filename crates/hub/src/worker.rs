@@ -2,21 +2,23 @@
 //! send heartbeats, reconnect with jittered exponential backoff, and leave cleanly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use qnllm_protocol::{
-    BatchResult, Deadline, Encoding, EngineStatus, ErrorCode, Frame, Goodbye, Heartbeat, Hello,
-    Learned, Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    BatchResult, Deadline, Encoding, EngineStatus, ErrorCode, Frame, Goodbye, Heartbeat, Learned,
+    Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES,
 };
 use qnllm_router::{BackendError, LocalBackend};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::{greet, Greeting};
 use crate::connection::{spawn_writer, FrameReader, FrameSender};
 use crate::convert::result_body;
 use crate::endpoint::Endpoint;
+use crate::peer::{self, Handshake, HandshakeError, Received, Skip, HANDSHAKE_TIMEOUT};
 
 /// How a worker connects and behaves.
 #[derive(Debug, Clone)]
@@ -162,22 +164,6 @@ async fn session(
     let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
     let mut reader = FrameReader::new(read, DEFAULT_MAX_FRAME_BYTES).busy_poll(config.busy_poll);
-    let hello = Hello {
-        protocol: PROTOCOL_VERSION,
-        role: "worker".into(),
-        name: config.name.clone(),
-        token: config.token.clone(),
-    };
-    sender.send(&Message::Hello(hello), 0, Deadline::NONE).await;
-    let welcome = match expect(&mut reader).await? {
-        Message::Welcome(welcome) => welcome,
-        other => {
-            return Err(Failure::Retry(format!(
-                "{} instead of welcome",
-                other.kind()
-            )))
-        }
-    };
     let info = engine.info();
     let register = Register {
         name: config.name.clone(),
@@ -187,16 +173,34 @@ async fn session(
         labels: info.params.labels,
         max_in_flight: config.max_in_flight,
     };
-    sender
-        .send(&Message::Register(register), 0, Deadline::NONE)
-        .await;
-    let registered = match expect(&mut reader).await? {
-        Message::Registered(registered) => registered,
-        other => {
-            return Err(Failure::Retry(format!(
-                "{} instead of registered",
-                other.kind()
-            )))
+    let (handshake, hello) = Handshake::worker(
+        config.token.as_deref(),
+        register,
+        Instant::now(),
+        HANDSHAKE_TIMEOUT,
+    );
+    sender.send(&hello, 0, Deadline::NONE).await;
+    let greeted =
+        greet(&mut reader, &sender, handshake)
+            .await
+            .map_err(|greeting| match greeting {
+                Greeting::Failed(HandshakeError::Refused { code, message })
+                    if matches!(
+                        code,
+                        ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion
+                    ) =>
+                {
+                    Failure::Fatal(WorkerError::Refused { code, message })
+                }
+                Greeting::Failed(failed) => Failure::Retry(failed.to_string()),
+                Greeting::Closed(reason) => Failure::Retry(reason),
+            })?;
+    let (welcome, registered) = match greeted.registered {
+        Some(registered) => (greeted.welcome, registered),
+        None => {
+            return Err(Failure::Retry(
+                "the hub did not register this worker".into(),
+            ))
         }
     };
     tracing::info!(hub = %config.endpoint, engine_id = registered.engine_id, name = %config.name, "registered");
@@ -282,93 +286,22 @@ async fn session(
     Ok(end)
 }
 
-/// Requests read and not yet computed, with when each expires: a `cancel` removes its
-/// entry, and a request whose entry is gone or expired when its turn comes is answered
-/// without computing.
+/// Requests read and not yet computed: [`Received`], shared by the reader and the tasks
+/// that compute.
 #[derive(Debug, Default)]
-struct Queued(std::sync::Mutex<std::collections::HashMap<u64, Option<std::time::Instant>>>);
-
-/// Why a queued request is not computed.
-enum Skip {
-    Cancelled,
-    Expired,
-}
+struct Queued(Mutex<Received>);
 
 impl Queued {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Option<std::time::Instant>>> {
-        // Single inserts and removes: a poisoned map is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Notes a request as it is read; `Err` if its deadline has already passed.
     fn admit(&self, id: u64, deadline: Deadline) -> Result<(), Skip> {
-        let expires = match deadline.remaining() {
-            Some(budget) if budget < MIN_BUDGET => return Err(Skip::Expired),
-            Some(budget) => Some(std::time::Instant::now() + budget),
-            None => None,
-        };
-        self.lock().insert(id, expires);
-        Ok(())
+        peer::lock(&self.0).admit(Instant::now(), id, deadline)
     }
 
-    /// The request's turn has come: whether to compute it.
-    fn take(&self, id: u64) -> Result<(), Skip> {
-        match self.lock().remove(&id) {
-            None => Err(Skip::Cancelled),
-            Some(Some(expires)) if std::time::Instant::now() >= expires => Err(Skip::Expired),
-            Some(_) => Ok(()),
-        }
+    fn take(&self, now: Instant, id: u64) -> Result<(), Skip> {
+        peer::lock(&self.0).take(now, id)
     }
 
     fn cancel(&self, id: u64) -> bool {
-        self.lock().remove(&id).is_some()
-    }
-}
-
-/// A budget below this on arrival has passed before any work could start.
-const MIN_BUDGET: Duration = Duration::from_micros(20);
-
-fn skipped(skip: &Skip) -> Message {
-    match skip {
-        Skip::Cancelled => Message::Error(WireError::new(
-            ErrorCode::Cancelled,
-            "cancelled by the hub before it was computed",
-        )),
-        Skip::Expired => Message::Error(WireError::new(
-            ErrorCode::DeadlineExceeded,
-            "the deadline passed before the worker could start; not computed",
-        )),
-    }
-}
-
-/// Reads the next frame during the handshake; an error frame is a refusal.
-async fn expect(reader: &mut FrameReader) -> Result<Message, Failure> {
-    let read = reader
-        .read_frame_within(Duration::from_secs(10))
-        .await
-        .map_err(|_| Failure::Retry("no answer to hello".into()))?;
-    let frame = read
-        .map_err(|e| Failure::Retry(e.to_string()))?
-        .ok_or_else(|| Failure::Retry("hub closed the connection".into()))?;
-    match frame.message() {
-        Ok(Message::Error(e))
-            if matches!(
-                e.code,
-                ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion
-            ) =>
-        {
-            Err(Failure::Fatal(WorkerError::Refused {
-                code: e.code,
-                message: e.message,
-            }))
-        }
-        Ok(Message::Error(e)) => Err(Failure::Retry(format!("{}: {}", e.code, e.message))),
-        Ok(message) => Ok(message),
-        Err(e) => Err(Failure::Retry(e.to_string())),
+        peer::lock(&self.0).cancel(id)
     }
 }
 
@@ -423,7 +356,7 @@ async fn serve_burst(
                 match work.queued.admit(id, frame.header.deadline) {
                     Ok(()) => group.push((id, encoding)),
                     Err(skip) => {
-                        work.sender.send(&skipped(&skip), id, Deadline::NONE).await;
+                        work.sender.send(&skip.reply(), id, Deadline::NONE).await;
                     }
                 }
             } else {
@@ -459,10 +392,10 @@ fn answer(
     served: &AtomicU64,
     compute_ns: &AtomicU64,
 ) -> Message {
-    if let Err(skip) = queued.take(id) {
-        return skipped(&skip);
+    let started = Instant::now();
+    if let Err(skip) = queued.take(started, id) {
+        return skip.reply();
     }
-    let started = std::time::Instant::now();
     let outcome = engine.reason_now(encoding.as_slice());
     let took = started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
     let average = compute_ns.load(Ordering::Relaxed);
@@ -574,7 +507,7 @@ async fn serve(
     work: &Work<'_>,
 ) {
     if let Err(skip) = work.queued.admit(id, deadline) {
-        work.sender.send(&skipped(&skip), id, Deadline::NONE).await;
+        work.sender.send(&skip.reply(), id, Deadline::NONE).await;
         return;
     }
     let Ok(waiting) = work.waiting.clone().acquire_owned().await else {
@@ -591,8 +524,8 @@ async fn serve(
             return;
         };
         drop(waiting);
-        let reply = match queued.take(id) {
-            Err(skip) => skipped(&skip),
+        let reply = match queued.take(Instant::now(), id) {
+            Err(skip) => skip.reply(),
             Ok(()) => match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(reply)) => {
                     served.fetch_add(1, Ordering::Relaxed);
