@@ -262,3 +262,52 @@ TEST_CASE("worker: a wrong token is fatal (exit 1), not retried") {
     worker.t.join();
     CHECK(worker.code == 1);
 }
+
+TEST_CASE("worker: after a learn, results, learned and model_info name the new model; a stale learn is refused") {
+    // What a teacher (or a student) needs: every answer names the model that computed it.
+    FakeHub hub;
+    ReferenceEngine engine(Model::from_seed(1));
+    Running worker(engine, hub.addr);
+    auto c = hub.accept();
+    handshake(*c);
+    auto xs = reference_inputs(11, 2, 768);
+    std::vector<float> x0(xs.begin(), xs.begin() + 768), x1(xs.begin() + 768, xs.end());
+    Model expect = Model::from_seed(1);
+    const auto label = (expect.reason(x0).label + 1) % 10;  // a label the model gets wrong
+    expect.learn(x0, label);
+    c->send(Learn{label, 0, x0}, 200);
+    Frame l = next(*c);
+    REQUIRE(l.kind() == Kind::Learned);
+    CHECK(l.header.request_id == 200);
+    auto learned = std::get<Learned>(l.message());
+    CHECK(learned.model_version == 1);
+    CHECK(learned.model_digest == expect.digest());
+    CHECK(learned.model_digest != Model::from_seed(1).digest());
+    auto check_result = [&](std::uint64_t id) {
+        c->send(Reason{x1}, id);
+        Frame r = next(*c);
+        REQUIRE(r.kind() == Kind::Result);
+        CHECK(r.header.request_id == id);
+        auto body = std::get<ResultBody>(r.message());
+        CHECK(body.model_version == 1);
+        CHECK(body.model_digest == expect.digest());
+        CHECK(body.result_digest == expect.reason(x1).result_digest);
+    };
+    check_result(201);
+    c->send(ModelQuery{}, 202);
+    Frame mi = next(*c);
+    REQUIRE(mi.kind() == Kind::ModelInfo);
+    CHECK(std::get<ModelInfo>(mi.message()).model_version == 1);
+    CHECK(std::get<ModelInfo>(mi.message()).model_digest == to_hex(expect.digest()));
+    // A learn for the old version is refused and changes nothing.
+    c->send(Learn{label, 0, x0}, 203);
+    Frame e = next(*c);
+    REQUIRE(e.kind() == Kind::Error);
+    CHECK(e.header.request_id == 203);
+    CHECK(std::get<WireError>(e.message()).code == static_cast<std::uint16_t>(ErrorCode::VersionConflict));
+    check_result(204);
+    request_worker_stop();
+    CHECK(next(*c).kind() == Kind::Unregister);
+    CHECK(next(*c).kind() == Kind::Goodbye);
+    CHECK(worker.stop() == 0);
+}
