@@ -355,9 +355,10 @@ fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
         r["mode"]["mode"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<14} {:<7} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:<14} {:<7} {:<10} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
         "engine",
         "kind",
+        "transport",
         "pool",
         "requests",
         "errors",
@@ -370,9 +371,10 @@ fn print_stats(endpoint: &Endpoint, m: &serde_json::Value) {
     );
     for e in r["engines"].as_array().into_iter().flatten() {
         println!(
-            "{:<14} {:<7} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9.0} {:>8}",
+            "{:<14} {:<7} {:<10} {:<8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9.0} {:>8}",
             e["name"].as_str().unwrap_or("?"),
             e["kind"].as_str().unwrap_or("?"),
+            e["transport"].as_str().unwrap_or("?"),
             e["pool"].as_str().unwrap_or("?"),
             e["requests"].to_string(),
             e["errors"].to_string(),

@@ -166,6 +166,9 @@ impl Registry {
             .values()
             .filter_map(|e| Some((e.route?, e.remote.clone())))
             .collect();
+        let transports: BTreeMap<EngineId, &str> = (self.router.metrics().engines.iter())
+            .map(|e| (e.id, e.transport))
+            .collect();
         let list: Vec<Value> = self
             .router
             .engines()
@@ -175,6 +178,7 @@ impl Registry {
                 json!({
                     "name": info.name,
                     "kind": info.kind,
+                    "transport": transports.get(&route),
                     "pool": pool_name(pool),
                     "input_size": info.input_size,
                     "labels": info.labels,

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use qnllm_engine::Digest;
 use qnllm_protocol::{
     encode_batch_frame, encode_reason_frame, Deadline, ErrorCode, Frame, Message,
-    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES,
 };
 use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 
@@ -20,6 +20,15 @@ use crate::frame::decode_one;
 use crate::log::LearnLog;
 use crate::subject;
 use qnllm_hub::convert;
+
+/// Bytes of a batch frame besides its encodings (header, count, dim), and of a batch
+/// result besides its results (header, count), rounded up.
+const BATCH_OVERHEAD_BYTES: usize = HEADER_BYTES + 16;
+
+/// Bytes of one result in a batch result, besides its per-label lists and engine name
+/// (label, confidence, spikes, list length, version, two digests, compute time, name
+/// length), rounded up.
+const RESULT_BYTES: usize = 128;
 
 /// One worker's engine, reached over NATS.
 #[derive(Debug)]
@@ -133,6 +142,54 @@ impl NatsBackend {
         Ok(frame)
     }
 
+    /// How many encodings of `dim` values one batch request may carry: as many as fit, with
+    /// their answers, in the `max_payload` of the server this client is connected to now
+    /// (from its `INFO`; 1 MiB unless the server is configured otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Failed`] naming the limit when not even one fits.
+    fn encodings_per_request(&self, dim: usize) -> Result<usize, BackendError> {
+        let max_payload = self.client.server_info().max_payload;
+        let labels = self.lock().0.labels as usize;
+        let request = dim.saturating_mul(4);
+        let reply = RESULT_BYTES + 8 * labels + self.name.len();
+        let fits = max_payload.saturating_sub(BATCH_OVERHEAD_BYTES) / request.max(reply).max(1);
+        if fits == 0 {
+            return Err(BackendError::Failed {
+                engine: self.name.clone(),
+                reason: format!(
+                    "one encoding of {dim} values ({request} bytes) does not fit in a NATS \
+                     message: the server's max_payload is {max_payload} bytes"
+                ),
+            });
+        }
+        Ok(fits)
+    }
+
+    /// One batch request of `values` (a whole number of encodings that fits one message).
+    async fn batch_part(
+        &self,
+        values: &[f32],
+        dim: u32,
+        budget: Duration,
+    ) -> Result<Vec<Answer>, BackendError> {
+        let frame = self
+            .call(
+                |id, deadline, out| {
+                    encode_batch_frame(dim, values, id, deadline, out);
+                },
+                budget,
+            )
+            .await?;
+        match frame.message() {
+            Ok(Message::BatchResult(body)) => {
+                Ok(body.results.into_iter().map(convert::answer).collect())
+            }
+            _ => Err(self.failure(&frame)),
+        }
+    }
+
     fn failure(&self, frame: &Frame) -> BackendError {
         let engine = self.name.clone();
         match frame.message() {
@@ -196,6 +253,10 @@ impl Backend for NatsBackend {
         "remote"
     }
 
+    fn transport(&self) -> &'static str {
+        "nats"
+    }
+
     /// It learns in the order of its lineage's update log, and catches up from it by itself.
     fn follows_update_log(&self) -> bool {
         true
@@ -244,20 +305,17 @@ impl Backend for NatsBackend {
                         values.len()
                     ))
                 })?;
-            let frame = self
-                .call(
-                    |id, deadline, out| {
-                        encode_batch_frame(dim, values, id, deadline, out);
-                    },
-                    budget,
-                )
-                .await?;
-            match frame.message() {
-                Ok(Message::BatchResult(body)) => {
-                    Ok(body.results.into_iter().map(convert::answer).collect())
-                }
-                _ => Err(self.failure(&frame)),
+            let per_request = self.encodings_per_request(dim as usize)?;
+            // Parts of one batch go out at once, each within the whole budget; their
+            // answers are put back in input order.
+            let parts = values
+                .chunks(per_request * dim as usize)
+                .map(|part| self.batch_part(part, dim, budget));
+            let mut answers = Vec::with_capacity(values.len() / dim as usize);
+            for part in futures::future::try_join_all(parts).await? {
+                answers.extend(part);
             }
+            Ok(answers)
         })
     }
 

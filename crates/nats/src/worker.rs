@@ -77,6 +77,10 @@ struct Shared {
     states: Mutex<BTreeMap<u64, Result<ModelState, String>>>,
     /// The last log sequence applied.
     applied: watch::Sender<u64>,
+    /// Tells the log follower that an entry it has not applied exists: a hub asks for the
+    /// state after an entry only once its append was acknowledged, which can be after the
+    /// follower, woken by the entry's publication, found the log one short.
+    behind: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -167,6 +171,7 @@ pub async fn run(
         engine,
         states: Mutex::new(BTreeMap::new()),
         applied: watch::channel(0).0,
+        behind: tokio::sync::Notify::new(),
         config,
     });
     tracing::info!(engine = %shared.config.name, subject = %own_subject, lineage = %shared.lineage, "serving on NATS");
@@ -345,6 +350,9 @@ async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
         wait.copy_from_slice(&payload[8..]);
         let wait = Duration::from_millis(u64::from(u32::from_le_bytes(wait)));
         let mut applied = shared.applied.subscribe();
+        if *applied.borrow() < seq {
+            shared.behind.notify_one();
+        }
         let reached = tokio::time::timeout(wait, applied.wait_for(|&done| done >= seq)).await;
         match reached {
             Ok(Ok(_)) => match shared.states().get(&seq) {
@@ -376,7 +384,8 @@ async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
 }
 
 /// Applies the lineage's update log in order, from the first entry, for ever: catches up
-/// whenever an update is published (or once a second, for updates missed while cut off).
+/// whenever an update is published, whenever a hub asks for a state not reached yet, or
+/// once a second (for updates missed while cut off).
 async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
     let log = LearnLog::new(shared.client.clone(), shared.config.log_replicas);
     let learn_subject = subject::learn(&shared.lineage);
@@ -431,6 +440,7 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = kicks.next() => {}
+            () = shared.behind.notified() => {}
             _ = tick.tick() => {}
         }
     }

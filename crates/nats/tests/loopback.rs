@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::{FutureExt, StreamExt};
 use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
 use qnllm_nats::{
     connect, decode_one, subject, worker, Discovery, DiscoveryConfig, NatsOptions, WorkerConfig,
@@ -18,6 +19,15 @@ use qnllm_router::{Backend, Coordinator, LocalBackend, Router, RouterError};
 use tokio_util::sync::CancellationToken;
 
 const BUDGET: Duration = Duration::from_secs(5);
+/// Longest wait for a server, a worker or discovery; a test stuck longer fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `wait`, or a failure naming `what` after [`PATIENCE`].
+async fn within<T>(what: &str, wait: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
+}
 
 /// A nats-server child, killed on drop; its JetStream directory removed.
 struct Server {
@@ -42,45 +52,55 @@ fn nats_server() -> Option<std::path::PathBuf> {
     })
 }
 
-/// Starts nats-server with JetStream on a free loopback port; returns once it logs that
-/// it is ready.
+/// Starts nats-server with JetStream on a loopback port it picks itself; returns once it
+/// logs that it is ready.
 async fn start_server(bin: &std::path::Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("qnllm-nats-test-{}-{port}", std::process::id()));
+    start_server_with(bin, "").await
+}
+
+/// [`start_server`] with `config` (nats-server configuration lines, e.g. `max_payload`).
+async fn start_server_with(bin: &std::path::Path, config: &str) -> Server {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qnllm-nats-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("server.conf");
+    std::fs::write(&conf, config).unwrap();
     let mut child = std::process::Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir)
+        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-c"])
+        .arg(&conf)
+        .arg("-sd")
+        .arg(dir.join("js"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let server = Server {
+    let mut server = Server {
         child,
-        url: format!("nats://127.0.0.1:{port}"),
+        url: String::new(),
         dir,
     };
     let ready = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(stderr).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Server is ready"));
+        let (mut url, mut ready) = (None, false);
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+                url = Some(format!("nats://{}", at.trim()));
+            }
+            if line.contains("Server is ready") {
+                ready = true;
+                break;
+            }
+        }
         // Keep draining so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        ready
-    })
-    .await
-    .unwrap();
-    assert!(
-        ready,
-        "nats-server exited before it was ready (port {port})"
-    );
+        url.filter(|_| ready)
+    });
+    // On a timeout the server is dropped (killed), which ends the reader too.
+    let url = within("nats-server ready", ready).await.unwrap();
+    server.url = url.expect("nats-server exited before it was ready");
     server
 }
 
@@ -113,7 +133,7 @@ impl Worker {
     async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
-            task.await.unwrap();
+            within("the worker stopping", task).await.unwrap();
         }
     }
 }
@@ -154,7 +174,7 @@ async fn worker_found_by_discovery_answers_like_the_local_engine() {
     let worker = Worker::start(&server.url, "w1", engine(1)).await;
     let router = Arc::new(Router::new());
     let mut discovery = discovering(&server.url, &router).await;
-    discovery.wait_for(1).await;
+    within("discovery of 1 workers", discovery.wait_for(1)).await;
     let local = engine(1);
     for x in NormalInputs::new(3, 768).take(20) {
         let answer = router.reason(&x, BUDGET).await.unwrap();
@@ -189,7 +209,7 @@ async fn bad_input_and_broken_frames_get_errors_and_the_worker_keeps_serving() {
     let worker = Worker::start(&server.url, "w1", engine(1)).await;
     let router = Arc::new(Router::new());
     let mut discovery = discovering(&server.url, &router).await;
-    discovery.wait_for(1).await;
+    within("discovery of 1 workers", discovery.wait_for(1)).await;
 
     let err = router.reason(&[0.5; 3], BUDGET).await.unwrap_err();
     assert!(matches!(err, RouterError::InvalidInput(_)), "{err}");
@@ -197,10 +217,12 @@ async fn bad_input_and_broken_frames_get_errors_and_the_worker_keeps_serving() {
 
     // Garbage straight to the worker's subject: an error frame naming the bad magic.
     let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
-    let reply = client
-        .request(subject::engine("w1"), "not a frame at all, sorry".into())
-        .await
-        .unwrap();
+    let reply = within(
+        "a reply",
+        client.request(subject::engine("w1"), "not a frame at all, sorry".into()),
+    )
+    .await
+    .unwrap();
     let frame = decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES).unwrap();
     match frame.message().unwrap() {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::BadMagic),
@@ -218,10 +240,12 @@ async fn bad_input_and_broken_frames_get_errors_and_the_worker_keeps_serving() {
         Deadline::NONE,
         &mut learn,
     );
-    let reply = client
-        .request(subject::engine("w1"), learn.freeze())
-        .await
-        .unwrap();
+    let reply = within(
+        "a reply",
+        client.request(subject::engine("w1"), learn.freeze()),
+    )
+    .await
+    .unwrap();
     match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
         .unwrap()
         .message()
@@ -253,16 +277,18 @@ async fn any_engine_of_a_model_answers_on_its_queue_group_subject() {
     // Both are subscribed once discovery hears both.
     let router = Arc::new(Router::new());
     let mut discovery = discovering(&server.url, &router).await;
-    discovery.wait_for(2).await;
+    within("discovery of 2 workers", discovery.wait_for(2)).await;
     let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
     let mut engines = std::collections::HashSet::new();
     for (i, x) in NormalInputs::new(9, 768).take(40).enumerate() {
         let mut out = BytesMut::new();
         encode_reason_frame(&x, i as u64, Deadline::from_remaining(BUDGET), &mut out);
-        let reply = client
-            .request(subject::model(&local.digest().short()), out.freeze())
-            .await
-            .unwrap();
+        let reply = within(
+            "a reply",
+            client.request(subject::model(&local.digest().short()), out.freeze()),
+        )
+        .await
+        .unwrap();
         let frame = decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES).unwrap();
         assert_eq!(frame.header.request_id, i as u64);
         match frame.message().unwrap() {
@@ -300,7 +326,7 @@ async fn replicas_learn_in_the_log_order_and_a_late_worker_replays_it() {
     let w2 = Worker::start(&server.url, "w2", engine(1)).await;
     let router = Arc::new(Router::new());
     let mut discovery = discovering(&server.url, &router).await;
-    discovery.wait_for(2).await;
+    within("discovery of 2 workers", discovery.wait_for(2)).await;
     // Two coordinators, as two hubs would have, over the same workers.
     let students: Vec<Arc<dyn Backend>> = router.backends();
     let a = Coordinator::new(Vec::new(), students.clone());
@@ -330,15 +356,17 @@ async fn replicas_learn_in_the_log_order_and_a_late_worker_replays_it() {
 
     // A worker that joins now replays the log and reaches the same model.
     let w3 = Worker::start(&server.url, "w3", engine(1)).await;
-    discovery.wait_for(3).await;
+    within("discovery of 3 workers", discovery.wait_for(3)).await;
     for name in ["w1", "w2", "w3"] {
         let mut ask = Vec::new();
         ask.extend_from_slice(&12u64.to_le_bytes());
         ask.extend_from_slice(&5_000u32.to_le_bytes());
-        let reply = client
-            .request(subject::applied(name), ask.into())
-            .await
-            .unwrap();
+        let reply = within(
+            "a reply",
+            client.request(subject::applied(name), ask.into()),
+        )
+        .await
+        .unwrap();
         match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
             .unwrap()
             .message()
@@ -351,10 +379,12 @@ async fn replicas_learn_in_the_log_order_and_a_late_worker_replays_it() {
         let x = &samples[0];
         let mut out = BytesMut::new();
         encode_reason_frame(x, 1, Deadline::NONE, &mut out);
-        let reply = client
-            .request(subject::engine(name), out.freeze())
-            .await
-            .unwrap();
+        let reply = within(
+            "a reply",
+            client.request(subject::engine(name), out.freeze()),
+        )
+        .await
+        .unwrap();
         match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
             .unwrap()
             .message()
@@ -379,14 +409,170 @@ async fn a_worker_that_leaves_is_removed_and_requests_go_to_the_other() {
     let w2 = Worker::start(&server.url, "w2", engine(1)).await;
     let router = Arc::new(Router::new());
     let mut discovery = discovering(&server.url, &router).await;
-    discovery.wait_for(2).await;
+    within("discovery of 2 workers", discovery.wait_for(2)).await;
     w1.stop().await;
     // The leaving announcement removes it at once, not after missed heartbeats.
-    discovery.wait_until(|known| known == 1).await;
+    within("w1 removed", discovery.wait_until(|known| known == 1)).await;
     assert_eq!(router.backends().len(), 1);
     let x: Vec<f32> = NormalInputs::new(2, 768).next().unwrap();
     for _ in 0..5 {
         assert_eq!(router.reason(&x, BUDGET).await.unwrap().engine, "w2");
     }
     w2.stop().await;
+}
+
+/// Sends a batch of `count` encodings through a router whose one engine is a NATS worker on
+/// `server`, while watching the worker's subject: the answers, in order, must be the local
+/// engine's, and every request NATS carried must fit the server's `max_payload`. Returns
+/// the `max_payload` the client read from the server and the batch requests seen.
+async fn batch_through(server: &Server, count: usize) -> (usize, usize) {
+    let worker = Worker::start(&server.url, "w1", engine(1)).await;
+    let router = Arc::new(Router::new());
+    let mut discovery = discovering(&server.url, &router).await;
+    within("discovery of 1 worker", discovery.wait_for(1)).await;
+    // A plain subscriber on the worker's subject sees a copy of every request sent to it.
+    let watcher = connect(&NatsOptions::new(&server.url)).await.unwrap();
+    let max_payload = watcher.server_info().max_payload;
+    let mut seen = watcher.subscribe(subject::engine("w1")).await.unwrap();
+    watcher.flush().await.unwrap();
+
+    let xs: Vec<f32> = NormalInputs::new(12, 768).take(count).flatten().collect();
+    let answers = router.reason_batch(&xs, 768, BUDGET).await.unwrap();
+    assert_eq!(answers.len(), count);
+    let local = engine(1);
+    for (i, (answer, x)) in answers.iter().zip(xs.chunks(768)).enumerate() {
+        assert_eq!(
+            answer.reasoning.result_digest,
+            local.reason(x).unwrap().result_digest,
+            "answer {i} is not the one for encoding {i}"
+        );
+    }
+    // Every request is on the subject by now: the replies to all of them came back.
+    watcher.flush().await.unwrap();
+    let mut requests = 0;
+    let mut encodings = 0;
+    while let Some(Some(message)) = seen.next().now_or_never() {
+        assert!(
+            message.payload.len() <= max_payload,
+            "a request of {} bytes, over max_payload {max_payload}",
+            message.payload.len()
+        );
+        let frame = decode_one(&message.payload, DEFAULT_MAX_FRAME_BYTES).unwrap();
+        match frame.message().unwrap() {
+            Message::Batch(batch) => encodings += batch.values().len() / 768,
+            other => panic!("expected batch requests, got {other:?}"),
+        }
+        requests += 1;
+    }
+    assert_eq!(encodings, count, "the parts add up to the batch");
+    worker.stop().await;
+    (max_payload, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_default_max_payload_is_split_and_answered_in_order() {
+    let bin = require_server!();
+    let server = start_server(&bin).await;
+    // 400 encodings of 768 values: 1.2 MB, over the default 1 MiB.
+    let (max_payload, requests) = batch_through(&server, 400).await;
+    assert_eq!(max_payload, 1024 * 1024);
+    assert_eq!(requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_split_by_the_max_payload_the_server_announces() {
+    let bin = require_server!();
+    let server = start_server_with(&bin, "max_payload: 65536\n").await;
+    // 21 encodings (64 KiB less the frame's header) fit one message: 50 take three.
+    let (max_payload, requests) = batch_through(&server, 50).await;
+    assert_eq!(max_payload, 65536);
+    assert_eq!(requests, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_max_payload_holds_no_encoding_gets_an_error_naming_it() {
+    let bin = require_server!();
+    let server = start_server_with(&bin, "max_payload: 2048\n").await;
+    let _worker = Worker::start(&server.url, "w1", engine(1)).await;
+    let router = Arc::new(Router::new());
+    let mut discovery = discovering(&server.url, &router).await;
+    within("discovery of 1 worker", discovery.wait_for(1)).await;
+    let xs: Vec<f32> = NormalInputs::new(12, 768).take(2).flatten().collect();
+    let err = router.backends()[0]
+        .reason_batch(&xs, 768, BUDGET)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("max_payload is 2048 bytes") && text.contains("3072 bytes"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_lists_nats_workers_with_their_kind_and_transport() {
+    let bin = require_server!();
+    let server = start_server(&bin).await;
+    // A real hub on a loopback port with an engine of each transport: in its process, a
+    // socket worker, and a NATS worker found by discovery.
+    let config = qnllm_hub::HubConfig {
+        listen: Some("127.0.0.1:0".into()),
+        ..qnllm_hub::HubConfig::default()
+    };
+    let hub = qnllm_hub::Hub::new(config).unwrap();
+    hub.add_local(LocalBackend::new("here", engine(1)));
+    let mut events = hub.events();
+    let stop = CancellationToken::new();
+    let _stop_hub = stop.clone().drop_guard();
+    let running = hub.clone().start(stop.clone()).await.unwrap();
+    let endpoint = qnllm_hub::Endpoint::parse(&running.tcp.unwrap().to_string());
+    let mut socket = qnllm_hub::WorkerConfig::new(endpoint.clone());
+    socket.name = "sock".into();
+    let _socket_worker = tokio::spawn(qnllm_hub::worker::run(
+        socket,
+        LocalBackend::new("sock", engine(1)),
+        stop.clone(),
+    ));
+    within("the socket worker joining", async {
+        while let Ok((topic, body)) = events.recv().await {
+            if topic == "engines" && body["joined"] == "sock" {
+                break;
+            }
+        }
+    })
+    .await;
+    let worker = Worker::start(&server.url, "w1", engine(1)).await;
+    let mut discovery = discovering(&server.url, hub.router()).await;
+    within("discovery of 1 worker", discovery.wait_for(1)).await;
+
+    let client = qnllm_hub::Client::connect(&endpoint, "lister", None)
+        .await
+        .unwrap();
+    let metrics = client.metrics(BUDGET).await.unwrap();
+    let listed = |list: &serde_json::Value| -> Vec<(String, String, String)> {
+        let mut rows: Vec<_> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or("?").to_string();
+                (field("name"), field("kind"), field("transport"))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let want = [
+        ("here", "local", "in-process"),
+        ("sock", "remote", "socket"),
+        ("w1", "remote", "nats"),
+    ]
+    .map(|(n, k, t)| (n.to_string(), k.to_string(), t.to_string()));
+    // The hub's engine list and its router's, as `qnllm stats` prints it.
+    assert_eq!(listed(&metrics["engines"]), want);
+    assert_eq!(listed(&metrics["router"]["engines"]), want);
+    // And the `engines` handler.
+    let reply = client.call("engines", b"", BUDGET).await.unwrap();
+    assert_eq!(listed(&serde_json::from_slice(&reply).unwrap()), want);
+    worker.stop().await;
 }

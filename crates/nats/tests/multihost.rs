@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
 use qnllm_hub::{Client, ClientError, Endpoint};
 use qnllm_nats::{connect, decode_one, subject, LearnLog, NatsOptions};
@@ -98,6 +100,18 @@ struct Proc {
 
 impl Proc {
     fn start(hosts: &Hosts, host: &str, name: &str, program: &str, args: &[String]) -> Proc {
+        Proc::start_teed(hosts, host, name, program, args, None)
+    }
+
+    /// [`Proc::start`], also copying every output line, tagged with `name`, to `tee`.
+    fn start_teed(
+        hosts: &Hosts,
+        host: &str,
+        name: &str,
+        program: &str,
+        args: &[String],
+        tee: Option<mpsc::Sender<(String, String)>>,
+    ) -> Proc {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &hosts.ns(host), program])
             .args(args)
@@ -109,22 +123,27 @@ impl Proc {
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        let tag = name.to_string();
         let verbose = std::env::var_os("QNLLM_MULTIHOST_VERBOSE").is_some();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if verbose {
-                    eprintln!("[{tag}] {line}");
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err) as Box<dyn std::io::Read + Send>,
+        ] {
+            let (tx, tee, tag) = (tx.clone(), tee.clone(), name.to_string());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if verbose {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    if let Some(tee) = &tee {
+                        let _ = tee.send((tag.clone(), line.clone()));
+                    }
+                    let _ = tx.send(line);
                 }
-                let _ = tx2.send(line);
-            }
-        });
+            });
+        }
         Proc {
             name: name.to_string(),
             child,
@@ -161,7 +180,25 @@ impl Drop for Proc {
     }
 }
 
-fn nats_node(hosts: &Hosts, host: &str) -> Proc {
+/// The next line of `lines` that `want` accepts, waiting at most [`PATIENCE`]; `None` when
+/// none came (or every sender is gone).
+fn next_line(
+    lines: &mut mpsc::Receiver<(String, String)>,
+    want: impl Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok((tag, line)) if want(&line) => return Some((tag, line)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A NATS node on `host`, its output lines also sent to `tee`; returns once it is ready.
+fn nats_node(hosts: &Hosts, host: &str, tee: mpsc::Sender<(String, String)>) -> Proc {
     let ip = hosts.ip(host);
     let dir = std::env::temp_dir().join(format!("{}js-{host}", hosts.prefix));
     let routes = ["n1", "n2", "n3"]
@@ -193,7 +230,7 @@ fn nats_node(hosts: &Hosts, host: &str) -> Proc {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut proc = Proc::start(hosts, host, host, "nats-server", &args);
+    let mut proc = Proc::start_teed(hosts, host, host, "nats-server", &args, Some(tee));
     proc.dir = Some(dir);
     proc.wait_line("Server is ready");
     proc
@@ -249,6 +286,8 @@ fn hub(hosts: &Hosts, host: &str, url: &str, extra: &[&str]) -> Proc {
 /// learn from the cluster), two hubs (h1 on n1, h2 on n2).
 struct Cluster {
     hosts: Hosts,
+    /// The test's own connection to the cluster (every node's URL).
+    nats: async_nats::Client,
     nodes: HashMap<String, Proc>,
     workers: HashMap<String, Proc>,
     hubs: HashMap<String, Proc>,
@@ -256,33 +295,42 @@ struct Cluster {
 
 impl Cluster {
     async fn start(hosts: Hosts, hub_args: &[&str]) -> Cluster {
+        let (tee, mut node_lines) = mpsc::channel();
         let mut nodes = HashMap::new();
         for n in ["n1", "n2", "n3"] {
-            nodes.insert(n.to_string(), nats_node(&hosts, n));
+            nodes.insert(n.to_string(), nats_node(&hosts, n, tee.clone()));
         }
-        eprintln!("nats nodes ready");
-        // JetStream needs a meta leader before the update log can be made; make it now, R3.
-        let client = test_client(&hosts).await;
-        eprintln!("test client connected");
-        let log = LearnLog::new(client, 3);
+        drop(tee);
+        // JetStream needs a meta leader before the update log can be made. A node that
+        // takes part in the election logs its outcome ("Self is new JetStream cluster
+        // metadata leader" on the winner, "JetStream cluster new metadata leader: …" on a
+        // voter); a node that joins after it logs nothing, so one line is the event.
+        let elected =
+            |line: &str| line.contains("metadata leader") && !line.contains("no metadata leader");
+        let (node, line) = next_line(&mut node_lines, elected)
+            .unwrap_or_else(|| panic!("no JetStream metadata leader within {PATIENCE:?}"));
+        eprintln!("nats nodes ready; {node}: {line}");
+        // Make the update log now, R3. A refusal (the leader not yet current with its peers)
+        // is tried again when a node next reports a change of cluster state.
+        let nats = test_client(&hosts).await;
+        let log = LearnLog::new(nats.clone(), 3);
         let lineage = local().digest().short();
-        let mut made = Err(String::new());
-        for attempt in 0..120 {
-            made = log
-                .stream(&lineage)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            if made.is_ok() {
-                break;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            match log.stream(&lineage).await {
+                Ok(_) => break,
+                Err(e) => {
+                    eprintln!("update log not made yet: {e}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the update log cannot be made within {PATIENCE:?}: {e}"
+                    );
+                    if next_line(&mut node_lines, |_| true).is_none() {
+                        panic!("the update log cannot be made ({e}) and no node said more within {PATIENCE:?}");
+                    }
+                }
             }
-            if attempt % 10 == 0 {
-                eprintln!("update log not made yet: {made:?}");
-            }
-            // JetStream's meta leader election has no event a client can wait on.
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        made.expect("the update log stream");
         let mut workers = HashMap::new();
         workers.insert(
             "w1".into(),
@@ -303,6 +351,7 @@ impl Cluster {
         );
         let cluster = Cluster {
             hosts,
+            nats,
             nodes,
             workers,
             hubs,
@@ -342,21 +391,25 @@ impl Cluster {
         client.metrics(Duration::from_secs(2)).await.unwrap()["router"].clone()
     }
 
-    /// Waits until `hub`'s router lists exactly `names`.
+    /// Waits until `hub`'s router lists exactly `names`. The hub's view changes when it
+    /// hears an announcement (or misses heartbeats, which it checks at each heartbeat
+    /// interval, while the other workers keep announcing): its list is read again after
+    /// each announcement the test hears.
     async fn wait_engines(&self, hub: &str, names: &[&str]) {
         let want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        // One announcement missed while subscribing costs one heartbeat, nothing more.
+        let mut announcements = self.nats.subscribe(subject::ANNOUNCE).await.unwrap();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let have = self.engines(hub).await;
             if have == want {
                 return;
             }
+            let heard = tokio::time::timeout_at(deadline, announcements.next()).await;
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "{hub} lists {have:?}, not {want:?}"
+                matches!(heard, Ok(Some(_))),
+                "{hub} lists {have:?}, not {want:?}, after {PATIENCE:?}"
             );
-            // The hub's view is remote state: look again shortly.
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -392,6 +445,7 @@ struct Tally {
 /// Requests from `tasks` clients until `stop`; client `i` uses `hubs[i % len]` and, when
 /// `fail_over`, moves to the next hub when its own goes away (retrying that request).
 struct Load {
+    started: std::time::Instant,
     tally: Arc<Mutex<Tally>>,
     done: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
@@ -481,6 +535,7 @@ impl Load {
             }));
         }
         Load {
+            started: std::time::Instant::now(),
             tally,
             done,
             stop,
@@ -513,10 +568,12 @@ impl Load {
         for task in self.tasks {
             task.await.unwrap();
         }
+        let seconds = self.started.elapsed().as_secs_f64();
         let tally = Arc::try_unwrap(self.tally).unwrap().into_inner().unwrap();
         eprintln!(
-            "load: {} ok, {} errors, {} lost, {} wrong; by engine {:?}; by hub {:?}; first errors {:?}",
+            "load: {} ok in {seconds:.1} s ({:.0}/s), {} errors, {} lost, {} wrong; by engine {:?}; by hub {:?}; first errors {:?}",
             tally.ok,
+            tally.ok as f64 / seconds,
             tally.errors.len(),
             tally.lost.len(),
             tally.wrong,
@@ -752,7 +809,10 @@ async fn learning_through_two_hubs_leaves_every_replica_bit_identical() {
         let mut ask = Vec::new();
         ask.extend_from_slice(&16u64.to_le_bytes());
         ask.extend_from_slice(&10_000u32.to_le_bytes());
-        let reply = nats.request(subject::applied(w), ask.into()).await.unwrap();
+        let reply = tokio::time::timeout(PATIENCE, nats.request(subject::applied(w), ask.into()))
+            .await
+            .unwrap_or_else(|_| panic!("{w} did not answer applied within {PATIENCE:?}"))
+            .unwrap();
         match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
             .unwrap()
             .message()

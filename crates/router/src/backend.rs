@@ -171,6 +171,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.describe().kind
     }
 
+    /// How the router reaches it, for listings: `in-process` (a local engine), `socket` (a
+    /// worker connected to this hub), `nats` (a worker on a NATS cluster).
+    fn transport(&self) -> &'static str {
+        if self.kind() == "local" {
+            "in-process"
+        } else {
+            "socket"
+        }
+    }
+
     /// The digest of the model it serves, as [`EngineInfo::model_digest`], without
     /// building the whole description (a router with a cache asks on every request).
     fn model_digest(&self) -> Digest {

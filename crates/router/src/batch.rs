@@ -215,6 +215,10 @@ impl Backend for DynamicBatcher {
         self.inner.kind()
     }
 
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+
     fn model_digest(&self) -> qnllm_engine::Digest {
         self.inner.model_digest()
     }

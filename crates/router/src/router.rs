@@ -260,6 +260,8 @@ pub struct EngineMetrics {
     pub id: EngineId,
     /// Serving, lagging or foreign.
     pub pool: Pool,
+    /// How it is reached ([`Backend::transport`]).
+    pub transport: &'static str,
     /// What the engine is.
     #[serde(flatten)]
     pub info: EngineInfo,
@@ -496,6 +498,7 @@ impl Router {
         let entry = |s: &Slot, pool: Pool| EngineMetrics {
             id: s.id,
             pool,
+            transport: s.backend.transport(),
             info: s.backend.describe(),
             health: s.health.snapshot(),
         };
