@@ -124,8 +124,11 @@ impl Model {
             output_threshold: signed("output_threshold")?,
         };
         params.validate()?;
-        let version = u64::try_from(number("version")?)
-            .map_err(|_| format_error("metadata `version` is negative".into()))?;
+        // Read as u64, not through the i64 of the other fields: learning counts versions
+        // past 2^63, and a model saved there must load.
+        let version: u64 = field("version")?.parse().map_err(|_| {
+            format_error("metadata `version` is not an integer from 0 to 2^64 - 1".into())
+        })?;
         let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
             let view = tensors
                 .tensor(name)
@@ -173,4 +176,59 @@ fn params_to_map(p: &Params) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn saved_at(version: u64, file: &str) -> (Model, std::path::PathBuf) {
+        let seeded = Model::from_seed(1, Params::default()).unwrap();
+        let model = Model::from_parts(
+            seeded.name().to_string(),
+            *seeded.params(),
+            seeded.input_weights().to_vec(),
+            seeded.readout().to_vec(),
+            version,
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("qnllm-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(file);
+        model.save(&path).unwrap();
+        (model, path)
+    }
+
+    #[test]
+    fn a_model_version_past_two_to_the_63_loads() {
+        for (version, file) in [
+            (1u64 << 63, "v63.safetensors"),
+            (u64::MAX, "vmax.safetensors"),
+        ] {
+            let (model, path) = saved_at(version, file);
+            let loaded = Model::load(&path).unwrap();
+            assert_eq!(loaded.version(), version);
+            assert_eq!(loaded.digest(), model.digest());
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    #[test]
+    fn a_version_that_is_no_u64_is_refused_clearly() {
+        let (_, path) = saved_at(7, "vbad.safetensors");
+        // The same file with the metadata's version written as `-` (same length, so the
+        // header's length still holds).
+        let bytes = std::fs::read(&path).unwrap();
+        let mut changed = bytes.clone();
+        let at = bytes
+            .windows(13)
+            .position(|w| w == b"\"version\":\"7\"")
+            .unwrap();
+        changed.splice(at..at + 13, b"\"version\":\"-\"".iter().copied());
+        std::fs::write(&path, &changed).unwrap();
+        let err = Model::load(&path).unwrap_err().to_string();
+        assert!(err.contains("`version` is not an integer from 0"), "{err}");
+        let _ = std::fs::remove_file(path);
+    }
 }
