@@ -64,6 +64,11 @@ pub struct HubConfig {
     /// Most request bytes (frame payloads) one client connection may have in flight; at the
     /// limit, the hub stops reading that socket until replies drain.
     pub max_request_bytes_per_connection: usize,
+    /// Most client requests in the router at once, shared among connections in turn (a
+    /// freed slot goes to the next connection with requests waiting); 0 (the default) is
+    /// what the engines take at once: their `max_in_flight` summed, 64 for each that names
+    /// none, at least 64.
+    pub max_routed_requests: usize,
     /// Most subscriptions one client connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// Largest frame payload accepted, in bytes.
@@ -119,6 +124,7 @@ impl Default for HubConfig {
             handshake_floor_ms: 200,
             max_requests_per_connection: 512,
             max_request_bytes_per_connection: 8 * 1024 * 1024,
+            max_routed_requests: 0,
             max_subscriptions_per_connection: 16,
             max_frame_bytes: qnllm_protocol::DEFAULT_MAX_FRAME_BYTES,
             hello_timeout_ms: 2_000,

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) config: HubConfig,
     pub(crate) router: Arc<Router>,
     pub(crate) registry: Registry,
+    /// The router's request slots, shared among client connections in turn.
+    pub(crate) fair: Arc<crate::fair::Fair>,
     pub(crate) handlers: Handlers,
     /// Dynamic batching toward workers; `None` is off.
     pub(crate) batching: SharedBatchPolicy,
@@ -121,12 +123,20 @@ impl Hub {
             config.batch_policy().map(Arc::new),
         ));
         let teachers = crate::cmd::coordinate::teachers(&config.teachers)?;
+        let fair = crate::fair::Fair::new(crate::registry::MIN_ROUTED);
         let shared = Shared {
             coordinator: Arc::new(qnllm_router::Coordinator::over_rotation(
                 teachers,
                 router.clone(),
             )),
-            registry: Registry::new(router.clone(), events.clone(), batching.clone()),
+            registry: Registry::new(
+                router.clone(),
+                events.clone(),
+                batching.clone(),
+                fair.clone(),
+                config.max_routed_requests,
+            ),
+            fair,
             batching,
             handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -164,6 +174,7 @@ impl Hub {
     pub fn add_local(&self, backend: LocalBackend) {
         tracing::info!(engine = %qnllm_router::Backend::name(&backend), "local engine added");
         self.shared.router.add(Arc::new(backend));
+        self.shared.registry.resize();
     }
 
     /// Switches dynamic batching toward workers on (`Some`) or off, at once.

@@ -7,6 +7,7 @@ mod config;
 mod connection;
 pub mod convert;
 mod endpoint;
+mod fair;
 mod hub;
 mod peer;
 mod registry;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::connection::FrameSender;
+use crate::fair::Fair;
 use crate::remote::{Remote, RemoteEngine};
 
 /// Something subscribers hear about: a topic and a JSON body.
@@ -30,21 +31,59 @@ pub(crate) struct Registry {
     router: Arc<Router>,
     events: broadcast::Sender<Event>,
     batching: SharedBatchPolicy,
+    fair: Arc<Fair>,
+    /// `max_routed_requests` as configured; 0 follows the engines.
+    routed: usize,
 }
+
+/// Requests in the router at once for an engine that names no `max_in_flight` (local ones).
+const UNDECLARED: usize = 64;
+/// Fewest requests in the router at once when it follows the engines: engines added to the
+/// router directly, which the registry does not see, still get work in parallel.
+pub(crate) const MIN_ROUTED: usize = 64;
 
 impl Registry {
     pub(crate) fn new(
         router: Arc<Router>,
         events: broadcast::Sender<Event>,
         batching: SharedBatchPolicy,
+        fair: Arc<Fair>,
+        routed: usize,
     ) -> Registry {
-        Registry {
+        let registry = Registry {
             engines: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             router,
             events,
             batching,
+            fair,
+            routed,
+        };
+        registry.resize();
+        registry
+    }
+
+    /// Sets how many client requests the router takes at once: as configured, or what the
+    /// engines take at once (called whenever one joins or leaves).
+    pub(crate) fn resize(&self) {
+        if self.routed > 0 {
+            self.fair.set_capacity(self.routed);
+            return;
         }
+        let remote: usize = self
+            .engines()
+            .values()
+            .filter(|e| e.route.is_some())
+            .map(|e| e.remote.max_in_flight().map_or(UNDECLARED, |n| n as usize))
+            .sum();
+        let local = self
+            .router
+            .engines()
+            .iter()
+            .filter(|(_, _, info)| info.kind == "local")
+            .count();
+        self.fair
+            .set_capacity((remote + local * UNDECLARED).max(MIN_ROUTED));
     }
 
     fn engines(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -107,6 +146,7 @@ impl Registry {
         )));
         entry.route = Some(admission.id);
         drop(engines);
+        self.resize();
         let (name, id) = (engine.name(), engine.id);
         let pool = pool_name(admission.pool);
         if admission.pool == Pool::Foreign {
@@ -132,6 +172,10 @@ impl Registry {
         if let Some(route) = self.route_of(engine) {
             self.router.remove(route);
         }
+        if let Some(entry) = self.engines().get_mut(&engine.id) {
+            entry.route = None;
+        }
+        self.resize();
         tracing::info!(engine = %engine.name(), "engine withdrawn; finishing its in-flight requests");
     }
 
@@ -144,6 +188,7 @@ impl Registry {
         if let Some(route) = entry.route {
             self.router.remove(route);
         }
+        self.resize();
         let failed = engine.close(reason);
         tracing::info!(engine = %engine.name(), id = engine.id, failed_over = failed, reason, "engine left");
         let _ = self.events.send((

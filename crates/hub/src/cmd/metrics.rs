@@ -9,6 +9,7 @@ use crate::hub::Shared;
 pub(crate) fn snapshot(shared: &Shared) -> Value {
     let c = &shared.counters;
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let (in_router, capacity, waiting) = shared.fair.load();
     json!({
         "engines": shared.registry.describe(),
         "connections": {
@@ -32,6 +33,11 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
         "broadcasts_dropped": load(&c.broadcasts_dropped),
         "expired_on_arrival": load(&c.expired_on_arrival),
         "requests_in_flight": shared.requests.len(),
+        "routed": {
+            "in_router": in_router,
+            "capacity": capacity,
+            "waiting": waiting,
+        },
         "router": shared.router.metrics(),
     })
 }

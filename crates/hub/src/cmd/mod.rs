@@ -115,6 +115,11 @@ impl ClientSession {
         }
     }
 
+    /// The session id of this connection.
+    pub(crate) fn connection(&self) -> u64 {
+        self.stats.session
+    }
+
     /// Nothing is in flight.
     pub(crate) fn idle(&self) -> bool {
         self.stats.in_flight.load(Ordering::Acquire) == 0

@@ -22,7 +22,11 @@ pub(crate) fn one(
 ) {
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
+    let connection = session.connection();
     session.spawn_costing(shared, id, cost, async move {
+        let Some((_slot, deadline)) = routed(&shared_, connection, deadline).await else {
+            return expired(&shared_, &sender, id, deadline).await;
+        };
         // The router's future is about 3 KB: boxed, it is written once, where the task
         // would otherwise copy it on every move into place.
         let options = qnllm_router::RequestOptions {
@@ -53,7 +57,11 @@ pub(crate) fn batch(
 ) {
     Counters::add(&shared.counters.requests, 1);
     let (shared_, sender) = (shared.clone(), session.sender.clone());
+    let connection = session.connection();
     session.spawn_costing(shared, id, cost, async move {
+        let Some((_slot, deadline)) = routed(&shared_, connection, deadline).await else {
+            return expired(&shared_, &sender, id, deadline).await;
+        };
         match Box::pin(
             shared_
                 .router
@@ -77,4 +85,38 @@ pub(crate) fn batch(
             }
         }
     });
+}
+
+/// Waits for this connection's turn at a slot in the router, within `deadline`; the slot
+/// and what is left of the deadline, or `None` if it passed while waiting.
+async fn routed(
+    shared: &Shared,
+    connection: u64,
+    deadline: Duration,
+) -> Option<(crate::fair::Slot, Duration)> {
+    let started = tokio::time::Instant::now();
+    let slot = tokio::time::timeout(deadline, shared.fair.acquire(connection))
+        .await
+        .ok()?;
+    Some((slot, deadline.saturating_sub(started.elapsed())))
+}
+
+/// Answers a request whose deadline passed while it waited for its turn.
+async fn expired(
+    shared: &Shared,
+    sender: &crate::connection::FrameSender,
+    id: u64,
+    deadline: Duration,
+) {
+    Counters::add(&shared.counters.errors, 1);
+    let message = format!(
+        "the deadline of {deadline:?} passed while the request waited for its turn in the router"
+    );
+    fail(
+        sender,
+        id,
+        qnllm_protocol::ErrorCode::DeadlineExceeded,
+        message,
+    )
+    .await;
 }
