@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::connection::FrameSender;
-use crate::remote::{Remote, RemoteEngine};
+use crate::remote::{Remote, RemoteBackend};
 
 /// Something subscribers hear about: a topic and a JSON body.
 pub(crate) type Event = (String, Value);
@@ -81,7 +81,7 @@ impl Registry {
         } else {
             register.name.clone()
         };
-        let engine = Arc::new(RemoteEngine::new(id, name, register, sender)?);
+        let engine = Arc::new(RemoteBackend::new(id, name, register, sender)?);
         engines.insert(
             id,
             Entry {
@@ -122,12 +122,12 @@ impl Registry {
         Some(admission)
     }
 
-    fn route_of(&self, engine: &RemoteEngine) -> Option<EngineId> {
+    fn route_of(&self, engine: &RemoteBackend) -> Option<EngineId> {
         self.engines().get(&engine.id).and_then(|e| e.route)
     }
 
     /// Stops routing new requests to an engine that is leaving; what it holds may finish.
-    pub(crate) fn withdraw(&self, engine: &RemoteEngine) {
+    pub(crate) fn withdraw(&self, engine: &RemoteBackend) {
         engine.drain();
         if let Some(route) = self.route_of(engine) {
             self.router.remove(route);
@@ -137,7 +137,7 @@ impl Registry {
 
     /// Stops routing to an engine and fails what it held (the router retries those
     /// elsewhere); returns how many that was. Idempotent.
-    pub(crate) fn remove(&self, engine: &RemoteEngine, reason: &str) -> usize {
+    pub(crate) fn remove(&self, engine: &RemoteBackend, reason: &str) -> usize {
         let Some(entry) = self.engines().remove(&engine.id) else {
             return 0;
         };
