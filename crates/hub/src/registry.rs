@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::connection::FrameSender;
 use crate::fair::Fair;
-use crate::remote::{Remote, RemoteEngine};
+use crate::remote::{Remote, RemoteBackend};
 
 /// Something subscribers hear about: a topic and a JSON body.
 pub(crate) type Event = (String, Value);
@@ -120,7 +120,7 @@ impl Registry {
         } else {
             register.name.clone()
         };
-        let engine = Arc::new(RemoteEngine::new(id, name, register, sender)?);
+        let engine = Arc::new(RemoteBackend::new(id, name, register, sender)?);
         engines.insert(
             id,
             Entry {
@@ -162,12 +162,12 @@ impl Registry {
         Some(admission)
     }
 
-    fn route_of(&self, engine: &RemoteEngine) -> Option<EngineId> {
+    fn route_of(&self, engine: &RemoteBackend) -> Option<EngineId> {
         self.engines().get(&engine.id).and_then(|e| e.route)
     }
 
     /// Stops routing new requests to an engine that is leaving; what it holds may finish.
-    pub(crate) fn withdraw(&self, engine: &RemoteEngine) {
+    pub(crate) fn withdraw(&self, engine: &RemoteBackend) {
         engine.drain();
         if let Some(route) = self.route_of(engine) {
             self.router.remove(route);
@@ -181,7 +181,7 @@ impl Registry {
 
     /// Stops routing to an engine and fails what it held (the router retries those
     /// elsewhere); returns how many that was. Idempotent.
-    pub(crate) fn remove(&self, engine: &RemoteEngine, reason: &str) -> usize {
+    pub(crate) fn remove(&self, engine: &RemoteBackend, reason: &str) -> usize {
         let Some(entry) = self.engines().remove(&engine.id) else {
             return 0;
         };

@@ -1,4 +1,4 @@
-//! `RemoteEngine`: a worker's engine as a router backend. It sends frames on the worker's
+//! `RemoteBackend`: a worker's engine as a router backend. It sends frames on the worker's
 //! connection and matches replies by request id; when the worker goes, every request it
 //! held fails at once with `Gone`, so the router can fail over and nothing hangs.
 
@@ -26,7 +26,7 @@ type Pending = Requests<oneshot::Sender<Option<Frame>>>;
 
 /// One worker's engine.
 #[derive(Debug)]
-pub(crate) struct RemoteEngine {
+pub(crate) struct RemoteBackend {
     pub(crate) id: u64,
     name: String,
     /// Requests the worker takes at once, as it registered (0: no limit given).
@@ -42,7 +42,7 @@ pub(crate) struct RemoteEngine {
     pub(crate) served: AtomicU64,
 }
 
-impl RemoteEngine {
+impl RemoteBackend {
     /// The engine a `register` describes.
     ///
     /// # Errors
@@ -54,7 +54,7 @@ impl RemoteEngine {
         name: String,
         register: &Register,
         sender: FrameSender,
-    ) -> Result<RemoteEngine, String> {
+    ) -> Result<RemoteBackend, String> {
         let model_digest = Digest::from_hex(&register.model_digest).ok_or_else(|| {
             format!(
                 "model_digest {:?} is not 64 hex digits",
@@ -67,7 +67,7 @@ impl RemoteEngine {
                 register.input_size, register.labels
             ));
         }
-        Ok(RemoteEngine {
+        Ok(RemoteBackend {
             id,
             name: name.clone(),
             max_in_flight: register.max_in_flight,
@@ -253,7 +253,7 @@ impl RemoteEngine {
 
 /// Removes a request from the pending map when its caller stops waiting.
 struct Forget<'a> {
-    engine: &'a RemoteEngine,
+    engine: &'a RemoteBackend,
     id: u64,
 }
 
@@ -263,7 +263,7 @@ impl Drop for Forget<'_> {
     }
 }
 
-impl Backend for RemoteEngine {
+impl Backend for RemoteBackend {
     fn learn<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -405,4 +405,4 @@ impl Backend for RemoteEngine {
 }
 
 /// Shared handle type.
-pub(crate) type Remote = Arc<RemoteEngine>;
+pub(crate) type Remote = Arc<RemoteBackend>;

@@ -561,7 +561,7 @@ async fn worker_loop(
 async fn worker_frame(
     shared: &Shared,
     sender: &FrameSender,
-    engine: &crate::remote::RemoteEngine,
+    engine: &crate::remote::RemoteBackend,
     frame: Frame,
     asked_to_drain: &mut bool,
 ) -> Option<String> {
