@@ -118,12 +118,18 @@ impl Hub {
             config.batch_policy().map(Arc::new),
         ));
         let teachers = crate::cmd::coordinate::teachers(&config.teachers)?;
+        let coordinator = Arc::new(qnllm_router::Coordinator::over_rotation(
+            teachers,
+            router.clone(),
+        ));
         let shared = Shared {
-            coordinator: Arc::new(qnllm_router::Coordinator::over_rotation(
-                teachers,
+            registry: Registry::new(
                 router.clone(),
-            )),
-            registry: Registry::new(router.clone(), events.clone(), batching.clone()),
+                coordinator.clone(),
+                events.clone(),
+                batching.clone(),
+            ),
+            coordinator,
             batching,
             handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{
-    BatchResult, Deadline, Encoding, EngineStatus, ErrorCode, Frame, Goodbye, Heartbeat, Hello,
-    Learned, Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    BatchResult, Deadline, Encoding, EngineRole, EngineStatus, ErrorCode, Frame, Goodbye,
+    Heartbeat, Hello, Learned, Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 use qnllm_router::{BackendError, LocalBackend};
 use tokio::sync::Semaphore;
@@ -41,6 +42,9 @@ pub struct WorkerConfig {
     /// On shutdown, the longest the worker waits for the hub to release it (goodbye once
     /// it has nothing left in flight) before it leaves anyway.
     pub drain_timeout: Duration,
+    /// What the hub uses this engine for: [`EngineRole::Teacher`] registers it as one of
+    /// the coordinator's teachers, out of the rotation (the default serves requests).
+    pub role: EngineRole,
 }
 
 impl WorkerConfig {
@@ -56,6 +60,7 @@ impl WorkerConfig {
             backoff_max: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
+            role: EngineRole::Engine,
         }
     }
 }
@@ -186,6 +191,7 @@ async fn session(
         input_size: info.params.inputs,
         labels: info.params.labels,
         max_in_flight: config.max_in_flight,
+        role: config.role,
     };
     sender
         .send(&Message::Register(register), 0, Deadline::NONE)
