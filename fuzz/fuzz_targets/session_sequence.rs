@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use qnllm_hub::{Hub, HubConfig, Stream};
 use qnllm_protocol::{
-    encode_frame, Batch, Call, Deadline, EngineStatus, FrameDecoder, Goodbye, Heartbeat, Hello,
+    encode_frame, Batch, Call, Deadline, EngineRole, EngineStatus, FrameDecoder, Goodbye, Heartbeat, Hello,
     Learn, Message, Register, Subscribe, Topic,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,6 +90,7 @@ fn op(input: &mut Input<'_>, wire: &mut BytesMut) {
             input_size: u32::from(input.byte()) * 4,
             labels: u32::from(input.byte() % 12),
             max_in_flight: u32::from(input.byte()),
+            role: if kind & 0x20 == 0 { EngineRole::Engine } else { EngineRole::Teacher },
         }),
         3 => Message::Heartbeat(Heartbeat { in_flight: 0, served: input.u64() }),
         4 => Message::Status(EngineStatus {

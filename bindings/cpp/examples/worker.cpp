@@ -11,7 +11,7 @@ int usage() {
     std::fprintf(stderr,
                  "usage: qnllm-cpp-worker --connect ADDR [--model seed:N|FILE] [--name NAME]\n"
                  "                        [--token T] [--max-in-flight N] [--threads N]\n"
-                 "                        [--max-retries N] [--quiet]\n");
+                 "                        [--max-retries N] [--quiet] [--teacher]\n");
     return 2;
 }
 }  // namespace
@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
             else if (a == "--threads") o.threads = static_cast<unsigned>(std::stoul(value()));
             else if (a == "--max-retries") o.max_retries = std::stoi(value());
             else if (a == "--quiet") o.verbose = false;
+            else if (a == "--teacher") o.teacher = true;
             else if (a == "--help" || a == "-h") return usage() - 2;
             else {
                 std::fprintf(stderr, "unknown argument %s\n", a.c_str());

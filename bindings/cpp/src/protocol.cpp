@@ -418,6 +418,7 @@ void encode_body(const Message& m, std::vector<std::uint8_t>& out) {
                 j["input_size"] = b.input_size;
                 j["labels"] = b.labels;
                 j["max_in_flight"] = b.max_in_flight;
+                if (b.teacher) j["role"] = "teacher";
                 put_json(out, j);
             },
             [&](const Registered& b) {
@@ -585,6 +586,12 @@ Message decode_body(Kind kind, const std::uint8_t* p, std::size_t len) {
             b.input_size = uint_field<std::uint32_t>(kind, j, "input_size");
             b.labels = uint_field<std::uint32_t>(kind, j, "labels");
             b.max_in_flight = uint_field<std::uint32_t>(kind, j, "max_in_flight");
+            if (j.find("role") != j.end()) {
+                const std::string role = str_field(kind, j, "role");
+                if (role != "engine" && role != "teacher")
+                    malformed(kind, "field `role` is neither `engine` nor `teacher`");
+                b.teacher = role == "teacher";
+            }
             return b;
         }
         case Kind::Registered: {

@@ -428,7 +428,7 @@ int Worker::run() {
             heartbeat_ms = std::get<Welcome>(*welcome).heartbeat_interval_ms;
             EngineInfo i = info();
             c.send(Register{o_.name, to_hex(i.model_digest), i.model_version, i.input_size,
-                            i.labels, o_.max_in_flight},
+                            i.labels, o_.max_in_flight, o_.teacher},
                    2);
             auto registered = expect(Kind::Registered);
             if (!registered) return 0;

@@ -16,9 +16,13 @@ use crate::pyengine::PyEngine;
 /// failed connection attempts in a row. Blocks; the GIL is released except while `reason`
 /// runs.
 ///
+/// With `teacher=True` it registers as a teacher: the hub's coordinator asks it in every
+/// `coordinate`, and no `reason` is routed to it.
+///
 /// Raises ConnectionLost when it gives up, QnllmError when the hub refuses the worker.
 #[pyfunction]
-#[pyo3(signature = (engine, connect = "127.0.0.1:9999".to_string(), *, name = None, token = None, max_in_flight = 64, max_retries = None))]
+#[allow(clippy::too_many_arguments)] // one per keyword argument of the Python function
+#[pyo3(signature = (engine, connect = "127.0.0.1:9999".to_string(), *, name = None, token = None, max_in_flight = 64, max_retries = None, teacher = false))]
 pub(crate) fn serve_worker(
     py: Python<'_>,
     engine: &Bound<'_, PyAny>,
@@ -27,6 +31,7 @@ pub(crate) fn serve_worker(
     token: Option<String>,
     max_in_flight: u32,
     max_retries: Option<u32>,
+    teacher: bool,
 ) -> PyResult<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -44,6 +49,9 @@ pub(crate) fn serve_worker(
     config.token = token;
     config.max_in_flight = max_in_flight.max(1);
     config.max_retries = max_retries;
+    if teacher {
+        config.role = qnllm_hub::EngineRole::Teacher;
+    }
     let backend = LocalBackend::new(name, engine);
     let runtime = crate::runtime::new("worker", 2)?;
     let outcome = py.detach(|| {

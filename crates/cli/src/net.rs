@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use qnllm::UnifiedEngine;
 use qnllm_engine::SpikingEngine;
@@ -117,6 +117,10 @@ pub(crate) struct WorkerArgs {
     /// Poll for the next request this long before sleeping [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll_us: u64,
+    /// Register as a teacher: the hub's coordinator asks it in every `coordinate`, and
+    /// `reason` is never routed to it (docs/learning.md).
+    #[arg(long)]
+    teacher: bool,
     #[command(flatten)]
     nats: crate::nats::NatsArgs,
 }
@@ -265,6 +269,12 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     config.max_retries = args.max_retries;
     config.max_in_flight = args.max_in_flight;
     config.busy_poll = Duration::from_micros(args.busy_poll_us);
+    if args.teacher {
+        if args.nats.url().is_some() {
+            bail!("--teacher needs a hub (--connect): workers on NATS serve the rotation only");
+        }
+        config.role = qnllm_hub::EngineRole::Teacher;
+    }
     let spiking = SpikingEngine::new(model);
     let engine = if args.fixed {
         LocalBackend::new(

@@ -124,18 +124,20 @@ impl Hub {
         ));
         let teachers = crate::cmd::coordinate::teachers(&config.teachers)?;
         let fair = crate::fair::Fair::new(crate::registry::MIN_ROUTED);
+        let coordinator = Arc::new(qnllm_router::Coordinator::over_rotation(
+            teachers,
+            router.clone(),
+        ));
         let shared = Shared {
-            coordinator: Arc::new(qnllm_router::Coordinator::over_rotation(
-                teachers,
-                router.clone(),
-            )),
             registry: Registry::new(
                 router.clone(),
+                coordinator.clone(),
                 events.clone(),
                 batching.clone(),
                 fair.clone(),
                 config.max_routed_requests,
             ),
+            coordinator,
             fair,
             batching,
             handlers: Handlers::with_builtins(),

@@ -24,5 +24,6 @@ pub use client::{Client, ClientError, Subscription};
 pub use config::{ConfigError, HubConfig};
 pub use endpoint::Endpoint;
 pub use hub::{Hub, HubError, RunningHub};
+pub use qnllm_protocol::EngineRole;
 pub use stream::Stream;
 pub use worker::{WorkerConfig, WorkerError};

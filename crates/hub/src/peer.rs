@@ -531,6 +531,7 @@ mod tests {
             input_size: 4,
             labels: 2,
             max_in_flight: 8,
+            role: qnllm_protocol::EngineRole::Engine,
         }
     }
 

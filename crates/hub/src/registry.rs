@@ -1,11 +1,14 @@
-//! `Registry`: the live engines that workers offer, kept in step with the router.
+//! `Registry`: the live engines that workers offer, kept in step with the router (serving
+//! engines) and the coordinator (teachers).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use qnllm_protocol::Register;
-use qnllm_router::{Admission, Backend, DynamicBatcher, EngineId, Pool, Router, SharedBatchPolicy};
+use qnllm_protocol::{EngineRole, Register};
+use qnllm_router::{
+    Admission, Backend, Coordinator, DynamicBatcher, EngineId, Pool, Router, SharedBatchPolicy,
+};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -16,10 +19,11 @@ use crate::remote::{Remote, RemoteBackend};
 /// Something subscribers hear about: a topic and a JSON body.
 pub(crate) type Event = (String, Value);
 
-/// A worker's engine and its id in the router, once routed.
+/// A worker's engine, its role, and its id in the router once routed (a teacher never is).
 #[derive(Debug, Clone)]
 struct Entry {
     remote: Remote,
+    role: EngineRole,
     route: Option<EngineId>,
 }
 
@@ -29,6 +33,8 @@ pub(crate) struct Registry {
     engines: Mutex<BTreeMap<u64, Entry>>,
     next_id: AtomicU64,
     router: Arc<Router>,
+    /// Where teacher workers go: asked by `coordinate`, never in the router's rotation.
+    coordinator: Arc<Coordinator>,
     events: broadcast::Sender<Event>,
     batching: SharedBatchPolicy,
     fair: Arc<Fair>,
@@ -45,6 +51,7 @@ pub(crate) const MIN_ROUTED: usize = 64;
 impl Registry {
     pub(crate) fn new(
         router: Arc<Router>,
+        coordinator: Arc<Coordinator>,
         events: broadcast::Sender<Event>,
         batching: SharedBatchPolicy,
         fair: Arc<Fair>,
@@ -54,6 +61,7 @@ impl Registry {
             engines: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             router,
+            coordinator,
             events,
             batching,
             fair,
@@ -114,7 +122,8 @@ impl Registry {
                 .router
                 .engines()
                 .iter()
-                .any(|(_, _, info)| info.name == register.name);
+                .any(|(_, _, info)| info.name == register.name)
+            || self.coordinator.has_teacher(&register.name);
         let name = if taken {
             format!("{}#{id}", register.name)
         } else {
@@ -125,6 +134,7 @@ impl Registry {
             id,
             Entry {
                 remote: engine.clone(),
+                role: register.role,
                 route: None,
             },
         );
@@ -133,11 +143,23 @@ impl Registry {
 
     /// Hands a registered engine to the router (after its `registered` was written), which
     /// routes to it if it serves the hub's model lineage and keeps it in its foreign pool
-    /// (listed, never routed) if not.
+    /// (listed, never routed) if not. A teacher goes to the coordinator instead: it is
+    /// asked by every `coordinate` from now on, and never routed to (`None`).
     pub(crate) fn route(&self, engine: &Remote) -> Option<Admission> {
         let mut engines = self.engines();
         // The worker may have left between `registered` and now.
         let entry = engines.get_mut(&engine.id)?;
+        if entry.role == EngineRole::Teacher {
+            // Added under the registry's lock, so a `remove` that follows finds it there.
+            self.coordinator.add_teacher(engine.clone());
+            drop(engines);
+            tracing::info!(engine = %engine.name(), id = engine.id, digest = %engine.model_digest(), "teacher joined");
+            let _ = self.events.send((
+                "engines".into(),
+                json!({ "joined": engine.name(), "id": engine.id, "pool": "teacher" }),
+            ));
+            return None;
+        }
         // Single requests to the worker go through a batcher, which passes them straight on
         // unless dynamic batching is switched on.
         let admission = self.router.add(Arc::new(DynamicBatcher::new(
@@ -166,6 +188,10 @@ impl Registry {
         self.engines().get(&engine.id).and_then(|e| e.route)
     }
 
+    fn role_of(&self, engine: &RemoteBackend) -> Option<EngineRole> {
+        self.engines().get(&engine.id).map(|e| e.role)
+    }
+
     /// Stops routing new requests to an engine that is leaving; what it holds may finish.
     pub(crate) fn withdraw(&self, engine: &RemoteBackend) {
         engine.drain();
@@ -176,6 +202,9 @@ impl Registry {
             entry.route = None;
         }
         self.resize();
+        if self.role_of(engine) == Some(EngineRole::Teacher) {
+            self.coordinator.remove_teacher(engine.name());
+        }
         tracing::info!(engine = %engine.name(), "engine withdrawn; finishing its in-flight requests");
     }
 
@@ -189,6 +218,9 @@ impl Registry {
             self.router.remove(route);
         }
         self.resize();
+        if entry.role == EngineRole::Teacher {
+            self.coordinator.remove_teacher(engine.name());
+        }
         let failed = engine.close(reason);
         tracing::info!(engine = %engine.name(), id = engine.id, failed_over = failed, reason, "engine left");
         let _ = self.events.send((
@@ -235,7 +267,29 @@ impl Registry {
                 })
             })
             .collect();
-        Value::Array(list)
+        let teachers: Vec<Remote> = self
+            .engines()
+            .values()
+            .filter(|e| e.role == EngineRole::Teacher)
+            .map(|e| e.remote.clone())
+            .collect();
+        let teachers = teachers.into_iter().map(|remote| {
+            let info = remote.describe();
+            json!({
+                "name": info.name,
+                "kind": info.kind,
+                "transport": remote.transport(),
+                "pool": "teacher",
+                "input_size": info.input_size,
+                "labels": info.labels,
+                "model_version": info.model_version,
+                "model_digest": info.model_digest,
+                "in_flight": remote.in_flight(),
+                "served": remote.served.load(Ordering::Relaxed),
+                "last_heard_ms": remote.silence().as_millis() as u64,
+            })
+        });
+        Value::Array(list.into_iter().chain(teachers).collect())
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qnllm_protocol::{
-    BatchResult, Deadline, Encoding, EngineStatus, ErrorCode, Frame, Goodbye, Heartbeat, Learned,
-    Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES,
+    BatchResult, Deadline, Encoding, EngineRole, EngineStatus, ErrorCode, Frame, Goodbye,
+    Heartbeat, Learned, Message, MessageKind, Register, WireError, DEFAULT_MAX_FRAME_BYTES,
 };
 use qnllm_router::{BackendError, LocalBackend};
 use tokio::sync::Semaphore;
@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     /// On shutdown, the longest the worker waits for the hub to release it (goodbye once
     /// it has nothing left in flight) before it leaves anyway.
     pub drain_timeout: Duration,
+    /// What the hub uses this engine for: [`EngineRole::Teacher`] registers it as one of
+    /// the coordinator's teachers, out of the rotation (the default serves requests).
+    pub role: EngineRole,
 }
 
 impl WorkerConfig {
@@ -58,6 +61,7 @@ impl WorkerConfig {
             backoff_max: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
+            role: EngineRole::Engine,
         }
     }
 }
@@ -172,6 +176,7 @@ async fn session(
         input_size: info.params.inputs,
         labels: info.params.labels,
         max_in_flight: config.max_in_flight,
+        role: config.role,
     };
     let (handshake, hello) = Handshake::worker(
         config.token.as_deref(),

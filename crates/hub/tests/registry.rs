@@ -75,6 +75,7 @@ fn register(name: &str, digest: String) -> Message {
         input_size: 768,
         labels: 10,
         max_in_flight: 4,
+        role: qnllm_protocol::EngineRole::Engine,
     })
 }
 

@@ -525,6 +525,7 @@ async fn broadcasts_reach_every_worker_in_one_order_and_subscribers_hear_of_engi
             input_size: 768,
             labels: 10,
             max_in_flight: 1,
+            role: qnllm_protocol::EngineRole::Engine,
         })
     };
     let mut workers = Vec::new();
@@ -837,6 +838,7 @@ async fn a_worker_that_stops_reading_cannot_hold_requests_past_their_deadline() 
             input_size: 768,
             labels: 10,
             max_in_flight: 1,
+            role: qnllm_protocol::EngineRole::Engine,
         }))
         .await;
     assert!(matches!(stuck.recv().await, Message::Registered(_)));

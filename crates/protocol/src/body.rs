@@ -620,6 +620,38 @@ pub struct Register {
     pub labels: u32,
     /// Requests the worker takes at once.
     pub max_in_flight: u32,
+    /// What the hub uses the engine for. Absent on the wire means [`EngineRole::Engine`],
+    /// so workers that predate the field register as they always did; it is written only
+    /// when it is not the default, so their bytes do not change either.
+    #[serde(default, skip_serializing_if = "EngineRole::is_engine")]
+    pub role: EngineRole,
+}
+
+/// What a registered engine is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum EngineRole {
+    /// Serves `reason`, `batch` and learns as a student replica: the router's rotation.
+    #[default]
+    Engine,
+    /// Answers the coordinator as a teacher; never in the rotation, never a student.
+    Teacher,
+}
+
+impl EngineRole {
+    /// Whether this is the default role (a serving engine).
+    pub fn is_engine(&self) -> bool {
+        *self == EngineRole::Engine
+    }
+
+    /// The role's name on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EngineRole::Engine => "engine",
+            EngineRole::Teacher => "teacher",
+        }
+    }
 }
 
 /// The hub accepted a registration.

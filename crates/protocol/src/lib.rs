@@ -29,9 +29,9 @@ mod kind;
 mod message;
 
 pub use body::{
-    Batch, BatchResult, CacheStats, Call, Coordinate, CoordinationResult, Encoding, EngineStatus,
-    Event, Goodbye, Grace, Heartbeat, Hello, Learn, Learned, ModelInfo, Register, Registered,
-    ResultBody, Subscribe, TeacherVote, Topic, Welcome, WireError, DIGEST_BYTES,
+    Batch, BatchResult, CacheStats, Call, Coordinate, CoordinationResult, Encoding, EngineRole,
+    EngineStatus, Event, Goodbye, Grace, Heartbeat, Hello, Learn, Learned, ModelInfo, Register,
+    Registered, ResultBody, Subscribe, TeacherVote, Topic, Welcome, WireError, DIGEST_BYTES,
 };
 pub use codec::{
     encode_batch_frame, encode_frame, encode_frame_with_flags, encode_reason_frame, Frame,

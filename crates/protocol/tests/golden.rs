@@ -117,6 +117,19 @@ fn samples() -> Vec<(&'static str, Message)> {
                 input_size: 768,
                 labels: 10,
                 max_in_flight: 64,
+                role: EngineRole::Engine,
+            }),
+        ),
+        (
+            "register-teacher",
+            Message::Register(Register {
+                name: "t1".into(),
+                model_digest: hex::encode(digest(3)),
+                model_version: 0,
+                input_size: 64,
+                labels: 10,
+                max_in_flight: 8,
+                role: EngineRole::Teacher,
             }),
         ),
         (
@@ -424,4 +437,23 @@ fn the_spec_names_every_kind_and_error_code() {
             "docs/protocol.md does not list error code {code:?}"
         );
     }
+}
+
+#[test]
+fn a_register_without_a_role_is_an_engine_and_an_unknown_role_is_malformed() {
+    let old = br#"{"name":"w","model_digest":"00","model_version":0,"input_size":4,"labels":2,"max_in_flight":1}"#;
+    let Message::Register(register) = Message::decode(MessageKind::Register, old).unwrap() else {
+        panic!("not a register");
+    };
+    assert_eq!(register.role, EngineRole::Engine);
+    let teacher = br#"{"name":"w","model_digest":"00","model_version":0,"input_size":4,"labels":2,"max_in_flight":1,"role":"teacher"}"#;
+    let Message::Register(register) = Message::decode(MessageKind::Register, teacher).unwrap()
+    else {
+        panic!("not a register");
+    };
+    assert_eq!(register.role, EngineRole::Teacher);
+    let martian = br#"{"name":"w","model_digest":"00","model_version":0,"input_size":4,"labels":2,"max_in_flight":1,"role":"martian"}"#;
+    let err = Message::decode(MessageKind::Register, martian).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::MalformedBody);
+    assert!(err.to_string().contains("teacher"), "{err}");
 }

@@ -102,10 +102,19 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            any::<bool>()
         )
             .prop_map(
-                |(name, model_digest, model_version, input_size, labels, max_in_flight)| {
+                |(
+                    name,
+                    model_digest,
+                    model_version,
+                    input_size,
+                    labels,
+                    max_in_flight,
+                    teacher,
+                )| {
                     Message::Register(Register {
                         name,
                         model_digest,
@@ -113,6 +122,11 @@ fn message() -> impl Strategy<Value = Message> {
                         input_size,
                         labels,
                         max_in_flight,
+                        role: if teacher {
+                            EngineRole::Teacher
+                        } else {
+                            EngineRole::Engine
+                        },
                     })
                 }
             ),

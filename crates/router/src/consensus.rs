@@ -53,11 +53,19 @@ pub enum ConsensusPolicy {
         /// Share of the weight the consensus needs, in `[0, 1]`.
         min_agreement: f64,
     },
+    /// Votes weigh as in [`ConsensusPolicy::Reliable`]; learn only when the consensus's
+    /// weight exceeds the runner-up label's by more than `min_margin` of the total weight
+    /// (a unanimous vote has margin 1, a tie margin 0). Unlike a share threshold, it counts
+    /// how clearly the winner beat its strongest rival, whatever the other labels got.
+    Margin {
+        /// The margin the consensus must exceed, in `[0, 1]`.
+        min_margin: f64,
+    },
 }
 
 impl ConsensusPolicy {
     /// Parses `majority`, `unanimous`, `reliable` (with `min_agreement` 0.75),
-    /// `reliable:SHARE` or `peer:SHARE`.
+    /// `reliable:SHARE`, `peer:SHARE` or `margin:M`.
     ///
     /// # Errors
     ///
@@ -66,7 +74,7 @@ impl ConsensusPolicy {
         let bad = || {
             format!(
                 "unknown consensus policy `{text}`: use majority, unanimous, reliable, \
-                 reliable:SHARE or peer:SHARE with SHARE in [0, 1]"
+                 reliable:SHARE, peer:SHARE or margin:M with SHARE and M in [0, 1]"
             )
         };
         match text {
@@ -85,6 +93,9 @@ impl ConsensusPolicy {
                 match kind {
                     "reliable" => Ok(ConsensusPolicy::Reliable { min_agreement }),
                     "peer" => Ok(ConsensusPolicy::Peer { min_agreement }),
+                    "margin" => Ok(ConsensusPolicy::Margin {
+                        min_margin: min_agreement,
+                    }),
                     _ => Err(bad()),
                 }
             }
@@ -104,6 +115,7 @@ impl ConsensusPolicy {
             ConsensusPolicy::Unanimous => "unanimous".into(),
             ConsensusPolicy::Reliable { min_agreement } => format!("reliable:{min_agreement}"),
             ConsensusPolicy::Peer { min_agreement } => format!("peer:{min_agreement}"),
+            ConsensusPolicy::Margin { min_margin } => format!("margin:{min_margin}"),
         }
     }
 
@@ -113,29 +125,38 @@ impl ConsensusPolicy {
         let unanimous = ballots.iter().all(|b| b.label == first);
         let weight = |b: &Ballot| match self {
             ConsensusPolicy::Majority | ConsensusPolicy::Unanimous => b.confidence * b.reliability,
-            ConsensusPolicy::Reliable { .. } | ConsensusPolicy::Peer { .. } => {
+            ConsensusPolicy::Reliable { .. }
+            | ConsensusPolicy::Peer { .. }
+            | ConsensusPolicy::Margin { .. } => {
                 let r = b.reliability.clamp(1e-6, 1.0 - 1e-6);
                 b.confidence * (r / (1.0 - r)).ln().max(0.0)
             }
         };
-        let (consensus, agreement) = if unanimous {
-            (first, 1.0)
+        let tally = if unanimous {
+            Tally {
+                label: first,
+                share: 1.0,
+                margin: 1.0,
+            }
         } else {
             match weighted(ballots, weight) {
                 // No teacher is known to beat a coin flip yet (the first votes): fall back
                 // to confidence alone rather than to the lowest label.
-                (_, _, total) if total <= 0.0 => {
-                    let (label, share, _) = weighted(ballots, |b| b.confidence);
-                    (label, share)
-                }
-                (label, share, _) => (label, share),
+                None => weighted(ballots, |b| b.confidence).unwrap_or(Tally {
+                    label: first,
+                    share: 0.0,
+                    margin: 0.0,
+                }),
+                Some(tally) => tally,
             }
         };
+        let (consensus, agreement) = (tally.label, tally.share);
         let teach = match self {
             ConsensusPolicy::Majority => true,
             ConsensusPolicy::Unanimous => unanimous,
             ConsensusPolicy::Reliable { min_agreement }
             | ConsensusPolicy::Peer { min_agreement } => agreement >= *min_agreement,
+            ConsensusPolicy::Margin { min_margin } => tally.margin > *min_margin,
         };
         Verdict {
             consensus,
@@ -146,9 +167,19 @@ impl ConsensusPolicy {
     }
 }
 
-/// The heaviest label, its share of the weight, and the total weight; ties go to the lowest
-/// label, so every run decides the same way.
-fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> (u32, f64, f64) {
+/// The heaviest label and how far ahead it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tally {
+    label: u32,
+    /// Its share of the total weight.
+    share: f64,
+    /// Its weight minus the runner-up label's, as a share of the total weight.
+    margin: f64,
+}
+
+/// The heaviest label, its share and its margin; ties go to the lowest label, so every run
+/// decides the same way. `None` when the votes weigh nothing in all.
+fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> Option<Tally> {
     let mut totals: Vec<(u32, f64)> = Vec::new();
     for b in ballots {
         let w = weight(b);
@@ -159,8 +190,16 @@ fn weighted(ballots: &[Ballot], weight: impl Fn(&Ballot) -> f64) -> (u32, f64, f
     }
     totals.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let total: f64 = totals.iter().map(|(_, w)| w).sum();
-    let (label, top) = totals.first().copied().unwrap_or((0, 0.0));
-    (label, if total > 0.0 { top / total } else { 0.0 }, total)
+    if total <= 0.0 {
+        return None;
+    }
+    let (label, top) = totals.first().copied()?;
+    let second = totals.get(1).map_or(0.0, |(_, w)| *w);
+    Some(Tally {
+        label,
+        share: top / total,
+        margin: (top - second) / total,
+    })
 }
 
 #[cfg(test)]
@@ -230,6 +269,50 @@ mod tests {
     }
 
     #[test]
+    fn margin_teaches_a_clear_winner_and_not_a_close_one_whatever_its_share() {
+        let policy = ConsensusPolicy::Margin { min_margin: 0.3 };
+        // Four teachers, equal weights: 2 votes against 1 and 1 is a share of 0.5 but a
+        // margin of 0.25 over the runner-up: not taught.
+        let close = [
+            ballot(1, 0.5, 0.9),
+            ballot(1, 0.5, 0.9),
+            ballot(2, 0.5, 0.9),
+            ballot(3, 0.5, 0.9),
+        ];
+        let v = policy.decide(&close);
+        assert_eq!(v.consensus, 1);
+        assert!((v.agreement - 0.5).abs() < 1e-12);
+        assert!(!v.teach);
+        // The same share with no single rival close behind it: label 1 holds half the
+        // weight, the three others a sixth each; the margin is 1/3 > 0.3: taught. A share
+        // gate of 0.5 cannot tell the two apart.
+        let clear = [
+            ballot(1, 0.6, 0.9),
+            ballot(2, 0.2, 0.9),
+            ballot(3, 0.2, 0.9),
+            ballot(4, 0.2, 0.9),
+        ];
+        let v = policy.decide(&clear);
+        assert_eq!(v.consensus, 1);
+        assert!((v.agreement - 0.5).abs() < 1e-12);
+        assert!(v.teach);
+        // Unanimity is margin 1; a tie is margin 0, never taught even with M = 0.
+        assert!(policy.decide(&[ballot(6, 0.1, 0.6)]).teach);
+        let tie = [ballot(5, 0.5, 0.8), ballot(2, 0.5, 0.8)];
+        let v = ConsensusPolicy::Margin { min_margin: 0.0 }.decide(&tie);
+        assert_eq!((v.consensus, v.teach), (2, false));
+        // Votes weigh as in `reliable`: one trusted teacher outweighs two near coin flips.
+        let trusted = [
+            ballot(4, 0.5, 0.99),
+            ballot(7, 0.5, 0.55),
+            ballot(7, 0.5, 0.55),
+        ];
+        let v = policy.decide(&trusted);
+        assert_eq!(v.consensus, 4);
+        assert!(v.teach);
+    }
+
+    #[test]
     fn ties_go_to_the_lowest_label() {
         let votes = [ballot(5, 0.5, 0.8), ballot(2, 0.5, 0.8)];
         assert_eq!(ConsensusPolicy::Majority.decide(&votes).consensus, 2);
@@ -237,7 +320,13 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_bad_ones_are_explained() {
-        for text in ["majority", "unanimous", "reliable:0.8", "peer:0.5"] {
+        for text in [
+            "majority",
+            "unanimous",
+            "reliable:0.8",
+            "peer:0.5",
+            "margin:0.3",
+        ] {
             assert_eq!(ConsensusPolicy::parse(text).unwrap().name(), text);
         }
         assert_eq!(
@@ -246,7 +335,13 @@ mod tests {
                 min_agreement: 0.75
             }
         );
-        for bad in ["vote", "reliable:2", "reliable:x", "loud:0.5"] {
+        for bad in [
+            "vote",
+            "reliable:2",
+            "reliable:x",
+            "loud:0.5",
+            "margin:-0.1",
+        ] {
             assert!(ConsensusPolicy::parse(bad)
                 .unwrap_err()
                 .contains("use majority"));

@@ -289,6 +289,32 @@ impl Coordinator {
             }));
     }
 
+    /// Removes the teachers named `name` (a worker teacher that left); returns whether
+    /// there was one. Those after it move up, and a `coordinate` already running keeps
+    /// the list it started with.
+    pub fn remove_teacher(&self, name: &str) -> bool {
+        let mut teachers = self
+            .teachers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = teachers.len();
+        teachers.retain(|t| t.backend.name() != name);
+        teachers.len() != before
+    }
+
+    /// Whether a teacher is named `name`.
+    pub fn has_teacher(&self, name: &str) -> bool {
+        self.teachers().iter().any(|t| t.backend.name() == name)
+    }
+
+    /// The teachers' names, in the order they are asked.
+    pub fn teacher_names(&self) -> Vec<String> {
+        self.teachers()
+            .iter()
+            .map(|t| t.backend.name().to_string())
+            .collect()
+    }
+
     /// Number of teachers.
     pub fn teacher_count(&self) -> usize {
         self.teachers().len()

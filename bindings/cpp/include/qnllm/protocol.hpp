@@ -155,6 +155,8 @@ struct Register {
     std::uint32_t input_size = 0;
     std::uint32_t labels = 0;
     std::uint32_t max_in_flight = 0;
+    /// `role` on the wire: "teacher" when set, absent (an engine) otherwise.
+    bool teacher = false;
 };
 struct Registered {
     std::uint64_t engine_id = 0;

@@ -19,6 +19,9 @@ struct WorkerOptions {
     std::string token = "";
     /// Requests the worker offers to hold at once (`register.max_in_flight`).
     std::uint32_t max_in_flight = 64;
+    /// Register as a teacher (`register.role`): the hub's coordinator asks it in every
+    /// `coordinate`, and no `reason` is routed to it.
+    bool teacher = false;
     /// Threads running the engine (0: one per core).
     unsigned threads = 0;
     /// Failed connection attempts in a row before giving up with exit code 1 (-1: forever).

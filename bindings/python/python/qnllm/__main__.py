@@ -40,6 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     worker.add_argument("--token", default=None, help="auth token, if the hub needs one")
     worker.add_argument("--max-in-flight", type=int, default=64, help="requests handled at once")
     worker.add_argument("--max-retries", type=int, default=None, help="give up after this many failed connects")
+    worker.add_argument("--teacher", action="store_true", help="register as a teacher of the hub's coordinator")
     args = parser.parse_args(argv)
     if args.command == "worker":
         if "" not in sys.path:
@@ -53,6 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 token=args.token,
                 max_in_flight=args.max_in_flight,
                 max_retries=args.max_retries,
+                teacher=args.teacher,
             )
         except QnllmError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -132,6 +132,7 @@ impl Peer {
             input_size: info.params.inputs,
             labels: info.params.labels,
             max_in_flight: 64,
+            role: qnllm_protocol::EngineRole::Engine,
         };
         peer.send(&qnllm_protocol::Message::Register(register), 0)
             .await;
