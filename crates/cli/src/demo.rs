@@ -368,7 +368,7 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
     let teachers: Vec<String> = story
         .teachers
         .iter()
-        .map(|t| format!("{} {:.1} %", t.name, t.accuracy * 100.0))
+        .map(|t| format!("{} ({}) {:.1} %", t.name, t.kind, t.accuracy * 100.0))
         .collect();
     lines.push(format!(
         "teachers trained on {} labelled digits, held-out accuracy: {}; majority vote {:.1} %",
