@@ -9,9 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use qnllm::{Model, Params, UnifiedEngine};
 use qnllm_hub::HubConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::convert;
-use crate::error::{self, ConfigError, EngineStopped, ModelError};
+use crate::error::{self, ConfigError, EngineStopped, HubError, ModelError};
 use crate::pyengine::{PyBackend, PyEngine};
 use crate::result::Reasoning;
 use crate::strategy;
@@ -38,11 +39,22 @@ pub(crate) fn load_model(spec: &str) -> PyResult<Model> {
     }
 }
 
-/// What lives until `stop`: the runtime and the engine on it.
+/// What lives until `stop`: the runtime, the engine on it, and the web front once started.
 #[derive(Debug)]
 struct Live {
     runtime: tokio::runtime::Runtime,
-    engine: UnifiedEngine,
+    /// Shared with the front while it runs; only this struct holds it otherwise.
+    engine: Arc<UnifiedEngine>,
+    front: Option<Front>,
+}
+
+/// The running KServe v2 front and what stops it.
+#[derive(Debug)]
+struct Front {
+    stop: CancellationToken,
+    running: qnllm_front::RunningFront,
+    http: Option<std::net::SocketAddr>,
+    grpc: Option<std::net::SocketAddr>,
 }
 
 /// The native engine; `qnllm.UnifiedNeuralEngine` is its Python face.
@@ -76,6 +88,16 @@ impl NativeEngine {
         })
     }
 
+    fn front_addr(&self, pick: impl Fn(&Front) -> Option<std::net::SocketAddr>) -> Option<String> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|live| live.front.as_ref())
+            .and_then(pick)
+            .map(|a| a.to_string())
+    }
+
     fn hub_config(&self) -> std::sync::MutexGuard<'_, HubConfig> {
         self.hub
             .lock()
@@ -90,7 +112,8 @@ impl NativeEngine {
         *, listen = Some("127.0.0.1:9999".to_string()), unix = None, token = None,
         local_engines = 1, model = "seed:1".to_string(), strategy = "round_robin".to_string(),
         redundancy = 3, cache_size = 1000, cache_results = false, timeout = 5.0,
-        teachers = Vec::new(), engines = None, heartbeat_ms = None, threads = None
+        teachers = Vec::new(), engines = None, heartbeat_ms = None, threads = None,
+        http = None, grpc = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -108,6 +131,8 @@ impl NativeEngine {
         engines: Option<Bound<'_, PyList>>,
         heartbeat_ms: Option<u64>,
         threads: Option<usize>,
+        http: Option<String>,
+        grpc: Option<String>,
     ) -> PyResult<NativeEngine> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(ConfigError::new_err(format!(
@@ -139,6 +164,16 @@ impl NativeEngine {
         for spec in &teachers {
             builder = builder.teacher(load_model(spec)?);
         }
+        if let Some(addr) = http {
+            builder = builder.http(addr);
+        }
+        if let Some(addr) = grpc {
+            builder = builder.grpc(addr);
+        }
+        // The hub's token guards the front too: one secret for every listener.
+        if let Some(token) = &hub.token {
+            builder = builder.front_token(token.clone());
+        }
         let mut python = Vec::new();
         if let Some(engines) = engines {
             for (i, object) in engines.iter().enumerate() {
@@ -160,7 +195,11 @@ impl NativeEngine {
         }
         engine.router().set_cache_enabled(cache_results);
         Ok(NativeEngine {
-            live: RwLock::new(Some(Live { runtime, engine })),
+            live: RwLock::new(Some(Live {
+                runtime,
+                engine: Arc::new(engine),
+                front: None,
+            })),
             hub: std::sync::Mutex::new(hub),
             dim,
             deadline: Duration::from_secs_f64(timeout),
@@ -168,7 +207,8 @@ impl NativeEngine {
     }
 
     /// Starts the embedded hub so worker processes can join (`127.0.0.1:9999` unless
-    /// `listen` says otherwise). Starting twice does nothing.
+    /// `listen` says otherwise), and the KServe v2 front when `http` or `grpc` is set.
+    /// Starting twice does nothing.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
             let mut live = self
@@ -180,9 +220,34 @@ impl NativeEngine {
                     "this engine was stopped; create a new UnifiedNeuralEngine",
                 ));
             };
-            live.runtime
-                .block_on(live.engine.start())
-                .map_err(error::from_facade)
+            if live.front.is_some() {
+                return Ok(());
+            }
+            // Nothing else holds the engine before the front starts.
+            if let Some(engine) = Arc::get_mut(&mut live.engine) {
+                live.runtime
+                    .block_on(engine.start())
+                    .map_err(error::from_facade)?;
+            }
+            if live.engine.front_settings().enabled() {
+                let stop = CancellationToken::new();
+                let config = qnllm_front::FrontConfig::for_engine(&live.engine);
+                let running = live
+                    .runtime
+                    .block_on(qnllm_front::start(
+                        live.engine.clone(),
+                        config,
+                        stop.clone(),
+                    ))
+                    .map_err(|e| HubError::new_err(e.to_string()))?;
+                live.front = Some(Front {
+                    stop,
+                    http: running.http,
+                    grpc: running.grpc,
+                    running,
+                });
+            }
+            Ok(())
         })
     }
 
@@ -196,10 +261,24 @@ impl NativeEngine {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
-            if let Some(Live { runtime, engine }) = taken {
+            if let Some(Live {
+                runtime,
+                engine,
+                front,
+            }) = taken
+            {
                 let grace = Duration::from_secs_f64(grace.max(0.0));
-                let _ =
-                    runtime.block_on(async { tokio::time::timeout(grace, engine.stop()).await });
+                // The front first (not-ready, then drain), so it lets go of the engine.
+                if let Some(front) = front {
+                    front.stop.cancel();
+                    let _ = runtime.block_on(async {
+                        tokio::time::timeout(grace, front.running.wait()).await
+                    });
+                }
+                if let Ok(engine) = Arc::try_unwrap(engine) {
+                    let _ = runtime
+                        .block_on(async { tokio::time::timeout(grace, engine.stop()).await });
+                }
                 runtime.shutdown_timeout(grace);
             }
         });
@@ -218,6 +297,18 @@ impl NativeEngine {
     #[getter]
     fn address(&self, py: Python<'_>) -> PyResult<Option<String>> {
         self.with(py, |live| Ok(live.engine.tcp_addr().map(|a| a.to_string())))
+    }
+
+    /// The KServe v2 HTTP front's address as `host:port`, once started with `http`.
+    #[getter]
+    fn http_address(&self) -> Option<String> {
+        self.front_addr(|f| f.http)
+    }
+
+    /// The KServe v2 gRPC front's address as `host:port`, once started with `grpc`.
+    #[getter]
+    fn grpc_address(&self) -> Option<String> {
+        self.front_addr(|f| f.grpc)
     }
 
     /// Values per encoding the model takes.

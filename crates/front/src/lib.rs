@@ -79,6 +79,35 @@ pub struct FrontConfig {
     pub dashboard_interval: Duration,
 }
 
+impl FrontConfig {
+    /// The defaults, with the addresses and token `engine`'s builder was given
+    /// (`Builder::http`, `Builder::grpc`, `Builder::front_token`): a protocol the builder
+    /// did not name is not served.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut engine = qnllm::UnifiedEngine::builder().http("127.0.0.1:0").build()?;
+    /// engine.start().await?;
+    /// let engine = std::sync::Arc::new(engine);
+    /// let config = qnllm_front::FrontConfig::for_engine(&engine);
+    /// let stop = tokio_util::sync::CancellationToken::new();
+    /// let front = qnllm_front::start(engine, config, stop).await?;
+    /// println!("HTTP on {:?}", front.http);
+    /// # Ok(()) }
+    /// ```
+    pub fn for_engine(engine: &qnllm::UnifiedEngine) -> FrontConfig {
+        let settings = engine.front_settings();
+        FrontConfig {
+            http: settings.http.clone(),
+            grpc: settings.grpc.clone(),
+            token: settings.token.clone(),
+            ..FrontConfig::default()
+        }
+    }
+}
+
 impl Default for FrontConfig {
     fn default() -> FrontConfig {
         FrontConfig {

@@ -8,6 +8,7 @@ use qnllm_hub::{Hub, HubConfig};
 use qnllm_router::LocalBackend;
 
 use crate::error::Error;
+use crate::front::FrontSettings;
 use crate::unified::UnifiedEngine;
 
 /// Settings for a [`UnifiedEngine`]; every one has a default.
@@ -18,6 +19,7 @@ pub struct Builder {
     pub(crate) model: Option<Model>,
     pub(crate) teachers: Vec<Model>,
     pub(crate) deadline: Duration,
+    pub(crate) front: FrontSettings,
 }
 
 impl Default for Builder {
@@ -28,6 +30,7 @@ impl Default for Builder {
             model: None,
             teachers: Vec::new(),
             deadline: Duration::from_secs(5),
+            front: FrontSettings::default(),
         }
     }
 }
@@ -103,6 +106,25 @@ impl Builder {
         self
     }
 
+    /// Serves the KServe v2 HTTP front on `addr` (port 0 picks one); `qnllm-front` starts it
+    /// (`qnllm_front::FrontConfig::for_engine`).
+    pub fn http(mut self, addr: impl Into<String>) -> Builder {
+        self.front.http = Some(addr.into());
+        self
+    }
+
+    /// Serves the KServe v2 gRPC front on `addr` (port 0 picks one).
+    pub fn grpc(mut self, addr: impl Into<String>) -> Builder {
+        self.front.grpc = Some(addr.into());
+        self
+    }
+
+    /// The bearer token the front requires (needed to listen beyond loopback).
+    pub fn front_token(mut self, token: impl Into<String>) -> Builder {
+        self.front.token = Some(token.into());
+        self
+    }
+
     /// Checks the settings and builds the engine (not yet listening).
     ///
     /// # Errors
@@ -128,6 +150,6 @@ impl Builder {
             let teacher = LocalBackend::new(name, SpikingEngine::new(model.clone()));
             coordinator.add_teacher(std::sync::Arc::new(teacher));
         }
-        Ok(UnifiedEngine::new(hub, locals, self.deadline))
+        Ok(UnifiedEngine::new(hub, locals, self.deadline, self.front))
     }
 }

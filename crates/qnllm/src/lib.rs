@@ -19,10 +19,12 @@
 pub mod blocking;
 mod builder;
 mod error;
+mod front;
 mod unified;
 
 pub use builder::Builder;
 pub use error::Error;
+pub use front::FrontSettings;
 pub use qnllm_engine::{Model, NormalInputs, Params, Reasoning, SpikingEngine};
 pub use qnllm_router::{
     Answer, BatchPolicy, CacheStats, Coordination, CoordinationMetrics, EngineMetrics, Mode,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builder::Builder;
 use crate::error::Error;
+use crate::front::FrontSettings;
 
 /// Everything the engine can report.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +37,7 @@ pub struct UnifiedEngine {
     deadline: Duration,
     stop: CancellationToken,
     running: Option<RunningHub>,
+    front: FrontSettings,
 }
 
 impl UnifiedEngine {
@@ -44,8 +46,14 @@ impl UnifiedEngine {
         Builder::default()
     }
 
-    pub(crate) fn new(hub: Hub, locals: Vec<LocalBackend>, deadline: Duration) -> UnifiedEngine {
+    pub(crate) fn new(
+        hub: Hub,
+        locals: Vec<LocalBackend>,
+        deadline: Duration,
+        front: FrontSettings,
+    ) -> UnifiedEngine {
         UnifiedEngine {
+            front,
             hub,
             locals,
             coordinated: std::sync::atomic::AtomicBool::new(false),
@@ -65,6 +73,12 @@ impl UnifiedEngine {
             self.running = Some(self.hub.clone().start(self.stop.clone()).await?);
         }
         Ok(())
+    }
+
+    /// Where the web front should listen, as the builder was told ([`Builder::http`],
+    /// [`Builder::grpc`]); `qnllm-front` starts it.
+    pub fn front_settings(&self) -> &FrontSettings {
+        &self.front
     }
 
     /// The hub's TCP address, once started.

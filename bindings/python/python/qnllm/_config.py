@@ -36,7 +36,9 @@ class EngineConfig:
     cache of ``cache_size`` entries on, ``timeout`` is each request's deadline in seconds,
     ``num_local_engines`` the in-process Rust engines, ``redundancy`` the engines asked per
     request in redundant mode, ``teachers`` the models (``"seed:N"``) that ``coordinate``
-    asks. Once the config belongs to an engine, setting ``cache_results`` or ``strategy``
+    asks. ``http`` and ``grpc`` (``"127.0.0.1:8000"``; port 0 picks one) also serve the
+    KServe v2 front on the same engine, guarded by ``token`` too; ``engine.http_address`` and
+    ``engine.grpc_address`` say where once started. Once the config belongs to an engine, setting ``cache_results`` or ``strategy``
     changes that engine at once (``config.cache_results = True``).
     """
 
@@ -56,6 +58,8 @@ class EngineConfig:
         "heartbeat_ms": None,
         "threads": None,
         "listen": True,
+        "http": None,
+        "grpc": None,
     }
     _ALIASES = {"local_engines": "num_local_engines", "unix": "unix_socket", "cache": "cache_results"}
 
@@ -109,6 +113,8 @@ class EngineConfig:
             "teachers": teachers,
             "heartbeat_ms": self.heartbeat_ms,
             "threads": self.threads,
+            "http": None if self.http is None else str(self.http),
+            "grpc": None if self.grpc is None else str(self.grpc),
         }
 
     def to_dict(self) -> Dict[str, Any]:
