@@ -189,7 +189,8 @@ pub(crate) fn cpu_of(pids: &[u32]) -> Option<Duration> {
 pub(crate) async fn hub_memory(exe: &Path, n: usize) -> Result<Option<Memory>, BenchError> {
     let what = "hub for the memory figure";
     let spec = HubSpec {
-        max_connections: Some(n + 16),
+        // Room for the idle clients beyond the connections kept for workers.
+        max_connections: Some(n + 64),
         ..HubSpec::default()
     };
     let (hub, endpoint, _) = hub(exe, what, spec)?;
