@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// What a baseline server does with each request.
 #[derive(Debug, Clone)]
-pub enum Baseline {
+pub(crate) enum Baseline {
     /// Answers it with `reply_bytes` of its own.
     Pong,
     /// Forwards it to the server at this address (`HOST:PORT` or `unix:PATH`) and relays
@@ -16,51 +16,48 @@ pub enum Baseline {
     Relay(String),
 }
 
-/// Serves `baseline` on `tcp` (address) and `unix` (path) until the process exits.
-/// Prints `tcp ADDR` and `unix PATH` on stdout once listening.
+/// Serves `baseline` on a TCP port of 127.0.0.1 and on the Unix socket `unix`, on threads
+/// of their own, for as long as the process lives; returns the TCP address.
 ///
 /// # Errors
 ///
 /// When a listener cannot be opened.
-pub fn serve_baseline(
-    tcp: &str,
-    unix: Option<&Path>,
+pub(crate) fn spawn(
+    unix: &Path,
     request_bytes: usize,
     reply_bytes: usize,
     baseline: &Baseline,
-) -> std::io::Result<()> {
-    let listener = std::net::TcpListener::bind(tcp)?;
-    println!("tcp {}", listener.local_addr()?);
-    #[cfg(unix)]
-    if let Some(path) = unix {
-        let _ = std::fs::remove_file(path);
-        let unix_listener = std::os::unix::net::UnixListener::bind(path)?;
-        println!("unix {}", path.display());
-        let baseline = baseline.clone();
-        std::thread::spawn(move || {
-            for stream in unix_listener.incoming().flatten() {
-                let baseline = baseline.clone();
-                std::thread::spawn(move || {
-                    let (Ok(reader), writer) = (stream.try_clone(), stream) else {
-                        return;
-                    };
-                    serve(reader, writer, request_bytes, reply_bytes, &baseline);
-                });
-            }
-        });
-    }
-    std::io::stdout().flush()?;
-    for stream in listener.incoming().flatten() {
-        let _ = stream.set_nodelay(true);
-        let baseline = baseline.clone();
-        std::thread::spawn(move || {
-            let (Ok(reader), writer) = (stream.try_clone(), stream) else {
-                return;
-            };
-            serve(reader, writer, request_bytes, reply_bytes, &baseline);
-        });
-    }
-    Ok(())
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let _ = std::fs::remove_file(unix);
+    let unix_listener = std::os::unix::net::UnixListener::bind(unix)?;
+    let unix_baseline = baseline.clone();
+    std::thread::spawn(move || {
+        for stream in unix_listener.incoming().flatten() {
+            let baseline = unix_baseline.clone();
+            std::thread::spawn(move || {
+                let (Ok(reader), writer) = (stream.try_clone(), stream) else {
+                    return;
+                };
+                serve(reader, writer, request_bytes, reply_bytes, &baseline);
+            });
+        }
+    });
+    let baseline = baseline.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_nodelay(true);
+            let baseline = baseline.clone();
+            std::thread::spawn(move || {
+                let (Ok(reader), writer) = (stream.try_clone(), stream) else {
+                    return;
+                };
+                serve(reader, writer, request_bytes, reply_bytes, &baseline);
+            });
+        }
+    });
+    Ok(addr)
 }
 
 fn serve(
@@ -74,7 +71,6 @@ fn serve(
         Baseline::Pong => pong(reader, writer, request_bytes, reply_bytes),
         Baseline::Relay(upstream) => {
             if let Some(upstream_addr) = upstream.strip_prefix("unix:") {
-                #[cfg(unix)]
                 if let Ok(up) = std::os::unix::net::UnixStream::connect(upstream_addr) {
                     if let Ok(up_reader) = up.try_clone() {
                         relay(reader, writer, up_reader, up, request_bytes, reply_bytes);

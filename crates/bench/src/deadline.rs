@@ -10,8 +10,8 @@ use qnllm_engine::NormalInputs;
 use qnllm_hub::{Client, ClientError, Endpoint};
 use qnllm_protocol::{ErrorCode, Message};
 
-use crate::report::{row, Row};
-use crate::run::BenchError;
+use crate::error::BenchError;
+use crate::report::{row, Group, Row};
 use crate::stats::Latency;
 
 /// Every request's deadline.
@@ -32,7 +32,7 @@ pub(crate) async fn saturated(
     for _ in 0..connections.max(1) {
         let client = Client::connect(endpoint, "bench-deadline", None)
             .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
+            .map_err(|e| BenchError::measure("saturated deadline", e))?;
         clients.push(Arc::new(client));
     }
     let left = Arc::new(AtomicUsize::new(requests));
@@ -62,7 +62,7 @@ pub(crate) async fn saturated(
                             overdue.push(took.saturating_sub(DEADLINE));
                             0
                         }
-                        Err(e) => return Err(BenchError::Measure(e.to_string())),
+                        Err(e) => return Err(BenchError::measure("saturated deadline", e)),
                     };
                 }
                 Ok(overdue)
@@ -73,7 +73,7 @@ pub(crate) async fn saturated(
     for task in loops {
         let samples = task
             .await
-            .map_err(|e| BenchError::Measure(e.to_string()))??;
+            .map_err(|e| BenchError::measure("saturated deadline", e))??;
         overdue.extend(samples);
     }
     let late = late.load(Ordering::Relaxed);
@@ -82,6 +82,7 @@ pub(crate) async fn saturated(
     // No distribution: the chart plots round trips, and these figures are lateness.
     let mut row = row(
         &name,
+        Group::Other,
         (!overdue.is_empty()).then(|| Latency::of(overdue)),
         None,
         None,

@@ -3,7 +3,7 @@
 //! reply; the second row's p99 ratio is over the first's.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -11,26 +11,23 @@ use qnllm_engine::NormalInputs;
 use qnllm_hub::{Client, Endpoint};
 use qnllm_protocol::{encode_frame, Deadline, Hello, Message};
 
-use crate::process::{hub, worker};
-use crate::report::{distribution, row, Row};
-use crate::run::{wait_for_engine, BenchError};
+use crate::error::BenchError;
+use crate::process::{hub, worker, HubSpec};
+use crate::report::{distribution, row, Base, Group, Row};
+use crate::run::wait_for_engine;
 use crate::stats::Latency;
 
 /// Most requests the flood writes; the hub stops reading long before, at its budget.
 const FLOOD: u64 = 150_000;
 
 /// The two rows: quiet alone, quiet beside the flood (ratio to alone).
-pub(crate) async fn rows(exe: &PathBuf, n: usize) -> Result<Vec<Row>, BenchError> {
-    let measure = |e: String| BenchError::Measure(e);
-    let (_hub, endpoint) = hub(
-        exe,
-        "hub for the abusive neighbour",
-        &["--listen", "127.0.0.1:0"],
-    )?;
+pub(crate) async fn rows(exe: &Path, n: usize) -> Result<Vec<Row>, BenchError> {
+    let measure = |e: String| BenchError::measure("abusive neighbour", e);
+    let (_hub, endpoint, _) = hub(exe, "hub for the abusive neighbour", HubSpec::default())?;
     let Endpoint::Tcp(addr) = &endpoint else {
         return Err(measure("the hub did not listen on TCP".into()));
     };
-    let _worker = worker(exe, addr, &["--name", "fixed", "--fixed"])?;
+    let _worker = worker(exe, &endpoint, true, 0)?;
     let quiet = Client::connect(&endpoint, "quiet", None)
         .await
         .map_err(|e| measure(e.to_string()))?;
@@ -87,11 +84,16 @@ pub(crate) async fn rows(exe: &PathBuf, n: usize) -> Result<Vec<Row>, BenchError
     let _ = abuser.shutdown(std::net::Shutdown::Both);
     let _ = flood.join();
     let beside = beside?;
-    let alone_latency = Latency::of(alone.clone());
+    let alone_base = Base {
+        name: "abusive neighbour: quiet client alone".into(),
+        latency: Latency::of(alone.clone()),
+        throughput: None,
+    };
     Ok(vec![
         row(
-            "abusive neighbour: quiet client alone",
-            Some(alone_latency),
+            &alone_base.name,
+            Group::Other,
+            Some(alone_base.latency),
             None,
             None,
             None,
@@ -99,9 +101,10 @@ pub(crate) async fn rows(exe: &PathBuf, n: usize) -> Result<Vec<Row>, BenchError
         ),
         row(
             "abusive neighbour: quiet client beside a flood",
+            Group::Other,
             Some(Latency::of(beside.clone())),
             None,
-            Some((alone_latency, 0.0)),
+            Some(&alone_base),
             None,
             distribution(&beside),
         ),

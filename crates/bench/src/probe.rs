@@ -1,4 +1,5 @@
-//! A path under measurement: a raw stream to a baseline server, or qnllm clients of a hub.
+//! A path under measurement: a raw stream to a baseline server, qnllm clients of a hub, an
+//! HTTP or gRPC client of the front (or of its echo floors), a NATS client, or a router.
 //! Each probe measures a slice of round trips at a time, so the run can interleave the
 //! paths round by round and drift on a shared machine falls on all of them alike.
 
@@ -8,9 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qnllm_engine::{NormalInputs, SpikingEngine};
+use qnllm_front::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use qnllm_front::pb::ModelInferRequest;
 use qnllm_hub::{Client, Endpoint};
+use qnllm_router::Router;
 
-use crate::run::BenchError;
+use crate::error::BenchError;
+
+/// Time allowed for each request on any path.
+const BUDGET: Duration = Duration::from_secs(10);
 
 /// A blocking byte stream to a baseline server.
 pub(crate) trait RawStream: Read + Write + Send {}
@@ -25,7 +32,9 @@ pub(crate) enum RawAddr {
 
 impl RawAddr {
     fn connect(&self) -> Result<Box<dyn RawStream>, BenchError> {
-        let err = |e: std::io::Error| BenchError::Measure(format!("cannot reach {self:?}: {e}"));
+        let err = |e: std::io::Error| {
+            BenchError::measure("raw baseline", format!("cannot reach {self:?}: {e}"))
+        };
         Ok(match self {
             RawAddr::Tcp(addr) => {
                 let stream = std::net::TcpStream::connect(addr).map_err(err)?;
@@ -50,6 +59,7 @@ pub(crate) enum Probe {
     /// qnllm clients of one hub: the first for latency, all of them for throughput. With
     /// more than one encoding, each request is a `reason_batch` of all of them.
     Hub {
+        endpoint: Endpoint,
         clients: Vec<Arc<Client>>,
         encodings: Arc<Vec<Vec<f32>>>,
         /// Requests in flight per connection, if not the run's window.
@@ -59,6 +69,30 @@ pub(crate) enum Probe {
     Engine {
         engine: SpikingEngine,
         encodings: Vec<Vec<f32>>,
+    },
+    /// One HTTP client (a pool of keep-alive connections): every request posts `body`.
+    Http {
+        client: reqwest::Client,
+        url: String,
+        body: bytes::Bytes,
+        /// `Inference-Header-Content-Length` for binary tensors; `None` sends JSON.
+        header_length: Option<usize>,
+    },
+    /// One gRPC channel (HTTP/2, requests multiplexed): every request is `request`.
+    Grpc {
+        client: GrpcInferenceServiceClient<tonic::transport::Channel>,
+        request: ModelInferRequest,
+    },
+    /// One NATS connection: request-reply of `payload` on `subject`.
+    Nats {
+        client: async_nats::Client,
+        subject: String,
+        payload: bytes::Bytes,
+    },
+    /// A router in this process (whose backends are remote): `reason` of one encoding.
+    Router {
+        router: Arc<Router>,
+        encoding: Vec<f32>,
     },
 }
 
@@ -90,11 +124,15 @@ impl Probe {
             let client = Client::connect_with(endpoint, "bench", None, busy_poll)
                 .await
                 .map_err(|e| {
-                    BenchError::Measure(format!("cannot reach the hub at {endpoint}: {e}"))
+                    BenchError::measure(
+                        "hub path",
+                        format!("cannot reach the hub at {endpoint}: {e}"),
+                    )
                 })?;
             clients.push(Arc::new(client));
         }
         Ok(Probe::Hub {
+            endpoint: endpoint.clone(),
             clients,
             encodings: Arc::new(NormalInputs::new(1, 768).take(1).collect()),
             window: None,
@@ -105,7 +143,10 @@ impl Probe {
     /// per connection.
     pub(crate) fn batches(self, size: usize, window: usize) -> Probe {
         match self {
-            Probe::Hub { clients, .. } => Probe::Hub {
+            Probe::Hub {
+                endpoint, clients, ..
+            } => Probe::Hub {
+                endpoint,
                 clients,
                 encodings: Arc::new(NormalInputs::new(2, 768).take(size.max(1)).collect()),
                 window: Some(window.max(1)),
@@ -126,13 +167,96 @@ impl Probe {
     pub(crate) fn client(&self) -> Option<&Client> {
         match self {
             Probe::Hub { clients, .. } => clients.first().map(Arc::as_ref),
-            Probe::Raw { .. } | Probe::Engine { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The hub a hub path's clients reach.
+    pub(crate) fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            Probe::Hub { endpoint, .. } => Some(endpoint.clone()),
+            _ => None,
+        }
+    }
+
+    /// One request on an asynchronous path, on `lane` (which picks the hub connection);
+    /// `None` for the raw and in-process paths, which are measured on threads.
+    async fn call(&self, lane: usize) -> Option<Result<(), String>> {
+        Some(match self {
+            Probe::Raw { .. } | Probe::Engine { .. } => return None,
+            Probe::Hub {
+                clients, encodings, ..
+            } => match clients.get(lane % clients.len().max(1)) {
+                Some(client) => call(client, encodings).await,
+                None => Err("a probe without a connection".into()),
+            },
+            Probe::Http {
+                client,
+                url,
+                body,
+                header_length,
+            } => {
+                let mut request = client.post(url.as_str()).body(body.clone());
+                request = match header_length {
+                    Some(n) => request.header(qnllm_front::HEADER_LENGTH, *n),
+                    None => request.header("content-type", "application/json"),
+                };
+                match request.send().await {
+                    Ok(reply) if reply.status().is_success() => {
+                        reply.bytes().await.map(drop).map_err(|e| e.to_string())
+                    }
+                    Ok(reply) => Err(format!("answered {}", reply.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Probe::Grpc { client, request } => client
+                .clone()
+                .model_infer(request.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Probe::Nats {
+                client,
+                subject,
+                payload,
+            } => client
+                .request(subject.clone(), payload.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Probe::Router { router, encoding } => router
+                .reason(encoding, BUDGET)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        })
+    }
+
+    /// Encodings per request.
+    fn size(&self) -> usize {
+        match self {
+            Probe::Hub { encodings, .. } => encodings.len().max(1),
+            Probe::Engine { encodings, .. } => encodings.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Connections the pipelined load spreads over, and requests in flight on each.
+    fn lanes(&self, window: usize) -> (usize, usize) {
+        match self {
+            Probe::Hub {
+                clients,
+                window: own,
+                ..
+            } => (clients.len().max(1), own.unwrap_or(window)),
+            _ => (1, window),
         }
     }
 
     /// `n` round trips one at a time, appended to `samples`.
     pub(crate) async fn latency(
         &mut self,
+        path: &str,
         n: usize,
         samples: &mut Vec<Duration>,
     ) -> Result<(), BenchError> {
@@ -149,17 +273,7 @@ impl Probe {
                     stream
                         .write_all(request)
                         .and_then(|()| stream.read_exact(&mut back))
-                        .map_err(|e| BenchError::Measure(e.to_string()))?;
-                    samples.push(t.elapsed());
-                }
-            }
-            Probe::Hub {
-                clients, encodings, ..
-            } => {
-                let client = clients.first().ok_or_else(no_connection)?;
-                for _ in 0..n {
-                    let t = Instant::now();
-                    call(client, encodings).await?;
+                        .map_err(|e| BenchError::measure(path, e))?;
                     samples.push(t.elapsed());
                 }
             }
@@ -167,6 +281,15 @@ impl Probe {
                 for _ in 0..n {
                     let t = Instant::now();
                     batch(engine, encodings)?;
+                    samples.push(t.elapsed());
+                }
+            }
+            _ => {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    if let Some(Err(e)) = self.call(0).await {
+                        return Err(BenchError::measure(path, e));
+                    }
                     samples.push(t.elapsed());
                 }
             }
@@ -179,6 +302,7 @@ impl Probe {
     /// appended to `samples`.
     pub(crate) async fn throughput(
         &mut self,
+        path: &str,
         n: usize,
         window: usize,
         samples: &mut Vec<Duration>,
@@ -200,45 +324,13 @@ impl Probe {
                     let mut done = 0;
                     for run in runs {
                         let times = run.join().unwrap_or_else(|_| {
-                            Err(BenchError::Measure("a sender thread panicked".into()))
+                            Err(BenchError::measure(path, "a sender thread panicked"))
                         })?;
                         done += times.len();
                         samples.extend(times);
                     }
                     Ok::<usize, BenchError>(done)
                 })?
-            }
-            Probe::Hub {
-                clients,
-                encodings,
-                window: own,
-            } => {
-                // `n` counts encodings; each call carries `size` of them.
-                let size = encodings.len().max(1);
-                let window = own.unwrap_or(window);
-                let per = n.div_ceil(size).div_ceil(clients.len().max(1));
-                let encodings = &*encodings;
-                let lanes = clients.iter().flat_map(|client| {
-                    (0..window).map(move |lane| {
-                        let (client, xs) = (client.clone(), encodings.clone());
-                        async move {
-                            let mut times = Vec::new();
-                            for _ in (lane..per).step_by(window) {
-                                let t = Instant::now();
-                                call(&client, &xs).await?;
-                                times.push(t.elapsed());
-                            }
-                            Ok::<Vec<Duration>, BenchError>(times)
-                        }
-                    })
-                });
-                let mut done = 0;
-                for lane in futures::future::join_all(lanes).await {
-                    let times = lane?;
-                    done += times.len() * size;
-                    samples.extend(times);
-                }
-                done
             }
             Probe::Engine { engine, encodings } => {
                 // One caller, as an application calling reason_batch in a loop.
@@ -250,21 +342,45 @@ impl Probe {
                 }
                 n.div_ceil(size) * size
             }
+            _ => {
+                // `n` counts encodings; each call carries `size` of them.
+                let size = self.size();
+                let (connections, window) = self.lanes(window);
+                let per = n.div_ceil(size).div_ceil(connections);
+                let this = &*self;
+                let lanes = (0..connections).flat_map(|connection| {
+                    (0..window).map(move |lane| async move {
+                        let mut times = Vec::new();
+                        for _ in (lane..per).step_by(window) {
+                            let t = Instant::now();
+                            if let Some(Err(e)) = this.call(connection).await {
+                                return Err(BenchError::measure(path, e));
+                            }
+                            times.push(t.elapsed());
+                        }
+                        Ok::<Vec<Duration>, BenchError>(times)
+                    })
+                });
+                let mut done = 0;
+                for lane in futures::future::join_all(lanes).await {
+                    let times = lane?;
+                    done += times.len() * size;
+                    samples.extend(times);
+                }
+                done
+            }
         };
         Ok((done, t.elapsed()))
     }
 }
 
 /// One request: a reason, or a `reason_batch` when there are several encodings.
-async fn call(client: &Client, encodings: &[Vec<f32>]) -> Result<(), BenchError> {
+async fn call(client: &Client, encodings: &[Vec<f32>]) -> Result<(), String> {
     let outcome = match encodings {
-        [one] => client.reason(one, Duration::from_secs(10)).await.map(drop),
-        many => client
-            .reason_batch(many, Duration::from_secs(10))
-            .await
-            .map(drop),
+        [one] => client.reason(one, BUDGET).await.map(drop),
+        many => client.reason_batch(many, BUDGET).await.map(drop),
     };
-    outcome.map_err(|e| BenchError::Measure(e.to_string()))
+    outcome.map_err(|e| e.to_string())
 }
 
 /// One `reason_batch` on the engine in this process.
@@ -272,11 +388,11 @@ fn batch(engine: &SpikingEngine, encodings: &[Vec<f32>]) -> Result<(), BenchErro
     let refs: Vec<&[f32]> = encodings.iter().map(Vec::as_slice).collect();
     qnllm_engine::Engine::reason_batch(engine, &refs)
         .map(drop)
-        .map_err(|e| BenchError::Measure(e.to_string()))
+        .map_err(|e| BenchError::measure("in-process reason_batch", e))
 }
 
 fn no_connection() -> BenchError {
-    BenchError::Measure("a probe without a connection".into())
+    BenchError::measure("raw baseline", "a probe without a connection")
 }
 
 /// `n` requests with `window` in flight on one raw stream; the round trip of each (the
@@ -289,7 +405,7 @@ fn pipeline(
     reply: usize,
 ) -> Result<Vec<Duration>, BenchError> {
     let mut back = vec![0u8; reply];
-    let err = |e: std::io::Error| BenchError::Measure(e.to_string());
+    let err = |e: std::io::Error| BenchError::measure("raw baseline", e);
     let mut sent_at = std::collections::VecDeque::with_capacity(window);
     let mut times = Vec::with_capacity(n);
     let mut sent = 0;

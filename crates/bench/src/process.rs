@@ -1,102 +1,162 @@
 //! The server processes a run starts (baselines, hubs, workers) and what `/proc` says
 //! about them: resident memory and CPU time.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use qnllm_hub::{Client, Endpoint};
 
+use crate::error::BenchError;
 use crate::report::Memory;
-use crate::run::BenchError;
+use crate::server::{Role, SUBCOMMAND};
 
-/// Kills a server process when dropped.
-pub(crate) struct Server(pub(crate) Child);
+/// A server process, killed when dropped (and, for a `bench-server`, ended by its stdin
+/// closing even if this process dies first).
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Server {
+    pub(crate) fn new(child: Child, stdin: Option<ChildStdin>) -> Server {
+        Server {
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Starts `exe` with `args` and reads the first `lines` lines it prints (its addresses).
+/// What a `bench-server` printed before `ready`: its addresses by kind (`tcp`, `unix`,
+/// `http`, `grpc`).
+pub(crate) type Addresses = HashMap<String, String>;
+
+/// Starts `exe bench-server ROLE` and reads the addresses it prints until `ready`.
 pub(crate) fn start(
-    exe: &PathBuf,
-    what: &'static str,
-    args: &[&str],
-    lines: usize,
-) -> Result<(Server, Vec<String>), BenchError> {
+    exe: &Path,
+    what: &str,
+    role: &Role,
+) -> Result<(Server, Addresses), BenchError> {
     let mut child = Command::new(exe)
-        .args(args)
+        .args([SUBCOMMAND, &role.to_arg()])
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| BenchError::Start {
-            what,
-            reason: e.to_string(),
-        })?;
-    let stdout = child.stdout.take().ok_or_else(|| BenchError::Start {
+        .map_err(|e| BenchError::start(what, format!("{}: {e}", exe.display())))?;
+    let stdin = child.stdin.take();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let server = Server::new(child, stdin);
+    let stdout = stdout.ok_or_else(|| BenchError::start(what, "no stdout"))?;
+    // Its log is read on a thread of its own, so the server never blocks on a full pipe;
+    // the last lines say why, should it end before it is ready.
+    let log = std::thread::spawn(move || {
+        let mut last = std::collections::VecDeque::new();
+        for line in stderr.into_iter().flat_map(|e| BufReader::new(e).lines()) {
+            let Ok(line) = line else { break };
+            if last.len() == 5 {
+                last.pop_front();
+            }
+            last.push_back(line);
+        }
+        Vec::from(last).join("; ")
+    });
+    let mut addresses = Addresses::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| BenchError::start(what, e))?;
+        if line == "ready" {
+            return Ok((server, addresses));
+        }
+        if let Some((key, value)) = line.split_once(' ') {
+            addresses.insert(key.to_string(), value.to_string());
+        }
+    }
+    drop(server);
+    let said = log.join().unwrap_or_default();
+    Err(BenchError::start(
         what,
-        reason: "no stdout".into(),
-    })?;
-    let server = Server(child);
-    let mut out = Vec::new();
-    for line in BufReader::new(stdout).lines().take(lines) {
-        out.push(line.map_err(|e| BenchError::Start {
-            what,
-            reason: e.to_string(),
-        })?);
-    }
-    if out.len() < lines {
-        return Err(BenchError::Start {
-            what,
-            reason: "it exited before listening".into(),
-        });
-    }
-    Ok((server, out))
+        format!("it exited before it was ready: {said}"),
+    ))
 }
 
-/// Starts `qnllm worker --connect hub` with `args`; stopped when the handle drops.
-pub(crate) fn worker(exe: &PathBuf, hub: &str, args: &[&str]) -> Result<Server, BenchError> {
-    let child = Command::new(exe)
-        .args(["worker", "--connect", hub])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Start {
-            what: "worker",
-            reason: e.to_string(),
-        })?;
-    Ok(Server(child))
+/// One address a server printed, or why it is missing.
+pub(crate) fn address(addresses: &Addresses, what: &str, key: &str) -> Result<String, BenchError> {
+    addresses
+        .get(key)
+        .cloned()
+        .ok_or_else(|| BenchError::start(what, format!("it printed no {key} address")))
 }
 
-/// Starts a hub with `args` after `serve`; its TCP address and Unix path, as it printed.
+/// How a hub of the run is set up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HubSpec {
+    pub(crate) unix: Option<PathBuf>,
+    pub(crate) local_engines: usize,
+    pub(crate) batch_max: usize,
+    pub(crate) busy_poll_us: u64,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) front: bool,
+}
+
+/// Starts a hub: on a Unix socket if `spec.unix` is set, else on TCP; its endpoint and
+/// every address it printed.
 pub(crate) fn hub(
-    exe: &PathBuf,
-    what: &'static str,
-    args: &[&str],
-) -> Result<(Server, Endpoint), BenchError> {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    let (server, lines) = start(exe, what, &all, 1)?;
-    let line = &lines[0];
-    let endpoint = if let Some(addr) = line.strip_prefix("qnllm hub listening on tcp ") {
-        Endpoint::Tcp(addr.to_string())
-    } else if let Some(path) = line.strip_prefix("qnllm hub listening on unix ") {
-        Endpoint::Unix(PathBuf::from(path))
-    } else {
-        return Err(BenchError::Start {
-            what,
-            reason: format!("unexpected first line {line:?}"),
-        });
+    exe: &Path,
+    what: &str,
+    spec: HubSpec,
+) -> Result<(Server, Endpoint, Addresses), BenchError> {
+    let role = Role::Hub {
+        tcp: spec.unix.is_none(),
+        unix: spec.unix.clone(),
+        local_engines: spec.local_engines,
+        batch_max: spec.batch_max,
+        busy_poll_us: spec.busy_poll_us,
+        max_connections: spec
+            .max_connections
+            .unwrap_or(qnllm_hub::HubConfig::default().max_connections),
+        front: spec.front,
     };
-    Ok((server, endpoint))
+    let (server, addresses) = start(exe, what, &role)?;
+    let endpoint = match &spec.unix {
+        Some(_) => Endpoint::Unix(PathBuf::from(address(&addresses, what, "unix")?)),
+        None => Endpoint::Tcp(address(&addresses, what, "tcp")?),
+    };
+    Ok((server, endpoint, addresses))
+}
+
+/// Starts a Rust worker of the hub at `hub`: the fixed engine (`fixed`) or the reference one.
+pub(crate) fn worker(
+    exe: &Path,
+    hub: &Endpoint,
+    fixed: bool,
+    busy_poll_us: u64,
+) -> Result<Server, BenchError> {
+    let connect = match hub {
+        Endpoint::Tcp(addr) => addr.clone(),
+        Endpoint::Unix(path) => format!("unix:{}", path.display()),
+    };
+    let role = Role::Worker {
+        connect,
+        name: if fixed { "fixed" } else { "default" }.into(),
+        fixed,
+        busy_poll_us,
+    };
+    Ok(start(exe, "worker", &role)?.0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -126,36 +186,29 @@ pub(crate) fn cpu_of(pids: &[u32]) -> Option<Duration> {
 }
 
 /// Opens `n` idle client connections to a fresh hub and reads its RSS before and after.
-pub(crate) async fn hub_memory(exe: &PathBuf, n: usize) -> Result<Option<Memory>, BenchError> {
-    let (hub, lines) = start(
-        exe,
-        "hub",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-connections",
-            &(n + 16).to_string(),
-        ],
-        1,
-    )?;
-    let addr = lines[0]
-        .trim_start_matches("qnllm hub listening on tcp ")
-        .to_string();
-    let pid = hub.0.id();
+pub(crate) async fn hub_memory(exe: &Path, n: usize) -> Result<Option<Memory>, BenchError> {
+    let what = "hub for the memory figure";
+    let spec = HubSpec {
+        // Room for the idle clients beyond the connections kept for workers.
+        max_connections: Some(n + 64),
+        ..HubSpec::default()
+    };
+    let (hub, endpoint, _) = hub(exe, what, spec)?;
+    let pid = hub.id();
+    let measure = |e: qnllm_hub::ClientError| BenchError::measure("hub memory", e);
     // One connection first, so the runtime's threads and buffers exist before "idle".
-    let warm = Client::connect(&Endpoint::Tcp(addr.clone()), "warm", None)
+    let warm = Client::connect(&endpoint, "warm", None)
         .await
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
+        .map_err(measure)?;
     let Some(idle_kib) = rss_kib(pid) else {
         return Ok(None);
     };
     let mut open = Vec::with_capacity(n);
     for _ in 0..n {
         open.push(
-            Client::connect(&Endpoint::Tcp(addr.clone()), "idle", None)
+            Client::connect(&endpoint, "idle", None)
                 .await
-                .map_err(|e| BenchError::Measure(e.to_string()))?,
+                .map_err(measure)?,
         );
     }
     // Every connection has been welcomed, so the hub holds its session state.

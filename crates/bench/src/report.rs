@@ -1,5 +1,5 @@
-//! What a run reports: a row per path with its figures and ratios, hub memory, and the
-//! whole report.
+//! What a run reports: a row per path with its figures and its ratios over the baselines
+//! measured in the same run, the rows that were skipped and why, hub memory.
 
 use std::time::Duration;
 
@@ -12,6 +12,12 @@ use crate::stats::Latency;
 pub struct Row {
     /// What was measured.
     pub path: String,
+    /// The section of the table it belongs to (its baselines are the section's).
+    pub group: Group,
+    /// The row the `p50_ratio`, `p99_ratio` and `throughput_ratio` are over.
+    pub baseline: Option<String>,
+    /// The row the `relay_*` ratios are over (for socket paths, the raw relay).
+    pub second_baseline: Option<String>,
     /// One request at a time.
     pub latency: Option<Latency>,
     /// Requests per second with `window` in flight on each of `clients` connections.
@@ -20,19 +26,19 @@ pub struct Row {
     pub loaded: Option<Latency>,
     /// CPU time per pipelined request, in µs, of every process on the path.
     pub loaded_cpu_us_per_request: Option<f64>,
-    /// p50 over the raw ping-pong's p50 on the same transport.
+    /// p50 over the `baseline`'s p50 (socket paths: the raw ping-pong on the same
+    /// transport; the abusive neighbour: the quiet client alone).
     pub p50_ratio: Option<f64>,
-    /// p99 over the raw ping-pong's p99; on the abusive-neighbour row, over the quiet
-    /// client's p99 alone.
+    /// p99 over the `baseline`'s p99.
     pub p99_ratio: Option<f64>,
-    /// Throughput over the raw ping-pong's.
+    /// Throughput over the `baseline`'s.
     pub throughput_ratio: Option<f64>,
-    /// p50 over the raw relay's p50 on the same transport: the cost of qnllm's software
-    /// on a path with the hub's hop.
+    /// p50 over the `second_baseline`'s p50 (socket paths: the raw relay on the same
+    /// transport, the cost of qnllm's software on a path with the hub's hop).
     pub relay_p50_ratio: Option<f64>,
-    /// p99 over the raw relay's p99.
+    /// p99 over the `second_baseline`'s p99.
     pub relay_p99_ratio: Option<f64>,
-    /// Throughput over the raw relay's.
+    /// Throughput over the `second_baseline`'s.
     pub relay_throughput_ratio: Option<f64>,
     /// CPU time per one-at-a-time round trip, in µs, of every process on the path (servers
     /// and the measuring client); 10 ms resolution over the whole run.
@@ -44,6 +50,70 @@ pub struct Row {
     /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
     /// spaced quantiles from 0 to 1, in µs; empty without latency.
     pub distribution: Vec<f64>,
+}
+
+/// The sections of the report, each with its own baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Group {
+    /// Socket paths through the hub; baselines: the raw ping-pong and the raw relay.
+    Socket,
+    /// The C++ worker; baselines: the Rust worker on the same path, and the raw TCP relay.
+    Cpp,
+    /// The KServe v2 front over HTTP and gRPC; baselines: the axum echo or the tonic empty
+    /// service, and that floor plus the hub path (`echo + hub`).
+    Front,
+    /// A worker on NATS; baselines: raw NATS request-reply, and the direct hub path.
+    Nats,
+    /// Figures of their own: in process, abusive neighbour, saturated deadline.
+    Other,
+}
+
+impl Group {
+    /// The table's section title and the short names of its two baselines.
+    pub fn legend(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Group::Socket => (
+                "hub paths over sockets: A = raw ping-pong, B = raw relay (same transport)",
+                "pp",
+                "relay",
+            ),
+            Group::Cpp => (
+                "C++ worker (bindings/cpp): A = the Rust worker on the same path, B = raw TCP relay",
+                "rust",
+                "relay",
+            ),
+            Group::Front => (
+                "KServe v2 front (HTTP, gRPC) → hub → worker: A = axum echo / tonic empty service, B = A + the hub path",
+                "echo",
+                "echo+hub",
+            ),
+            Group::Nats => (
+                "NATS (--nats): A = raw NATS request-reply, B = the direct hub path (TCP)",
+                "nats",
+                "hub",
+            ),
+            Group::Other => ("in process, abuse and deadlines", "base", "-"),
+        }
+    }
+}
+
+/// Rows that were not measured, and why (what is missing, and how to get it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The rows.
+    pub rows: String,
+    /// Why, and what to do.
+    pub reason: String,
+}
+
+/// A baseline a row is compared with.
+#[derive(Debug, Clone)]
+pub(crate) struct Base {
+    pub(crate) name: String,
+    pub(crate) latency: Latency,
+    pub(crate) throughput: Option<f64>,
 }
 
 /// Points in each row's latency distribution.
@@ -71,6 +141,8 @@ pub struct Report {
     pub engine_share_batched: Option<f64>,
     /// The rows, baselines first.
     pub rows: Vec<Row>,
+    /// Rows not measured in this run, and why.
+    pub skipped: Vec<Skipped>,
     /// Hub memory, idle and with idle connections open.
     pub memory: Option<Memory>,
 }
@@ -90,23 +162,27 @@ pub struct Memory {
 
 pub(crate) fn row(
     path: &str,
+    group: Group,
     latency: Option<Latency>,
     throughput: Option<f64>,
-    ping_pong: Option<(Latency, f64)>,
-    relay: Option<(Latency, f64)>,
+    first: Option<&Base>,
+    second: Option<&Base>,
     distribution: Vec<f64>,
 ) -> Row {
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
     Row {
         path: path.into(),
+        group,
+        baseline: first.map(|b| b.name.clone()),
+        second_baseline: second.map(|b| b.name.clone()),
         latency,
         throughput,
-        p50_ratio: ratio(latency.map(|l| l.p50_us), ping_pong.map(|b| b.0.p50_us)),
-        p99_ratio: ratio(latency.map(|l| l.p99_us), ping_pong.map(|b| b.0.p99_us)),
-        throughput_ratio: ratio(throughput, ping_pong.map(|b| b.1)),
-        relay_p50_ratio: ratio(latency.map(|l| l.p50_us), relay.map(|b| b.0.p50_us)),
-        relay_p99_ratio: ratio(latency.map(|l| l.p99_us), relay.map(|b| b.0.p99_us)),
-        relay_throughput_ratio: ratio(throughput, relay.map(|b| b.1)),
+        p50_ratio: ratio(latency.map(|l| l.p50_us), first.map(|b| b.latency.p50_us)),
+        p99_ratio: ratio(latency.map(|l| l.p99_us), first.map(|b| b.latency.p99_us)),
+        throughput_ratio: ratio(throughput, first.and_then(|b| b.throughput)),
+        relay_p50_ratio: ratio(latency.map(|l| l.p50_us), second.map(|b| b.latency.p50_us)),
+        relay_p99_ratio: ratio(latency.map(|l| l.p99_us), second.map(|b| b.latency.p99_us)),
+        relay_throughput_ratio: ratio(throughput, second.and_then(|b| b.throughput)),
         cpu_us_per_request: None,
         loaded: None,
         loaded_cpu_us_per_request: None,

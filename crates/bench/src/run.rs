@@ -1,6 +1,7 @@
 //! The measurement plan: start the baselines, hubs and workers, then measure every path
 //! round by round, then the in-process figures; every figure next to its baseline.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,15 +12,20 @@ use qnllm_hub::Client;
 use qnllm_protocol::{encode_frame, Deadline, Message, ResultBody};
 use qnllm_router::{LocalBackend, Router, RouterConfig};
 
+use crate::error::BenchError;
 use crate::probe::{Probe, RawAddr};
-use crate::process::{cpu_of, hub, hub_memory, start, worker, Server};
-use crate::report::{distribution, row, Report, Row};
+use crate::process::{address, cpu_of, hub, hub_memory, start, worker, HubSpec, Server};
+use crate::report::{distribution, row, Base, Group, Report, Row, Skipped};
+use crate::server::Role;
 use crate::stats::Latency;
 
 /// What to measure and how much.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// The `qnllm` executable, started for the server processes.
+    /// The executable that serves the hidden `bench-server` subcommand (see [`serve`]):
+    /// every server process of the run is this executable, started with a role.
+    ///
+    /// [`serve`]: crate::serve
     pub exe: PathBuf,
     /// Round trips per one-at-a-time figure.
     pub requests: usize,
@@ -27,7 +33,7 @@ pub struct BenchConfig {
     pub pipelined: usize,
     /// Requests in flight on each connection for the pipelined figures.
     pub window: usize,
-    /// Connections per path for the pipelined figures.
+    /// Connections per hub path for the pipelined figures.
     pub clients: usize,
     /// The measurements are split into this many rounds, each visiting every path in turn.
     pub rounds: usize,
@@ -39,24 +45,52 @@ pub struct BenchConfig {
     pub dir: PathBuf,
     /// Idle connections for the memory figure.
     pub idle_connections: usize,
+    /// Measure the KServe v2 front's rows (HTTP JSON, HTTP binary, gRPC).
+    pub front: bool,
+    /// Measure the C++ worker's rows, with the worker binary here; `None` leaves them out.
+    pub cpp_worker: Option<PathBuf>,
+    /// Measure the NATS rows (nats-server must be on PATH).
+    pub nats: bool,
+    /// The other paths (socket paths, in process, abuse, deadline, memory); off, only the
+    /// rows asked for above and their baselines are measured.
+    pub core: bool,
 }
 
-/// Why a benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BenchError {
-    /// A server process could not be started or did not report its address.
-    #[error("cannot start {what}: {reason}")]
-    Start {
-        /// Which server.
-        what: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// A measurement failed.
-    #[error("{0}")]
-    Measure(String),
+impl BenchConfig {
+    /// Every row, `requests` one at a time and `pipelined` loaded per path; the C++ worker
+    /// from [`default_cpp_worker`] when it is built.
+    pub fn new(exe: PathBuf, requests: usize, pipelined: usize) -> BenchConfig {
+        BenchConfig {
+            exe,
+            requests,
+            pipelined,
+            window: 64,
+            clients: 1,
+            rounds: 20,
+            duration: None,
+            busy_poll: Duration::from_micros(50),
+            dir: std::env::temp_dir().join(format!("qnllm-bench-{}", std::process::id())),
+            idle_connections: 1_000,
+            front: true,
+            cpp_worker: Some(default_cpp_worker()),
+            nats: false,
+            core: true,
+        }
+    }
 }
+
+/// Where `.ci/suite/30-cpp` and `docs/cpp.md` build the C++ worker, relative to the current
+/// directory: the release build if there is one, else the CI build.
+pub fn default_cpp_worker() -> PathBuf {
+    let release = PathBuf::from("target/cpp/release/qnllm-cpp-worker");
+    if release.is_file() {
+        return release;
+    }
+    PathBuf::from("target/cpp/build/qnllm-cpp-worker")
+}
+
+/// How to build the C++ worker, for the skip message.
+pub const CPP_BUILD: &str = "cmake -S bindings/cpp -B target/cpp/release -DCMAKE_BUILD_TYPE=Release -DQNLLM_BUILD_TESTS=OFF && cmake --build target/cpp/release --target qnllm-cpp-worker";
 
 fn sizes() -> (usize, usize) {
     let mut request = BytesMut::new();
@@ -88,25 +122,31 @@ pub(crate) async fn wait_for_engine(client: &Client) -> Result<(), BenchError> {
         let metrics = client
             .metrics(Duration::from_secs(5))
             .await
-            .map_err(|e| BenchError::Measure(e.to_string()))?;
+            .map_err(|e| BenchError::start("worker", e))?;
         if metrics["engines"].as_array().is_some_and(|e| !e.is_empty()) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Err(BenchError::Start {
-        what: "worker",
-        reason: "it never registered".into(),
-    })
+    Err(BenchError::start("worker", "it never registered"))
+}
+
+/// What a path's second ratio is over.
+enum Second {
+    /// Another path.
+    Path(&'static str),
+    /// The sum of two paths' latencies: a floor that is one path's stack plus another's.
+    Sum(&'static str, &'static str),
 }
 
 /// A path under measurement and what it is compared with.
 struct Path {
     name: String,
+    group: Group,
     probe: Probe,
-    /// Index of its raw ping-pong and raw relay in the list of paths.
-    ping_pong: Option<usize>,
-    relay: Option<usize>,
+    /// The paths its ratios are over.
+    first: Option<&'static str>,
+    second: Option<Second>,
     samples: Vec<Duration>,
     /// Round trips under the throughput load.
     loaded: Vec<Duration>,
@@ -120,23 +160,21 @@ struct Path {
     cpu_loaded: Option<Duration>,
     /// Encodings per request.
     per_request: usize,
+    /// Why the path stopped answering, if it did: it is then left out of the rest of
+    /// the run and reported as skipped, with this reason.
+    failed: Option<String>,
 }
 
 impl Path {
-    fn new(
-        name: &str,
-        probe: Probe,
-        ping_pong: Option<usize>,
-        relay: Option<usize>,
-        servers: &[&Server],
-    ) -> Path {
-        let mut pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+    fn new(name: &str, group: Group, probe: Probe, servers: &[&Server]) -> Path {
+        let mut pids: Vec<u32> = servers.iter().map(|s| s.id()).collect();
         pids.push(std::process::id());
         Path {
             name: name.to_string(),
+            group,
             probe,
-            ping_pong,
-            relay,
+            first: None,
+            second: None,
             samples: Vec::new(),
             loaded: Vec::new(),
             done: 0,
@@ -145,7 +183,15 @@ impl Path {
             cpu: Some(Duration::ZERO),
             cpu_loaded: Some(Duration::ZERO),
             per_request: 1,
+            failed: None,
         }
+    }
+
+    /// Compared with `first` (the `p50_ratio` columns) and `second` (the `relay_*` ones).
+    fn over(mut self, first: Option<&'static str>, second: Option<Second>) -> Path {
+        self.first = first;
+        self.second = second;
+        self
     }
 
     /// Requests carry `n` encodings each: a `reason_batch` path, whose one-at-a-time
@@ -161,231 +207,203 @@ const BATCH: usize = 64;
 /// Batches in flight per connection on that path: enough to keep every core busy.
 const BATCH_WINDOW: usize = 8;
 
+// The names rows are compared by.
+const TCP_PP: &str = "raw TCP ping-pong";
+const UNIX_PP: &str = "raw Unix ping-pong";
+const TCP_RELAY: &str = "raw TCP relay";
+const UNIX_RELAY: &str = "raw Unix relay";
+const HUB_TCP: &str = "qnllm TCP, fixed engine";
+const RUST_WORKER: &str = "Rust worker, TCP, default engine";
+const AXUM_ECHO: &str = "axum echo, binary body";
+const TONIC_EMPTY: &str = "tonic empty service";
+const RAW_NATS: &str = "raw NATS request-reply";
+
+/// The servers of a run: kept until the run ends, then stopped.
+#[derive(Default)]
+struct Servers(Vec<Server>);
+
+impl Servers {
+    /// Keeps `server`; its pid.
+    fn keep(&mut self, server: Server) -> u32 {
+        let id = server.id();
+        self.0.push(server);
+        id
+    }
+}
+
 /// Runs every measurement; `progress` hears what is being measured and the fraction done.
 ///
 /// # Errors
 ///
-/// [`BenchError`] when a server cannot start or a measurement fails.
+/// [`BenchError`] when a server cannot start or a measurement fails. Rows that cannot run
+/// on this machine (no C++ worker built, no nats-server) are skipped, and the report says
+/// why in [`Report::skipped`].
 pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<Report, BenchError> {
     let (request, reply) = sizes();
     let (c, w) = (config.clients.max(1), config.window.max(1));
     let rounds = config.rounds.max(1);
-    std::fs::create_dir_all(&config.dir).map_err(|e| BenchError::Start {
-        what: "bench",
-        reason: e.to_string(),
+    std::fs::create_dir_all(&config.dir).map_err(|e| BenchError::Io {
+        what: format!("cannot make {}", config.dir.display()),
+        source: e,
     })?;
-    let dir = |name: &str| config.dir.join(name).display().to_string();
+    let dir = |name: &str| config.dir.join(name);
+    let exe = config.exe.as_path();
+    let mut skipped = Vec::new();
+    let mut servers = Servers::default();
+    let mut paths = Vec::new();
 
-    progress("starting the baseline servers, hubs and workers", 0.0);
-    let (req_s, rep_s) = (request.to_string(), reply.to_string());
-    let baseline_args = |upstream: Option<&str>, unix: &str| {
-        let mut args = vec![
-            "bench-baseline".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--unix".into(),
-            unix.into(),
-            "--request-bytes".into(),
-            req_s.clone(),
-            "--reply-bytes".into(),
-            rep_s.clone(),
-        ];
-        if let Some(upstream) = upstream {
-            args.extend(["--relay-to".to_string(), upstream.to_string()]);
-        }
-        args
-    };
-    let start_baseline = |what, args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (server, lines) = start(&config.exe, what, &args, 2)?;
-        let tcp = lines[0].trim_start_matches("tcp ").to_string();
-        Ok::<_, BenchError>((server, tcp))
-    };
+    progress("starting the baseline servers", 0.0);
     let pong_unix = dir("pong.sock");
-    let (pong, pong_tcp) = start_baseline("the ping-pong server", baseline_args(None, &pong_unix))?;
-    let relay_tcp_unix = dir("relay-tcp.sock");
-    let (tcp_relay, relay_tcp) = start_baseline(
-        "the TCP relay",
-        baseline_args(Some(&pong_tcp), &relay_tcp_unix),
+    let (pong, pong_at) = start(
+        exe,
+        "the ping-pong server",
+        &Role::Pong {
+            unix: pong_unix.clone(),
+            request_bytes: request,
+            reply_bytes: reply,
+        },
     )?;
-    let relay_unix = dir("relay.sock");
-    let (unix_relay, _) = start_baseline(
-        "the Unix relay",
-        baseline_args(Some(&format!("unix:{pong_unix}")), &relay_unix),
-    )?;
-
-    // One hub per qnllm path, each worker on the hub's transport, as the relays are.
-    let (fixed_tcp_hub, fixed_tcp) = hub(&config.exe, "hub", &["--listen", "127.0.0.1:0"])?;
-    let fixed_tcp_worker = worker(
-        &config.exe,
-        &fixed_tcp.to_string(),
-        &["--name", "fixed", "--fixed"],
-    )?;
-    let unix_hub = |what, path: String, extra: &[&str]| {
-        let mut args = vec!["--no-tcp", "--unix", &path];
-        args.extend_from_slice(extra);
-        hub(&config.exe, what, &args)
+    let pong_tcp = address(&pong_at, "the ping-pong server", "tcp")?;
+    let relay = |what: &str, unix: PathBuf, upstream: String| {
+        let role = Role::Relay {
+            unix,
+            upstream,
+            request_bytes: request,
+            reply_bytes: reply,
+        };
+        let (server, at) = start(exe, what, &role)?;
+        Ok::<_, BenchError>((server, address(&at, what, "tcp")?))
     };
-    let (fixed_hub, fixed_unix) = unix_hub("hub", dir("fixed.sock"), &[])?;
-    let fixed_worker = worker(
-        &config.exe,
-        &fixed_unix.to_string(),
-        &["--name", "fixed", "--fixed"],
-    )?;
-    let (default_hub, default_unix) = unix_hub("hub", dir("default.sock"), &[])?;
-    let default_worker = worker(
-        &config.exe,
-        &default_unix.to_string(),
-        &["--name", "default"],
-    )?;
-    let (batching_hub, batching_unix) = unix_hub(
-        "hub with dynamic batching",
-        dir("batching.sock"),
-        &["--batch-max", "32"],
-    )?;
-    let batching_worker = worker(
-        &config.exe,
-        &batching_unix.to_string(),
-        &["--name", "fixed", "--fixed"],
-    )?;
-    let (local_hub, local_unix) = unix_hub(
-        "hub with a local engine",
-        dir("local.sock"),
-        &["--local", "1"],
-    )?;
-
-    let spin = config.busy_poll;
-    let spin_us = spin.as_micros().to_string();
-    let (spin_hub, spin_unix) = unix_hub(
-        "hub with busy polling",
-        dir("spin.sock"),
-        &["--busy-poll-us", &spin_us],
-    )?;
-    let spin_worker = worker(
-        &config.exe,
-        &spin_unix.to_string(),
-        &["--name", "fixed", "--fixed", "--busy-poll-us", &spin_us],
-    )?;
-
-    // The engine in this process, measured in the same rounds as the paths through the
-    // hub, so the engine's share compares like with like.
-    let reference = SpikingEngine::from_seed(1, Params::default())
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
-    let cores = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+    let (tcp_relay, relay_tcp) = relay("the TCP relay", dir("relay-tcp.sock"), pong_tcp.clone())?;
     let raw = |addr: RawAddr| Probe::raw(&addr, c, request, reply);
-    let z = Duration::ZERO;
-    let mut paths = vec![
-        Path::new(
-            "raw TCP ping-pong",
-            raw(RawAddr::Tcp(pong_tcp.clone()))?,
-            None,
-            None,
-            &[&pong],
-        ),
-        Path::new(
-            "raw Unix ping-pong",
-            raw(RawAddr::Unix(pong_unix.clone().into()))?,
-            None,
-            None,
-            &[&pong],
-        ),
-        Path::new(
-            "raw TCP relay",
-            raw(RawAddr::Tcp(relay_tcp))?,
-            Some(0),
-            None,
-            &[&tcp_relay, &pong],
-        ),
-        Path::new(
-            "raw Unix relay",
-            raw(RawAddr::Unix(relay_unix.into()))?,
-            Some(1),
-            None,
-            &[&unix_relay, &pong],
-        ),
-        Path::new(
-            "qnllm TCP, fixed engine",
-            Probe::hub(&fixed_tcp, c, z).await?,
-            Some(0),
-            Some(2),
-            &[&fixed_tcp_hub, &fixed_tcp_worker],
-        ),
-        Path::new(
-            "qnllm Unix, fixed engine",
-            Probe::hub(&fixed_unix, c, z).await?,
-            Some(1),
-            Some(3),
-            &[&fixed_hub, &fixed_worker],
-        ),
-        Path::new(
-            "qnllm Unix, fixed, busy-poll",
-            Probe::hub(&spin_unix, c, spin).await?,
-            Some(1),
-            Some(3),
-            &[&spin_hub, &spin_worker],
-        ),
-        Path::new(
-            "qnllm Unix, default engine",
-            Probe::hub(&default_unix, c, z).await?,
-            Some(1),
-            Some(3),
-            &[&default_hub, &default_worker],
-        ),
-        Path::new(
-            "qnllm Unix, default, batch 64",
-            Probe::hub(&default_unix, c, z)
-                .await?
-                .batches(BATCH, BATCH_WINDOW),
-            None,
-            None,
-            &[&default_hub, &default_worker],
-        )
-        .per_request(BATCH),
-        Path::new(
-            "qnllm Unix, fixed, batching",
-            Probe::hub(&batching_unix, c, z).await?,
-            Some(1),
-            Some(3),
-            &[&batching_hub, &batching_worker],
-        ),
-        Path::new(
-            "qnllm Unix, engine in hub",
-            Probe::hub(&local_unix, c, z).await?,
-            Some(1),
-            None,
-            &[&local_hub],
-        ),
-    ];
+    paths.push(Path::new(
+        TCP_PP,
+        Group::Socket,
+        raw(RawAddr::Tcp(pong_tcp.clone()))?,
+        &[&pong],
+    ));
     paths.push(
         Path::new(
-            "in-process reason_batch 64",
-            Probe::engine(reference.clone(), BATCH),
-            None,
-            None,
-            &[],
+            TCP_RELAY,
+            Group::Socket,
+            raw(RawAddr::Tcp(relay_tcp))?,
+            &[&tcp_relay, &pong],
         )
-        .per_request(BATCH),
+        .over(Some(TCP_PP), None),
     );
-    if cores.get() > 1 {
+
+    // One hub per qnllm path, each worker on the hub's transport, as the relays are.
+    progress("starting the hubs and workers", 0.0);
+    let (fixed_tcp_hub, fixed_tcp, _) = hub(exe, "hub", HubSpec::default())?;
+    let fixed_tcp_worker = worker(exe, &fixed_tcp, true, 0)?;
+    paths.push(
+        Path::new(
+            HUB_TCP,
+            Group::Socket,
+            Probe::hub(&fixed_tcp, c, Duration::ZERO).await?,
+            &[&fixed_tcp_hub, &fixed_tcp_worker],
+        )
+        .over(Some(TCP_PP), Some(Second::Path(TCP_RELAY))),
+    );
+    let mut deadline_hub = None;
+    if config.core {
+        socket_paths(config, &mut paths, &mut servers, &pong, request, reply).await?;
+        deadline_hub = paths
+            .iter()
+            .find(|p| p.name == "qnllm Unix, default engine")
+            .and_then(|p| p.probe.endpoint());
+    }
+    servers.keep(pong);
+    servers.keep(tcp_relay);
+    servers.keep(fixed_tcp_hub);
+    servers.keep(fixed_tcp_worker);
+
+    match &config.cpp_worker {
+        None => skipped.push(Skipped {
+            rows: "C++ worker".into(),
+            reason: "left out (--no-cpp)".into(),
+        }),
+        Some(binary) if !binary.is_file() => skipped.push(Skipped {
+            rows: "C++ worker".into(),
+            reason: format!(
+                "no C++ worker at {}: build it with `{CPP_BUILD}`, or pass --cpp-worker PATH",
+                binary.display()
+            ),
+        }),
+        Some(binary) => {
+            progress("starting the C++ worker and its Rust twin", 0.0);
+            paths.extend(cpp_paths(exe, binary, c, &mut servers).await?);
+        }
+    }
+    if config.front {
+        progress("starting the KServe v2 front and the HTTP/gRPC floors", 0.0);
+        paths.extend(front_paths(exe, &mut servers).await?);
+    } else {
+        skipped.push(Skipped {
+            rows: "KServe v2 front (HTTP, gRPC)".into(),
+            reason: "left out (--no-front)".into(),
+        });
+    }
+    // Kept to the end of the run: discovery keeps the router's NATS backends up to date.
+    let mut _discovery = None;
+    match (config.nats, crate::nats::server_binary()) {
+        (false, _) => skipped.push(Skipped {
+            rows: "NATS".into(),
+            reason: "not asked for: add --nats".into(),
+        }),
+        (true, Err(reason)) => skipped.push(Skipped {
+            rows: "NATS".into(),
+            reason,
+        }),
+        (true, Ok(binary)) => {
+            progress(
+                "starting nats-server, the raw responder and a NATS worker",
+                0.0,
+            );
+            let (nats_paths, discovery) =
+                nats_paths(exe, &binary, request, reply, &mut servers).await?;
+            paths.extend(nats_paths);
+            _discovery = Some(discovery);
+        }
+    }
+    if config.core {
+        // The engine in this process, measured in the same rounds as the paths through
+        // the hub, so the engine's share compares like with like.
+        let reference = SpikingEngine::from_seed(1, Params::default())
+            .map_err(|e| BenchError::start("the in-process engine", e))?;
         paths.push(
             Path::new(
-                &format!("in-process reason_batch 64, {cores} cores"),
-                Probe::engine(reference.clone().with_threads(cores), BATCH),
-                None,
-                None,
+                "in-process reason_batch 64",
+                Group::Other,
+                Probe::engine(reference.clone(), BATCH),
                 &[],
             )
             .per_request(BATCH),
         );
+        let cores = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+        if cores.get() > 1 {
+            paths.push(
+                Path::new(
+                    &format!("in-process reason_batch 64, {cores} cores"),
+                    Group::Other,
+                    Probe::engine(reference.with_threads(cores), BATCH),
+                    &[],
+                )
+                .per_request(BATCH),
+            );
+        }
     }
     for path in &paths {
         if let Some(client) = path.probe.client() {
             wait_for_engine(client).await?;
         }
     }
-    // One untimed round trip per path: connections, buffers and caches exist before timing.
+    // One untimed round trip per path: connections, buffers and caches exist before
+    // timing, and every path is seen to answer.
     for path in &mut paths {
-        path.probe.latency(1, &mut Vec::new()).await?;
+        if let Err(e) = path.probe.latency(&path.name, 1, &mut Vec::new()).await {
+            path.failed = Some(e.to_string());
+        }
     }
 
     // Round by round, every path in turn: a slow spell on the machine is shared by all.
@@ -399,22 +417,39 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         }
         let count = paths.len();
         for (i, path) in paths.iter_mut().enumerate() {
+            if path.failed.is_some() {
+                continue;
+            }
             progress(
                 &format!("round {}/{rounds}: {}", round + 1, path.name),
                 (round * count + i) as f64 / (rounds * count) as f64,
             );
             let before = cpu_of(&path.pids);
             let count = per_round.div_ceil(path.per_request).max(1);
-            path.probe.latency(count, &mut path.samples).await?;
+            if let Err(e) = path
+                .probe
+                .latency(&path.name, count, &mut path.samples)
+                .await
+            {
+                path.failed = Some(e.to_string());
+                continue;
+            }
             let used = before
                 .zip(cpu_of(&path.pids))
                 .map(|(a, b)| b.saturating_sub(a));
             path.cpu = path.cpu.zip(used).map(|(total, used)| total + used);
             let before = cpu_of(&path.pids);
-            let (done, took) = path
+            let (done, took) = match path
                 .probe
-                .throughput(pipelined_per_round, w, &mut path.loaded)
-                .await?;
+                .throughput(&path.name, pipelined_per_round, w, &mut path.loaded)
+                .await
+            {
+                Ok(measured) => measured,
+                Err(e) => {
+                    path.failed = Some(e.to_string());
+                    continue;
+                }
+            };
             let used = before
                 .zip(cpu_of(&path.pids))
                 .map(|(a, b)| b.saturating_sub(a));
@@ -425,38 +460,78 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         completed += 1;
     }
 
-    progress(
-        "saturated deadline: DeadlineExceeded after the deadline",
-        1.0,
-    );
-    let saturated = crate::deadline::saturated(&default_unix, c, c * w, config.pipelined).await?;
+    let mut extra = Vec::new();
+    let mut memory = None;
+    if config.core {
+        if let Some(endpoint) = &deadline_hub {
+            progress(
+                "saturated deadline: DeadlineExceeded after the deadline",
+                1.0,
+            );
+            extra.push(crate::deadline::saturated(endpoint, c, c * w, config.pipelined).await?);
+        }
+        progress("hub memory: idle, then idle connections", 1.0);
+        memory = hub_memory(exe, config.idle_connections).await?;
+        progress("abusive neighbour: a quiet client beside a flood", 1.0);
+        let mut neighbour = crate::neighbour::rows(exe, config.requests).await?;
+        neighbour.append(&mut extra);
+        extra = neighbour;
+        progress("in process: engine, cache hit", 1.0);
+        extra.extend(in_process(config.requests).await?);
+    }
 
-    progress("hub memory: idle, then idle connections", 1.0);
-    let memory = hub_memory(&config.exe, config.idle_connections).await?;
-
-    progress("abusive neighbour: a quiet client beside a flood", 1.0);
-    let neighbour = crate::neighbour::rows(&config.exe, config.requests).await?;
-
-    progress("in process: engine, cache hit, reason_batch", 1.0);
-    let mut rows: Vec<Row> = Vec::with_capacity(paths.len() + 3);
-    let measured: Vec<(Latency, f64)> = paths
+    // A path that stopped answering has no figures to show: it is reported as skipped,
+    // with its error, and the others stand.
+    for path in &paths {
+        if let Some(reason) = &path.failed {
+            skipped.push(Skipped {
+                rows: path.name.clone(),
+                reason: format!("failed during the run: {reason}"),
+            });
+        }
+    }
+    paths.retain(|p| p.failed.is_none());
+    let measured: HashMap<&str, Base> = paths
         .iter()
         .map(|p| {
             (
-                Latency::of(p.samples.clone()),
-                p.done as f64 / p.busy.as_secs_f64().max(1e-9),
+                p.name.as_str(),
+                Base {
+                    name: p.name.clone(),
+                    latency: Latency::of(p.samples.clone()),
+                    throughput: Some(p.done as f64 / p.busy.as_secs_f64().max(1e-9)),
+                },
             )
         })
         .collect();
-    for (i, path) in paths.iter().enumerate() {
-        let (latency, throughput) = measured[i];
-        let base = |j: Option<usize>| j.map(|j| measured[j]);
+    let mut rows: Vec<Row> = Vec::with_capacity(paths.len() + extra.len());
+    for path in &paths {
+        let own = &measured[path.name.as_str()];
+        let first = path.first.and_then(|name| measured.get(name));
+        let second = match &path.second {
+            None => None,
+            Some(Second::Path(name)) => measured.get(name).cloned(),
+            Some(Second::Sum(a, b)) => measured.get(a).zip(measured.get(b)).map(|(a, b)| Base {
+                name: format!("{} + {}", a.name, b.name),
+                latency: Latency {
+                    count: a.latency.count.min(b.latency.count),
+                    p50_us: a.latency.p50_us + b.latency.p50_us,
+                    p90_us: a.latency.p90_us + b.latency.p90_us,
+                    p99_us: a.latency.p99_us + b.latency.p99_us,
+                    p999_us: a.latency.p999_us + b.latency.p999_us,
+                    max_us: a.latency.max_us + b.latency.max_us,
+                },
+                // Two stacks in series have no throughput of their own to compare with.
+                throughput: None,
+            }),
+        };
         let mut row = row(
             &path.name,
-            Some(latency),
-            Some(throughput),
-            base(path.ping_pong),
-            base(path.relay),
+            path.group,
+            Some(own.latency),
+            own.throughput,
+            first,
+            second.as_ref(),
             distribution(&path.samples),
         );
         row.loaded = Some(Latency::of(path.loaded.clone()));
@@ -468,15 +543,8 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
             .map(|cpu| cpu.as_secs_f64() * 1e6 / path.samples.len().max(1) as f64);
         rows.push(row);
     }
-    rows.extend(neighbour);
-    rows.push(saturated);
-    rows.extend(in_process(config.requests).await?);
-    let throughput_of = |prefix: &str| {
-        rows.iter()
-            .filter(|r| r.path.starts_with(prefix))
-            .filter_map(|r| r.throughput)
-            .next_back()
-    };
+    rows.extend(extra);
+    let throughput_of = |name: &str| measured.get(name).and_then(|b| b.throughput);
     // The engine's best in process on these cores: on one thread or on all of them,
     // whichever did more (splitting a batch over threads does not always pay here).
     let local = rows
@@ -490,6 +558,8 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
     let engine_share_batched = throughput_of("qnllm Unix, default, batch 64")
         .zip(local)
         .map(|(hub, local)| hub / local);
+    drop(paths);
+    drop(servers);
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(Report {
         request_bytes: request,
@@ -497,19 +567,362 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         window: w,
         clients: c,
         rounds: completed,
-        busy_poll_us: spin.as_micros() as u64,
+        busy_poll_us: config.busy_poll.as_micros() as u64,
         engine_share,
         engine_share_batched,
         rows,
+        skipped,
         memory,
     })
+}
+
+/// The Unix-socket paths and the hub variants: busy polling, the default engine, batches,
+/// dynamic batching, an engine in the hub.
+async fn socket_paths(
+    config: &BenchConfig,
+    paths: &mut Vec<Path>,
+    servers: &mut Servers,
+    pong: &Server,
+    request: usize,
+    reply: usize,
+) -> Result<(), BenchError> {
+    let exe = config.exe.as_path();
+    let dir = |name: &str| config.dir.join(name);
+    let c = config.clients.max(1);
+    let role = Role::Relay {
+        unix: dir("relay.sock"),
+        upstream: format!("unix:{}", dir("pong.sock").display()),
+        request_bytes: request,
+        reply_bytes: reply,
+    };
+    let (unix_relay, _) = start(exe, "the Unix relay", &role)?;
+    let raw = |path: PathBuf| Probe::raw(&RawAddr::Unix(path), c, request, reply);
+    paths.push(Path::new(
+        UNIX_PP,
+        Group::Socket,
+        raw(dir("pong.sock"))?,
+        &[pong],
+    ));
+    paths.push(
+        Path::new(
+            UNIX_RELAY,
+            Group::Socket,
+            raw(dir("relay.sock"))?,
+            &[&unix_relay, pong],
+        )
+        .over(Some(UNIX_PP), None),
+    );
+    let unix_hub = |what: &str, sock: &str, spec: HubSpec| {
+        hub(
+            exe,
+            what,
+            HubSpec {
+                unix: Some(dir(sock)),
+                ..spec
+            },
+        )
+    };
+    let relayed = || (Some(UNIX_PP), Some(Second::Path(UNIX_RELAY)));
+    let spin_us = config.busy_poll.as_micros() as u64;
+    // (name, hub, busy poll, fixed engine, a worker)
+    let variants: [(&str, &str, HubSpec, u64, bool, bool); 5] = [
+        (
+            "qnllm Unix, fixed engine",
+            "fixed.sock",
+            HubSpec::default(),
+            0,
+            true,
+            true,
+        ),
+        (
+            "qnllm Unix, fixed, busy-poll",
+            "spin.sock",
+            HubSpec {
+                busy_poll_us: spin_us,
+                ..HubSpec::default()
+            },
+            spin_us,
+            true,
+            true,
+        ),
+        (
+            "qnllm Unix, default engine",
+            "default.sock",
+            HubSpec::default(),
+            0,
+            false,
+            true,
+        ),
+        (
+            "qnllm Unix, fixed, batching",
+            "batching.sock",
+            HubSpec {
+                batch_max: 32,
+                ..HubSpec::default()
+            },
+            0,
+            true,
+            true,
+        ),
+        (
+            "qnllm Unix, engine in hub",
+            "local.sock",
+            HubSpec {
+                local_engines: 1,
+                ..HubSpec::default()
+            },
+            0,
+            false,
+            false,
+        ),
+    ];
+    for (name, sock, spec, busy_poll_us, fixed, with_worker) in variants {
+        let (hub_server, endpoint, _) = unix_hub(name, sock, spec)?;
+        let worker_server = if with_worker {
+            Some(worker(exe, &endpoint, fixed, busy_poll_us)?)
+        } else {
+            None
+        };
+        let mut on_path: Vec<&Server> = vec![&hub_server];
+        on_path.extend(worker_server.as_ref());
+        let busy_poll = Duration::from_micros(busy_poll_us);
+        let (first, second) = relayed();
+        let second = if with_worker { second } else { None };
+        paths.push(
+            Path::new(
+                name,
+                Group::Socket,
+                Probe::hub(&endpoint, c, busy_poll).await?,
+                &on_path,
+            )
+            .over(first, second),
+        );
+        if name == "qnllm Unix, default engine" {
+            paths.push(
+                Path::new(
+                    "qnllm Unix, default, batch 64",
+                    Group::Socket,
+                    Probe::hub(&endpoint, c, busy_poll)
+                        .await?
+                        .batches(BATCH, BATCH_WINDOW),
+                    &on_path,
+                )
+                .per_request(BATCH),
+            );
+        }
+        servers.keep(hub_server);
+        if let Some(worker_server) = worker_server {
+            servers.keep(worker_server);
+        }
+    }
+    servers.keep(unix_relay);
+    Ok(())
+}
+
+/// The C++ worker (the reference engine, in C++) and the Rust worker with the reference
+/// engine, each alone on a hub of its own over TCP.
+async fn cpp_paths(
+    exe: &std::path::Path,
+    binary: &std::path::Path,
+    clients: usize,
+    servers: &mut Servers,
+) -> Result<Vec<Path>, BenchError> {
+    let (rust_hub, rust_endpoint, _) = hub(exe, "hub for the Rust worker", HubSpec::default())?;
+    let rust_worker = worker(exe, &rust_endpoint, false, 0)?;
+    let (cpp_hub, cpp_endpoint, _) = hub(exe, "hub for the C++ worker", HubSpec::default())?;
+    let qnllm_hub::Endpoint::Tcp(cpp_addr) = &cpp_endpoint else {
+        return Err(BenchError::start(
+            "the C++ worker",
+            "its hub has no TCP address",
+        ));
+    };
+    let child = std::process::Command::new(binary)
+        .args([
+            "--connect",
+            cpp_addr,
+            "--model",
+            "seed:1",
+            "--name",
+            "cpp",
+            "--quiet",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::start(format!("the C++ worker {}", binary.display()), e))?;
+    let cpp_worker = Server::new(child, None);
+    let paths = vec![
+        Path::new(
+            RUST_WORKER,
+            Group::Cpp,
+            Probe::hub(&rust_endpoint, clients, Duration::ZERO).await?,
+            &[&rust_hub, &rust_worker],
+        )
+        .over(None, Some(Second::Path(TCP_RELAY))),
+        Path::new(
+            "C++ worker, TCP, default engine",
+            Group::Cpp,
+            Probe::hub(&cpp_endpoint, clients, Duration::ZERO).await?,
+            &[&cpp_hub, &cpp_worker],
+        )
+        .over(Some(RUST_WORKER), Some(Second::Path(TCP_RELAY))),
+    ];
+    for server in [rust_hub, rust_worker, cpp_hub, cpp_worker] {
+        servers.keep(server);
+    }
+    Ok(paths)
+}
+
+/// The KServe v2 front of a hub with a fixed-engine worker, over HTTP JSON, HTTP binary
+/// tensors and gRPC; beside the axum echo and the tonic empty service.
+async fn front_paths(
+    exe: &std::path::Path,
+    servers: &mut Servers,
+) -> Result<Vec<Path>, BenchError> {
+    let (echo, echo_at) = start(exe, "the HTTP/gRPC floors", &Role::Echo)?;
+    let spec = HubSpec {
+        front: true,
+        ..HubSpec::default()
+    };
+    let (front_hub, endpoint, front_at) = hub(exe, "hub with the KServe v2 front", spec)?;
+    let front_worker = worker(exe, &endpoint, true, 0)?;
+    let what = "the KServe v2 front";
+    let bodies = crate::front::Bodies::new();
+    let http = reqwest::Client::new();
+    let echo_http = address(&echo_at, "the HTTP floor", "http")?;
+    let echo_grpc = address(&echo_at, "the gRPC floor", "grpc")?;
+    let front_http = address(&front_at, what, "http")?;
+    let front_grpc = address(&front_at, what, "grpc")?;
+    let infer = format!("http://{front_http}/v2/models/qnllm/infer");
+    let on_front = [&front_hub, &front_worker];
+    let over_echo = |floor| (Some(floor), Some(Second::Sum(floor, HUB_TCP)));
+    let paths = vec![
+        Path::new(
+            AXUM_ECHO,
+            Group::Front,
+            Probe::Http {
+                client: http.clone(),
+                url: format!("http://{echo_http}{}", crate::echo::ECHO_PATH),
+                body: bodies.binary.clone(),
+                header_length: Some(bodies.header_length),
+            },
+            &[&echo],
+        ),
+        Path::new(
+            TONIC_EMPTY,
+            Group::Front,
+            Probe::Grpc {
+                client: crate::front::grpc(&echo_grpc).await?,
+                request: bodies.grpc.clone(),
+            },
+            &[&echo],
+        ),
+        {
+            let (first, second) = over_echo(AXUM_ECHO);
+            Path::new(
+                "HTTP JSON → hub → worker",
+                Group::Front,
+                Probe::Http {
+                    client: http.clone(),
+                    url: infer.clone(),
+                    body: bodies.json.clone(),
+                    header_length: None,
+                },
+                &on_front,
+            )
+            .over(first, second)
+        },
+        {
+            let (first, second) = over_echo(AXUM_ECHO);
+            Path::new(
+                "HTTP binary → hub → worker",
+                Group::Front,
+                Probe::Http {
+                    client: http,
+                    url: infer,
+                    body: bodies.binary.clone(),
+                    header_length: Some(bodies.header_length),
+                },
+                &on_front,
+            )
+            .over(first, second)
+        },
+        {
+            let (first, second) = over_echo(TONIC_EMPTY);
+            Path::new(
+                "gRPC → hub → worker",
+                Group::Front,
+                Probe::Grpc {
+                    client: crate::front::grpc(&front_grpc).await?,
+                    request: bodies.grpc,
+                },
+                &on_front,
+            )
+            .over(first, second)
+        },
+    ];
+    for server in [echo, front_hub, front_worker] {
+        servers.keep(server);
+    }
+    Ok(paths)
+}
+
+/// A worker on NATS reached through discovery and the router's `NatsBackend`, beside raw
+/// NATS request-reply of the same sizes; the direct hub path is measured with the others.
+async fn nats_paths(
+    exe: &std::path::Path,
+    binary: &std::path::Path,
+    request: usize,
+    reply: usize,
+    servers: &mut Servers,
+) -> Result<(Vec<Path>, qnllm_nats::Discovery), BenchError> {
+    let (nats_server, url) = crate::nats::start_server(binary)?;
+    let echo_role = Role::NatsEcho {
+        url: url.clone(),
+        subject: crate::nats::RAW_SUBJECT.into(),
+        reply_bytes: reply,
+    };
+    let (responder, _) = start(exe, "the raw NATS responder", &echo_role)?;
+    let worker_role = Role::NatsWorker {
+        url: url.clone(),
+        name: "bench-nats-worker".into(),
+    };
+    let (nats_worker, _) = start(exe, "the NATS worker", &worker_role)?;
+    let (router, discovery, client) = crate::nats::router(&url, 1).await?;
+    let paths = vec![
+        Path::new(
+            RAW_NATS,
+            Group::Nats,
+            Probe::Nats {
+                client,
+                subject: crate::nats::RAW_SUBJECT.into(),
+                payload: vec![1u8; request].into(),
+            },
+            &[&nats_server, &responder],
+        ),
+        Path::new(
+            "NATS → worker, fixed engine",
+            Group::Nats,
+            Probe::Router {
+                router,
+                encoding: NormalInputs::new(1, 768).next().unwrap_or_default(),
+            },
+            &[&nats_server, &nats_worker],
+        )
+        .over(Some(RAW_NATS), Some(Second::Path(HUB_TCP))),
+    ];
+    for server in [nats_server, responder, nats_worker] {
+        servers.keep(server);
+    }
+    Ok((paths, discovery))
 }
 
 /// The in-process rows: the engine alone and a cache hit (`reason_batch` is measured in
 /// the rounds with the other paths).
 async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
     let engine = SpikingEngine::from_seed(1, Params::default())
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
+        .map_err(|e| BenchError::start("the in-process engine", e))?;
     let x = NormalInputs::new(1, 768).next().unwrap_or_default();
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -519,6 +932,7 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
     }
     let local = row(
         "in-process engine",
+        Group::Other,
         Some(Latency::of(samples.clone())),
         None,
         None,
@@ -533,7 +947,7 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
     router
         .reason(&x, Duration::from_secs(1))
         .await
-        .map_err(|e| BenchError::Measure(e.to_string()))?;
+        .map_err(|e| BenchError::measure("in-process cache hit", e))?;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -542,6 +956,7 @@ async fn in_process(n: usize) -> Result<Vec<Row>, BenchError> {
     }
     let hit = row(
         "in-process cache hit",
+        Group::Other,
         Some(Latency::of(samples.clone())),
         None,
         None,

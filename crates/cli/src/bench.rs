@@ -5,7 +5,47 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use qnllm_bench::{BenchConfig, Report};
+use qnllm_bench::{BenchConfig, Group, Report};
+
+/// The rows, for `qnllm bench --help`.
+pub(crate) const ROWS: &str = "\
+Every figure is printed next to a baseline measured in the same run, in the same process
+layout (this process is the client; every server is a separate process), round by round
+so a slow spell on a shared machine falls on all rows alike. Read the ratios, not the times.
+
+Rows, by section (A and B are the two baselines each section's ratios are over):
+
+hub paths over sockets (A = raw ping-pong, B = raw relay, on the same transport)
+  raw TCP / Unix ping-pong      client ↔ a server answering qnllm-sized messages, no protocol
+  raw TCP / Unix relay          client → relay → ping-pong server: the floor for a hop
+  qnllm TCP / Unix, fixed engine   client → hub → worker; the engine returns a canned answer
+  qnllm Unix, fixed, busy-poll  the same, hub, worker and client polling --busy-poll-us
+  qnllm Unix, default engine    the same with the reference spiking engine
+  qnllm Unix, default, batch 64 reason_batch of 64 per request
+  qnllm Unix, fixed, batching   the hub's dynamic batching on
+  qnllm Unix, engine in hub     the engine inside the hub process, no worker hop
+C++ worker (A = the Rust worker on the same path, B = raw TCP relay; --no-cpp leaves it out)
+  Rust worker, TCP, default engine   the Rust reference engine in a worker, alone on a hub
+  C++ worker, TCP, default engine    bindings/cpp's qnllm-cpp-worker, seed:1, alone on a hub;
+                                skipped, saying how to build it, when it is not built
+KServe v2 front (A = axum echo / tonic empty service, B = A + the hub path; --no-front)
+  axum echo, binary body        an axum route returning the body it got: HTTP's own cost
+  tonic empty service           the protocol's gRPC service answering empty: gRPC's own cost
+  HTTP JSON → hub → worker      POST /v2/models/qnllm/infer with JSON tensors
+  HTTP binary → hub → worker    the same with the binary tensor data extension
+  gRPC → hub → worker           ModelInfer with raw_input_contents
+NATS (--nats; A = raw NATS request-reply, B = the direct hub path qnllm TCP, fixed engine)
+  raw NATS request-reply        a responder answering with a result frame's bytes
+  NATS → worker, fixed engine   router → NatsBackend → nats-server → qnllm worker on NATS;
+                                skipped, saying what to install, without nats-server
+other figures
+  in-process reason_batch 64 [, N cores], in-process engine, in-process cache hit
+  abusive neighbour: a quiet client alone, then beside a client flooding the hub
+  saturated, 2 ms deadline: how late DeadlineExceeded comes when the hub is overloaded
+  hub memory: RSS idle and with --connections idle connections
+
+Pipelined figures use --clients connections (hub paths) or one connection or pool (HTTP,
+gRPC, NATS) with --window requests in flight on each. About 40 s with the defaults.";
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -18,7 +58,7 @@ pub(crate) struct BenchArgs {
     /// Requests in flight on each connection for the throughput figures.
     #[arg(long, default_value_t = 64)]
     window: usize,
-    /// Connections per path for the throughput figures (C connections × W in flight).
+    /// Connections per hub path for the throughput figures (C connections × W in flight).
     #[arg(long, default_value_t = 1)]
     clients: usize,
     /// Rounds to split the measurements into; each visits every path in turn, so a slow
@@ -35,6 +75,25 @@ pub(crate) struct BenchArgs {
     /// Idle connections opened for the hub memory figure.
     #[arg(long, default_value_t = 1_000)]
     connections: usize,
+    /// Also measure a worker on NATS against raw NATS request-reply (needs nats-server on
+    /// PATH; started on a free loopback port).
+    #[arg(long)]
+    nats: bool,
+    /// The C++ worker binary [default: target/cpp/release/qnllm-cpp-worker, else
+    /// target/cpp/build/qnllm-cpp-worker].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_cpp")]
+    cpp_worker: Option<PathBuf>,
+    /// Leave out the C++ worker rows.
+    #[arg(long)]
+    no_cpp: bool,
+    /// Leave out the KServe v2 front's rows (HTTP JSON, HTTP binary, gRPC).
+    #[arg(long)]
+    no_front: bool,
+    /// Measure only the rows of --nats, the C++ worker and the front, and the TCP
+    /// baselines they are compared with; not the Unix paths, the in-process figures,
+    /// the abusive neighbour, the saturated deadline or memory.
+    #[arg(long)]
+    no_core: bool,
     /// Write the latency distribution of every path as an SVG chart.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
@@ -43,49 +102,39 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
+/// The hidden subcommand every server process of a run is started with.
 #[derive(Debug, Args)]
-pub(crate) struct BaselineArgs {
-    #[arg(long)]
-    listen: String,
-    #[arg(long)]
-    unix: Option<PathBuf>,
-    #[arg(long)]
-    request_bytes: usize,
-    #[arg(long)]
-    reply_bytes: usize,
-    /// Relay each request to this server (`HOST:PORT` or `unix:PATH`) instead of answering.
-    #[arg(long)]
-    relay_to: Option<String>,
+pub(crate) struct ServerArgs {
+    /// The server's role, as the bench wrote it.
+    role: String,
 }
 
-pub(crate) fn baseline(args: BaselineArgs) -> Result<()> {
-    qnllm_bench::serve_baseline(
-        &args.listen,
-        args.unix.as_deref(),
-        args.request_bytes,
-        args.reply_bytes,
-        &args
-            .relay_to
-            .map_or(qnllm_bench::Baseline::Pong, qnllm_bench::Baseline::Relay),
-    )
-    .context("cannot serve the baseline")
+pub(crate) fn server(args: ServerArgs) -> Result<()> {
+    qnllm_bench::serve(&args.role).context("bench server")
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
-    let config = BenchConfig {
-        exe: std::env::current_exe().context("cannot find the qnllm executable")?,
-        requests: args.requests.max(1),
-        pipelined: args.pipelined.max(1),
-        window: args.window.max(1),
-        clients: args.clients.max(1),
-        busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
-        rounds: args.rounds.max(1),
-        duration: args
-            .duration
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(std::time::Duration::from_secs_f64),
-        dir: std::env::temp_dir().join(format!("qnllm-bench-{}", std::process::id())),
-        idle_connections: args.connections.max(1),
+    let exe = std::env::current_exe().context("cannot find the qnllm executable")?;
+    let mut config = BenchConfig::new(exe, args.requests.max(1), args.pipelined.max(1));
+    config.window = args.window.max(1);
+    config.clients = args.clients.max(1);
+    config.busy_poll = std::time::Duration::from_micros(args.busy_poll_us);
+    config.rounds = args.rounds.max(1);
+    config.duration = args
+        .duration
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64);
+    config.idle_connections = args.connections.max(1);
+    config.front = !args.no_front;
+    config.nats = args.nats;
+    config.core = !args.no_core;
+    config.cpp_worker = if args.no_cpp {
+        None
+    } else {
+        Some(
+            args.cpp_worker
+                .unwrap_or_else(qnllm_bench::default_cpp_worker),
+        )
     };
     // One thread, as the baseline's client has: the figures compare the paths, not how
     // many threads a client brings.
@@ -121,68 +170,104 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// The sections in the order they are printed; a row's section is its group.
+const SECTIONS: [Group; 5] = [
+    Group::Socket,
+    Group::Cpp,
+    Group::Front,
+    Group::Nats,
+    Group::Other,
+];
+
 fn print_table(report: &Report) {
-    let opt = |v: Option<f64>, digits: usize| {
-        v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
-    };
     println!(
-        "request {} B, reply {} B; {} interleaved rounds; ratios are over the raw ping-pong (×pp) and the raw relay (×relay) measured in this run",
+        "request {} B, reply {} B; {} interleaved rounds; every ratio is over a baseline measured in this run",
         report.request_bytes, report.reply_bytes, report.rounds
     );
     println!();
     println!("one request at a time");
-    println!(
-        "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9} {:>9}",
-        "path",
-        "p50 µs",
-        "p90 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "max µs",
-        "CPU µs",
-        "p50×pp",
-        "p99×pp",
-        "p50×relay",
-        "p99×relay"
-    );
-    for row in &report.rows {
-        let l = row.latency;
+    for group in SECTIONS {
+        let rows: Vec<_> = report.rows.iter().filter(|r| r.group == group).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let (title, a, b) = group.legend();
+        println!("-- {title}");
         println!(
-            "{:<33} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>6} {:>6} {:>9} {:>9}",
-            row.path,
-            opt(l.map(|l| l.p50_us), 1),
-            opt(l.map(|l| l.p90_us), 1),
-            opt(l.map(|l| l.p99_us), 1),
-            opt(l.map(|l| l.p999_us), 1),
-            opt(l.map(|l| l.max_us), 0),
-            opt(row.cpu_us_per_request, 0),
-            opt(row.p50_ratio, 2),
-            opt(row.p99_ratio, 2),
-            opt(row.relay_p50_ratio, 2),
-            opt(row.relay_p99_ratio, 2),
+            "{:<36} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>12} {:>12}",
+            "path",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "CPU µs",
+            format!("p50×{a}"),
+            format!("p99×{a}"),
+            format!("p50×{b}"),
+            format!("p99×{b}"),
         );
+        for row in rows {
+            let l = row.latency;
+            println!(
+                "{:<36} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>12} {:>12}",
+                row.path,
+                opt(l.map(|l| l.p50_us), 1),
+                opt(l.map(|l| l.p90_us), 1),
+                opt(l.map(|l| l.p99_us), 1),
+                opt(l.map(|l| l.p999_us), 1),
+                opt(l.map(|l| l.max_us), 0),
+                opt(row.cpu_us_per_request, 0),
+                opt(row.p50_ratio, 2),
+                opt(row.p99_ratio, 2),
+                opt(row.relay_p50_ratio, 2),
+                opt(row.relay_p99_ratio, 2),
+            );
+        }
     }
     println!();
     println!(
-        "pipelined: {} connection(s) × {} requests in flight",
+        "pipelined: {} connection(s) × {} requests in flight (HTTP, gRPC, NATS: one pool or connection)",
         report.clients, report.window
     );
-    println!(
-        "{:<33} {:>9} {:>6} {:>8} {:>11} | {:>11} {:>11}",
-        "path", "req/s", "CPU µs", "req/s×pp", "req/s×relay", "load p50 µs", "load p99 µs"
-    );
-    for row in report.rows.iter().filter(|r| r.throughput.is_some()) {
-        let l = row.loaded;
+    for group in SECTIONS {
+        let rows: Vec<_> = report
+            .rows
+            .iter()
+            .filter(|r| r.group == group && r.throughput.is_some())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let (title, a, b) = group.legend();
+        println!("-- {title}");
         println!(
-            "{:<33} {:>9} {:>6} {:>8} {:>11} | {:>11} {:>11}",
-            row.path,
-            opt(row.throughput, 0),
-            opt(row.loaded_cpu_us_per_request, 1),
-            opt(row.throughput_ratio, 2),
-            opt(row.relay_throughput_ratio, 2),
-            opt(l.map(|l| l.p50_us), 0),
-            opt(l.map(|l| l.p99_us), 0),
+            "{:<36} {:>9} {:>6} {:>10} {:>10} | {:>11} {:>11}",
+            "path",
+            "req/s",
+            "CPU µs",
+            format!("req/s×{a}"),
+            format!("req/s×{b}"),
+            "load p50 µs",
+            "load p99 µs"
         );
+        for row in rows {
+            let l = row.loaded;
+            println!(
+                "{:<36} {:>9} {:>6} {:>10} {:>10} | {:>11} {:>11}",
+                row.path,
+                opt(row.throughput, 0),
+                opt(row.loaded_cpu_us_per_request, 1),
+                opt(row.throughput_ratio, 2),
+                opt(row.relay_throughput_ratio, 2),
+                opt(l.map(|l| l.p50_us), 0),
+                opt(l.map(|l| l.p99_us), 0),
+            );
+        }
     }
     println!();
     println!("raw relay: client → relay → server, the floor for a path with the hub's hop; what");
@@ -222,5 +307,8 @@ fn print_table(report: &Report) {
             m.connections,
             m.per_connection_bytes as f64 / 1024.0
         );
+    }
+    for skip in &report.skipped {
+        println!("skipped: {}: {}", skip.rows, skip.reason);
     }
 }

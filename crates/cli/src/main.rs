@@ -40,13 +40,15 @@ enum Command {
     /// reasoning, batches, redundant verification, multi-teacher learning, strategies,
     /// cache and monitoring. Exits non-zero if any scenario fails its checks.
     Demo(demo::DemoArgs),
-    /// Measure qnllm against raw socket baselines (a ping-pong and a relay) in the same run:
-    /// latency one request at a time, throughput and latency with requests in flight, CPU
-    /// per request, over TCP and a Unix socket; about 30 s, loopback only.
+    /// Measure every qnllm path (hub over TCP and Unix sockets, the C++ worker, the KServe
+    /// v2 front over HTTP and gRPC, with --nats a worker on NATS) against baselines measured
+    /// in the same run: latency one request at a time, throughput and latency with requests
+    /// in flight, CPU per request; loopback only.
+    #[command(after_long_help = bench::ROWS)]
     Bench(bench::BenchArgs),
-    /// The baseline server `bench` starts (raw ping-pong or relay, no protocol).
-    #[command(hide = true)]
-    BenchBaseline(bench::BaselineArgs),
+    /// A server process of `bench` (baseline, hub, worker, echo); started by `bench` only.
+    #[command(name = "bench-server", hide = true)]
+    BenchServer(bench::ServerArgs),
     /// Describe a model: name, sizes, version and digest.
     Info(InfoArgs),
     /// Run a hub: workers and clients connect to it over TCP or a Unix socket.
@@ -173,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reason(args) => reason(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::BenchBaseline(args) => bench::baseline(args),
+        Command::BenchServer(args) => bench::server(args),
         Command::Serve(args) => net::serve(*args),
         Command::Worker(args) => net::worker(args),
         Command::Stats(args) => net::stats(args),

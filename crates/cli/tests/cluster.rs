@@ -299,6 +299,10 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
         .args([
             "bench",
+            // The socket paths only: the C++, front and NATS rows have their own smoke test
+            // in crates/bench/tests/smoke.rs.
+            "--no-cpp",
+            "--no-front",
             "--requests",
             "20",
             "--pipelined",
