@@ -184,17 +184,35 @@ async fn serve_grpc(listener: TcpListener, state: Arc<State>, closing: Cancellat
     })
     .max_decoding_message_size(config.max_body_bytes)
     .max_encoding_message_size(usize::MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Replies are small and come one per request: without TCP_NODELAY the kernel holds one
+    // back for the peer's delayed ACK (about 40 ms).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            if let Ok(stream) = &stream {
+                let _ = stream.set_nodelay(true);
+            }
+            stream
+        },
+    );
     let grace = config.grace;
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.max_streams_per_connection as usize)
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, closing.cancelled_owned());
-    match tokio::time::timeout(grace + config.drain_delay + grace, served).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server stopped"),
-        Err(_) => tracing::warn!("gRPC calls still open after the grace period were cut"),
+        .serve_with_incoming_shutdown(incoming, closing.clone().cancelled_owned());
+    // The grace period counts from the shutdown, not from the start.
+    let cut = async {
+        closing.cancelled().await;
+        tokio::time::sleep(grace + config.drain_delay + grace).await;
+    };
+    tokio::select! {
+        served = served => {
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "gRPC server stopped");
+            }
+        }
+        () = cut => tracing::warn!("gRPC calls still open after the grace period were cut"),
     }
 }

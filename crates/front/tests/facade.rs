@@ -123,3 +123,33 @@ async fn the_builders_http_and_grpc_addresses_serve_the_front() {
     drop(stop);
     front.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_still_serves_after_twice_the_grace_period_without_a_shutdown() {
+    let mut engine = UnifiedEngine::builder()
+        .listen("127.0.0.1:0")
+        .grpc("127.0.0.1:0")
+        .build()
+        .expect("engine builds");
+    engine.start().await.expect("hub starts");
+    let engine = Arc::new(engine);
+    let stop = Stop(CancellationToken::new());
+    let mut config = FrontConfig::for_engine(&engine);
+    // The grace period bounds a drain after shutdown; it used to bound the server's life.
+    config.grace = std::time::Duration::from_millis(50);
+    let front = qnllm_front::start(engine.clone(), config, stop.0.clone())
+        .await
+        .expect("front starts");
+    let grpc = front.grpc.expect("gRPC listens");
+    let live = || async move {
+        let mut client = GrpcInferenceServiceClient::connect(format!("http://{grpc}")).await?;
+        let reply = client
+            .server_live(qnllm_front::pb::ServerLiveRequest::default())
+            .await?;
+        Ok::<bool, Box<dyn std::error::Error>>(reply.into_inner().live)
+    };
+    assert!(live().await.expect("live at start"));
+    // What is under test is time passing with no shutdown: well past grace + drain + grace.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(live().await.expect("still live"));
+}
