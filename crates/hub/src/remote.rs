@@ -223,12 +223,6 @@ impl RemoteBackend {
 
     /// The answer a result carries, named as the hub names this engine (what a worker
     /// writes in `engine` may be empty, or a name another engine also has).
-    fn answer(&self, body: qnllm_protocol::ResultBody) -> Answer {
-        let mut answer = convert::answer(body);
-        answer.engine.clone_from(&self.name);
-        answer
-    }
-
     fn failure(&self, frame: &Frame) -> BackendError {
         let engine = self.name.clone();
         match frame.message() {
@@ -347,7 +341,7 @@ impl Backend for RemoteBackend {
             match frame.message() {
                 Ok(Message::Result(body)) => {
                     self.served.fetch_add(1, Ordering::Relaxed);
-                    Ok(self.answer(body))
+                    Ok(convert::answer(body))
                 }
                 _ => Err(self.failure(&frame)),
             }
@@ -396,7 +390,7 @@ impl Backend for RemoteBackend {
                 Ok(Message::BatchResult(body)) => {
                     self.served
                         .fetch_add(body.results.len() as u64, Ordering::Relaxed);
-                    Ok(body.results.into_iter().map(|b| self.answer(b)).collect())
+                    Ok(body.results.into_iter().map(convert::answer).collect())
                 }
                 _ => Err(self.failure(&frame)),
             }

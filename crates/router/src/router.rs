@@ -191,6 +191,18 @@ trait Reply {
     /// What is wrong with it, if anything, for a call of `items` encodings to `slot`,
     /// whose model was `before` when the call began.
     fn fault(&self, slot: &Slot, items: u32, before: &ModelState) -> Option<String>;
+
+    /// Names the engine that answered as this router knows it, whatever the engine itself
+    /// wrote (a worker may leave it empty, and two workers may share one name).
+    fn answered_by(&mut self, name: &str);
+}
+
+impl Answer {
+    fn answered_by(&mut self, name: &str) {
+        if self.engine != name {
+            name.clone_into(&mut self.engine);
+        }
+    }
 }
 
 impl Reply for Answer {
@@ -225,6 +237,10 @@ impl Reply for Answer {
         }
         None
     }
+
+    fn answered_by(&mut self, name: &str) {
+        Answer::answered_by(self, name);
+    }
 }
 
 impl Reply for Vec<Answer> {
@@ -236,6 +252,12 @@ impl Reply for Vec<Answer> {
             a.fault(slot, 1, before)
                 .map(|why| format!("answer {i} of the batch: {why}"))
         })
+    }
+
+    fn answered_by(&mut self, name: &str) {
+        for answer in self {
+            answer.answered_by(name);
+        }
     }
 }
 
@@ -628,8 +650,11 @@ impl Router {
         let before = slot.backend.model_state();
         let started = Instant::now();
         let outcome = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(reply)) => match reply.fault(slot, items, &before) {
-                None => Ok(reply),
+            Ok(Ok(mut reply)) => match reply.fault(slot, items, &before) {
+                None => {
+                    reply.answered_by(slot.backend.name());
+                    Ok(reply)
+                }
                 Some(reason) => Err(BackendError::BadReply {
                     engine: slot.backend.name().to_string(),
                     reason,
