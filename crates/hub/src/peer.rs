@@ -8,7 +8,7 @@
 //! protocol's bookkeeping is a plain unit test here.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -428,46 +428,90 @@ pub(crate) enum Skip {
     Cancelled,
     /// Its deadline passed before its turn.
     Expired,
+    /// Its deadline passed while it waited and [`Received::expire`] gave it out to be
+    /// answered then: its turn sends nothing.
+    Answered,
 }
 
 impl Skip {
-    /// The error reply that says so.
-    pub(crate) fn reply(self) -> Message {
+    /// The error reply that says so; none for a request already answered.
+    pub(crate) fn reply(self) -> Option<Message> {
         match self {
-            Skip::Cancelled => Message::Error(WireError::new(
+            Skip::Cancelled => Some(Message::Error(WireError::new(
                 ErrorCode::Cancelled,
                 "cancelled by the hub before it was computed",
-            )),
-            Skip::Expired => Message::Error(WireError::new(
+            ))),
+            Skip::Expired => Some(Message::Error(WireError::new(
                 ErrorCode::DeadlineExceeded,
                 "the deadline passed before the worker could start; not computed",
-            )),
+            ))),
+            Skip::Answered => None,
         }
     }
 }
 
-/// The answering side: requests read and not yet computed, with when each expires. A
-/// `cancel` removes its entry, and a request whose entry is gone or expired when its turn
-/// comes is answered without computing.
+/// The answering side: requests read and not yet computed, with when each expires, in
+/// deadline order. A `cancel` removes its entry. The driver keeps one timer at
+/// [`Received::next_expiry`] and, when it fires, answers what [`Received::expire`] gives
+/// out: a request is answered at its deadline, not when its turn comes. At its turn a
+/// request whose entry is gone, expired or already answered is not computed.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
     queued: HashMap<u64, Option<Instant>>,
+    /// The deadlines of the queued requests, soonest first.
+    by_deadline: BTreeSet<(Instant, u64)>,
+    /// Answered by [`Received::expire`], their turn not yet come.
+    answered: HashSet<u64>,
 }
 
 impl Received {
-    /// Notes a request read at `now` with its header's deadline.
+    /// Notes a request read at `now` with its header's deadline: whether its expiry is now
+    /// the soonest (the driver's timer is to be moved to it).
     ///
     /// # Errors
     ///
     /// [`Skip::Expired`] if its budget is already too small to start.
-    pub(crate) fn admit(&mut self, now: Instant, id: u64, deadline: Deadline) -> Result<(), Skip> {
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        id: u64,
+        deadline: Deadline,
+    ) -> Result<bool, Skip> {
         let expires = match deadline.remaining() {
             Some(budget) if budget < MIN_BUDGET => return Err(Skip::Expired),
             Some(budget) => now.checked_add(budget),
             None => None,
         };
-        self.queued.insert(id, expires);
-        Ok(())
+        self.answered.remove(&id);
+        if let Some(Some(old)) = self.queued.insert(id, expires) {
+            self.by_deadline.remove(&(old, id));
+        }
+        let Some(expires) = expires else {
+            return Ok(false);
+        };
+        self.by_deadline.insert((expires, id));
+        Ok(self.next_expiry() == Some(expires))
+    }
+
+    /// When the soonest queued request expires.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|&(at, _)| at)
+    }
+
+    /// The requests whose deadline has come at `now`, soonest first: the driver answers
+    /// each `DeadlineExceeded` now ([`Skip::Expired`]'s reply), and their turns send nothing.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<u64> {
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = self.by_deadline.first() {
+            if at > now {
+                break;
+            }
+            self.by_deadline.pop_first();
+            self.queued.remove(&id);
+            self.answered.insert(id);
+            expired.push(id);
+        }
+        expired
     }
 
     /// The request's turn has come at `now`: whether to compute it. It is forgotten
@@ -475,18 +519,36 @@ impl Received {
     ///
     /// # Errors
     ///
-    /// [`Skip`]: cancelled (or never admitted), or expired.
+    /// [`Skip`]: cancelled (or never admitted), expired, or already answered.
     pub(crate) fn take(&mut self, now: Instant, id: u64) -> Result<(), Skip> {
+        if self.answered.remove(&id) {
+            return Err(Skip::Answered);
+        }
         match self.queued.remove(&id) {
             None => Err(Skip::Cancelled),
-            Some(Some(expires)) if now >= expires => Err(Skip::Expired),
-            Some(_) => Ok(()),
+            Some(Some(expires)) => {
+                self.by_deadline.remove(&(expires, id));
+                if now >= expires {
+                    Err(Skip::Expired)
+                } else {
+                    Ok(())
+                }
+            }
+            Some(None) => Ok(()),
         }
     }
 
-    /// The requester cancelled `id`: whether it was still waiting for its turn.
+    /// The requester cancelled `id`: whether it was still waiting for its turn (and not
+    /// answered already).
     pub(crate) fn cancel(&mut self, id: u64) -> bool {
-        self.queued.remove(&id).is_some()
+        match self.queued.remove(&id) {
+            Some(Some(expires)) => {
+                self.by_deadline.remove(&(expires, id));
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
     }
 }
 
@@ -858,7 +920,7 @@ mod tests {
         assert!(!received.cancel(6), "taken: too late to cancel");
         assert!(matches!(
             Skip::Cancelled.reply(),
-            Message::Error(ref e) if e.code == ErrorCode::Cancelled
+            Some(Message::Error(ref e)) if e.code == ErrorCode::Cancelled
         ));
     }
 
@@ -888,7 +950,72 @@ mod tests {
         assert_eq!(received.take(t0 + SECOND * 3600, 4), Ok(()));
         assert!(matches!(
             Skip::Expired.reply(),
-            Message::Error(ref e) if e.code == ErrorCode::DeadlineExceeded
+            Some(Message::Error(ref e)) if e.code == ErrorCode::DeadlineExceeded
         ));
+    }
+
+    #[test]
+    fn a_queued_request_is_given_out_at_its_deadline_and_its_turn_sends_nothing() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut received = Received::default();
+        assert_eq!(received.next_expiry(), None);
+        // Admitted in another order than their deadlines; the timer follows the soonest.
+        assert_eq!(
+            received.admit(t0, 1, Deadline::from_remaining(ms * 5)),
+            Ok(true)
+        );
+        assert_eq!(
+            received.admit(t0, 2, Deadline::from_remaining(ms * 2)),
+            Ok(true)
+        );
+        assert_eq!(
+            received.admit(t0, 3, Deadline::from_remaining(ms * 9)),
+            Ok(false)
+        );
+        assert_eq!(received.admit(t0, 4, Deadline::NONE), Ok(false));
+        assert_eq!(received.next_expiry(), Some(t0 + ms * 2));
+        assert!(received.expire(t0 + ms).is_empty(), "nothing is due yet");
+        // The deadline comes while all four still wait for their turn.
+        assert_eq!(received.expire(t0 + ms * 5), vec![2, 1]);
+        assert_eq!(received.next_expiry(), Some(t0 + ms * 9));
+        assert!(received.expire(t0 + ms * 5).is_empty(), "given out once");
+        // Answered already: no second reply at the turn, and a late cancel finds nothing.
+        assert!(!received.cancel(2));
+        assert_eq!(received.take(t0 + ms * 6, 2), Err(Skip::Answered));
+        assert_eq!(received.take(t0 + ms * 6, 1), Err(Skip::Answered));
+        assert_eq!(Skip::Answered.reply(), None);
+        // Then forgotten: a stray second turn is not answered twice either way.
+        assert_eq!(received.take(t0 + ms * 6, 1), Err(Skip::Cancelled));
+        assert_eq!(received.take(t0 + ms * 6, 3), Ok(()));
+        assert_eq!(received.next_expiry(), None, "taken: its timer is gone");
+        assert_eq!(received.take(t0 + SECOND * 3600, 4), Ok(()));
+        assert!(received.expire(t0 + SECOND * 3600).is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_or_taken_request_leaves_the_timer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut received = Received::default();
+        received.admit(t0, 1, Deadline::from_remaining(ms)).unwrap();
+        received
+            .admit(t0, 2, Deadline::from_remaining(ms * 2))
+            .unwrap();
+        received
+            .admit(t0, 3, Deadline::from_remaining(ms * 3))
+            .unwrap();
+        assert!(received.cancel(1));
+        assert_eq!(received.next_expiry(), Some(t0 + ms * 2));
+        assert_eq!(received.take(t0, 2), Ok(()));
+        assert_eq!(received.next_expiry(), Some(t0 + ms * 3));
+        assert_eq!(received.expire(t0 + SECOND), vec![3]);
+        // A request admitted again under its id keeps only its new deadline.
+        received.admit(t0, 4, Deadline::from_remaining(ms)).unwrap();
+        received
+            .admit(t0, 4, Deadline::from_remaining(ms * 7))
+            .unwrap();
+        assert_eq!(received.next_expiry(), Some(t0 + ms * 7));
+        assert_eq!(received.expire(t0 + ms * 7), vec![4]);
     }
 }

@@ -2,7 +2,7 @@
 //! send heartbeats, reconnect with jittered exponential backoff, and leave cleanly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use qnllm_protocol::{
@@ -215,6 +215,19 @@ async fn session(
     let waiting = Arc::new(Semaphore::new(4 * config.max_in_flight.max(1) as usize));
     let compute_ns = Arc::new(AtomicU64::new(0));
     let queued = Arc::new(Queued::default());
+    // Answers queued requests at their deadlines while the reader and the computing tasks
+    // are busy with others. A thread of its own: the reader computes short work inline, and
+    // a task it woke could wait behind that work on the reader's runtime thread.
+    let expiry = {
+        let (queued, sender) = (queued.clone(), sender.clone());
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("qnllm-deadlines".into())
+            .spawn(move || expire_at_deadlines(&queued, &sender, &runtime))
+            .ok()
+    };
+    // However the session ends, even dropped mid-way, the timer thread ends with it.
+    let stop_timer = StopTimer(queued.clone());
     let work = Work {
         engine,
         compute_ns: &compute_ns,
@@ -286,27 +299,100 @@ async fn session(
     } else {
         end
     };
+    drop(stop_timer);
     drop(sender);
+    // Finishing the writer also ends a reply the timer is still waiting to queue.
     writer.finish().await;
+    if let Some(expiry) = expiry {
+        let _ = tokio::task::spawn_blocking(move || expiry.join()).await;
+    }
     Ok(end)
 }
 
-/// Requests read and not yet computed: [`Received`], shared by the reader and the tasks
-/// that compute.
+/// Requests read and not yet computed: [`Received`], shared by the reader, the tasks
+/// that compute and the deadline timer ([`expire_at_deadlines`]).
 #[derive(Debug, Default)]
-struct Queued(Mutex<Received>);
+struct Queued {
+    table: Mutex<Table>,
+    /// Wakes the timer when an admitted request expires sooner than any before it, or at
+    /// the end of the session.
+    sooner: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    received: Received,
+    /// The session is over: the timer ends.
+    stopped: bool,
+}
 
 impl Queued {
     fn admit(&self, id: u64, deadline: Deadline) -> Result<(), Skip> {
-        peer::lock(&self.0).admit(Instant::now(), id, deadline)
+        let sooner = peer::lock(&self.table)
+            .received
+            .admit(Instant::now(), id, deadline)?;
+        if sooner {
+            self.sooner.notify_one();
+        }
+        Ok(())
     }
 
     fn take(&self, now: Instant, id: u64) -> Result<(), Skip> {
-        peer::lock(&self.0).take(now, id)
+        peer::lock(&self.table).received.take(now, id)
     }
 
     fn cancel(&self, id: u64) -> bool {
-        peer::lock(&self.0).cancel(id)
+        peer::lock(&self.table).received.cancel(id)
+    }
+
+    fn stop(&self) {
+        peer::lock(&self.table).stopped = true;
+        self.sooner.notify_one();
+    }
+}
+
+/// Stops the deadline timer when dropped.
+#[derive(Debug)]
+struct StopTimer(Arc<Queued>);
+
+impl Drop for StopTimer {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// The deadline timer, on a thread of its own: answers each queued request
+/// `DeadlineExceeded` when its deadline comes, however much work is ahead of it, until
+/// [`Queued::stop`].
+fn expire_at_deadlines(queued: &Queued, sender: &FrameSender, runtime: &tokio::runtime::Handle) {
+    let Some(expired) = Skip::Expired.reply() else {
+        return;
+    };
+    let mut table = peer::lock(&queued.table);
+    while !table.stopped {
+        let now = Instant::now();
+        let ids = table.received.expire(now);
+        if !ids.is_empty() {
+            drop(table);
+            let replies: Vec<(Message, u64)> =
+                ids.into_iter().map(|id| (expired.clone(), id)).collect();
+            runtime.block_on(sender.send_all(&replies));
+            table = peer::lock(&queued.table);
+            continue;
+        }
+        table = match table.received.next_expiry() {
+            Some(at) => {
+                let wait = at.saturating_duration_since(now);
+                match queued.sooner.wait_timeout(table, wait) {
+                    Ok((table, _)) => table,
+                    Err(poisoned) => poisoned.into_inner().0,
+                }
+            }
+            None => queued
+                .sooner
+                .wait(table)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        };
     }
 }
 
@@ -361,7 +447,9 @@ async fn serve_burst(
                 match work.queued.admit(id, frame.header.deadline) {
                     Ok(()) => group.push((id, encoding)),
                     Err(skip) => {
-                        work.sender.send(&skip.reply(), id, Deadline::NONE).await;
+                        if let Some(reply) = skip.reply() {
+                            work.sender.send(&reply, id, Deadline::NONE).await;
+                        }
                     }
                 }
             } else {
@@ -389,6 +477,7 @@ async fn serve_burst(
 }
 
 /// Computes one reason; keeps `compute_ns`, the moving average of the compute time, current.
+/// `None` when the deadline timer has answered it already.
 fn answer(
     engine: &LocalBackend,
     id: u64,
@@ -396,7 +485,7 @@ fn answer(
     queued: &Queued,
     served: &AtomicU64,
     compute_ns: &AtomicU64,
-) -> Message {
+) -> Option<Message> {
     let started = Instant::now();
     if let Err(skip) = queued.take(started, id) {
         return skip.reply();
@@ -406,13 +495,13 @@ fn answer(
     let average = compute_ns.load(Ordering::Relaxed);
     // Racing updates may lose a sample: an estimate is all it is.
     compute_ns.store(average - average / 8 + took / 8, Ordering::Relaxed);
-    match outcome {
+    Some(match outcome {
         Ok(answer) => {
             served.fetch_add(1, Ordering::Relaxed);
             Message::Result(result_body(&answer))
         }
         Err(err) => error_message(&err),
-    }
+    })
 }
 
 /// Serves a group of reasons: see [`serve_burst`]. Waiting for permits applies
@@ -485,7 +574,8 @@ async fn serve_group(mut group: Vec<(u64, Encoding)>, work: &Work<'_>) {
     work.sender.send_all(&replies).await;
 }
 
-/// Answers each request of a group, replies paired with their request ids.
+/// Answers each request of a group, replies paired with their request ids (none for those
+/// the deadline timer answered).
 fn answer_all(
     engine: &LocalBackend,
     group: &[(u64, Encoding)],
@@ -495,9 +585,8 @@ fn answer_all(
 ) -> Vec<(Message, u64)> {
     group
         .iter()
-        .map(|(id, encoding)| {
-            let reply = answer(engine, *id, encoding, queued, served, compute_ns);
-            (reply, *id)
+        .filter_map(|(id, encoding)| {
+            answer(engine, *id, encoding, queued, served, compute_ns).map(|reply| (reply, *id))
         })
         .collect()
 }
@@ -512,7 +601,9 @@ async fn serve(
     work: &Work<'_>,
 ) {
     if let Err(skip) = work.queued.admit(id, deadline) {
-        work.sender.send(&skip.reply(), id, Deadline::NONE).await;
+        if let Some(reply) = skip.reply() {
+            work.sender.send(&reply, id, Deadline::NONE).await;
+        }
         return;
     }
     let Ok(waiting) = work.waiting.clone().acquire_owned().await else {
@@ -531,16 +622,18 @@ async fn serve(
         drop(waiting);
         let reply = match queued.take(Instant::now(), id) {
             Err(skip) => skip.reply(),
-            Ok(()) => match tokio::task::spawn_blocking(job).await {
+            Ok(()) => Some(match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(reply)) => {
                     served.fetch_add(1, Ordering::Relaxed);
                     reply
                 }
                 Ok(Err(err)) => error_message(&err),
                 Err(join) => Message::Error(WireError::new(ErrorCode::Internal, join.to_string())),
-            },
+            }),
         };
-        sender.send(&reply, id, Deadline::NONE).await;
+        if let Some(reply) = reply {
+            sender.send(&reply, id, Deadline::NONE).await;
+        }
         drop(permit);
     });
 }

@@ -4,7 +4,8 @@
 //! and an idle engine adds no delay. A `max_delay` of a millisecond or more also waits for
 //! stragglers, as Triton's dynamic batcher does. Fewer, larger frames cost fewer syscalls and
 //! wake-ups per encoding. A request whose deadline passes while it waits in the queue is
-//! answered (`Timeout`) when it is picked up, and never computed.
+//! answered (`Timeout`) at its deadline, by its own timer, and is dropped uncomputed when
+//! it is picked up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,9 +242,10 @@ impl Backend for DynamicBatcher {
         }
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
+            let deadline = Instant::now() + budget;
             let job = Job {
                 encoding: encoding.to_vec(),
-                deadline: Instant::now() + budget,
+                deadline,
                 budget,
                 reply,
             };
@@ -252,7 +254,15 @@ impl Backend for DynamicBatcher {
                 reason: "batcher stopped".into(),
             };
             self.queue.send(job).map_err(|_| gone())?;
-            answer.await.map_err(|_| gone())?
+            // The caller is answered at its deadline, wherever its job is: a job still
+            // queued behind busy batches then finds its reply closed and is dropped.
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(answer) => answer.map_err(|_| gone())?,
+                Err(_) => Err(BackendError::Timeout {
+                    engine: self.inner.name().to_string(),
+                    budget,
+                }),
+            }
         })
     }
 
