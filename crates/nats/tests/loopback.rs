@@ -510,7 +510,7 @@ async fn a_server_whose_max_payload_holds_no_encoding_gets_an_error_naming_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_lists_nats_workers_with_their_kind_and_transport() {
+async fn a_hub_lists_nats_workers_with_their_kind_transport_and_figures() {
     let bin = require_server!();
     let server = start_server(&bin).await;
     // A real hub on a loopback port with an engine of each transport: in its process, a
@@ -574,5 +574,36 @@ async fn a_hub_lists_nats_workers_with_their_kind_and_transport() {
     // And the `engines` handler.
     let reply = client.call("engines", b"", BUDGET).await.unwrap();
     assert_eq!(listed(&serde_json::from_slice(&reply).unwrap()), want);
+
+    // The NATS worker's figures are filled as the socket worker's are: one request and a
+    // batch of three through it are four encodings served, none left in flight, and the
+    // hub has heard from it.
+    let w1 = hub
+        .router()
+        .backends()
+        .into_iter()
+        .find(|b| b.name() == "w1");
+    let w1 = w1.unwrap();
+    let xs: Vec<f32> = NormalInputs::new(5, 768).take(4).flatten().collect();
+    w1.reason(&xs[..768], BUDGET).await.unwrap();
+    w1.reason_batch(&xs[768..], 768, BUDGET).await.unwrap();
+    let metrics = client.metrics(BUDGET).await.unwrap();
+    let row = |list: &serde_json::Value, name: &str| -> serde_json::Value {
+        let mut rows = list.as_array().unwrap().iter();
+        rows.find(|e| e["name"] == name).unwrap().clone()
+    };
+    for name in ["sock", "w1"] {
+        let e = row(&metrics["engines"], name);
+        assert!(e["last_heard_ms"].is_u64(), "{name}: {e}");
+        assert_eq!(e["in_flight"], 0, "{name}: {e}");
+        assert!(e["served"].is_u64(), "{name}: {e}");
+    }
+    assert_eq!(row(&metrics["engines"], "w1")["served"], 4);
+    let routed = row(&metrics["router"]["engines"], "w1");
+    assert_eq!(routed["activity"]["served"], 4, "{routed}");
+    assert!(routed["activity"]["last_heard_ms"].is_u64(), "{routed}");
+    let reply = client.call("engines", b"", BUDGET).await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(row(&listed, "w1")["served"], 4, "{listed}");
     worker.stop().await;
 }
