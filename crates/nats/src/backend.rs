@@ -453,6 +453,8 @@ mod tests {
             subject: "qnllm.engine.w1".into(),
             leaving: false,
             run,
+            snapshot: 0,
+            replayed: 0,
         }
     }
 
