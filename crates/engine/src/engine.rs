@@ -79,4 +79,25 @@ pub trait Engine: Send + Sync {
     ///
     /// [`EngineError::UnknownLabel`], or the errors of [`Engine::reason`].
     fn learn(&mut self, encoding: &[f32], label: u32) -> Result<Learned, EngineError>;
+
+    /// The model as a model file (the safetensors format of `docs/engine.md`), so another
+    /// replica can take this exact state; `None` when this engine cannot export its model.
+    fn export_model(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the model with one [`Engine::export_model`] gave, weights and version: the
+    /// digest becomes the exporter's. The new model must have this one's parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::ModelFile`] for bytes that are not such a model file,
+    /// [`EngineError::InvalidParams`] for a model of other parameters, and
+    /// [`EngineError::Failed`] from engines that cannot replace their model (the default).
+    fn import_model(&mut self, model: &[u8]) -> Result<(), EngineError> {
+        let _ = model;
+        Err(EngineError::Failed(
+            "this engine cannot replace its model".into(),
+        ))
+    }
 }

@@ -178,4 +178,21 @@ impl Engine for SpikingEngine {
             digest: self.model.digest(),
         })
     }
+
+    fn export_model(&self) -> Option<Vec<u8>> {
+        self.model.to_safetensors().ok()
+    }
+
+    fn import_model(&mut self, model: &[u8]) -> Result<(), EngineError> {
+        let model = Model::from_safetensors(model, "the imported model")?;
+        if model.params() != self.model.params() {
+            return Err(EngineError::InvalidParams(format!(
+                "the imported model has parameters {:?}, this engine's are {:?}",
+                model.params(),
+                self.model.params()
+            )));
+        }
+        self.model = model;
+        Ok(())
+    }
 }

@@ -23,6 +23,24 @@ impl Model {
     ///
     /// [`ModelFileError::Io`] when the file cannot be written.
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        let io = |source: std::io::Error| ModelFileError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let bytes = self
+            .to_safetensors()
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        std::fs::write(path, bytes).map_err(io)?;
+        Ok(())
+    }
+
+    /// The model file [`Model::save`] writes, as bytes (a snapshot sent over a network).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidParams`] when the tensors cannot be framed (never for a model
+    /// whose parameters validated).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, EngineError> {
         let p = self.params();
         let input: Vec<u8> = self.input_weights().iter().map(|&w| w as u8).collect();
         let readout: Vec<u8> = self
@@ -49,16 +67,8 @@ impl Model {
         meta.insert("format".into(), FORMAT.into());
         meta.insert("name".into(), self.name().into());
         meta.insert("version".into(), self.version().to_string());
-        let bytes =
-            safetensors::serialize(tensors, &Some(meta)).map_err(|e| ModelFileError::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        std::fs::write(path, bytes).map_err(|source| ModelFileError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(())
+        safetensors::serialize(tensors, &Some(meta))
+            .map_err(|e| EngineError::InvalidParams(e.to_string()))
     }
 
     /// Reads a model written by [`Model::save`] (or by any tool that follows the format).
@@ -73,6 +83,16 @@ impl Model {
             path: shown.clone(),
             source,
         })?;
+        Model::from_safetensors(&bytes, &shown)
+    }
+
+    /// Reads a model file's bytes, as [`Model::load`] does; errors name the file `shown`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::load`], but no I/O error.
+    pub fn from_safetensors(bytes: &[u8], shown: &str) -> Result<Model, EngineError> {
+        let shown = shown.to_string();
         let format_error = |reason: String| {
             EngineError::from(ModelFileError::Format {
                 path: shown.clone(),
@@ -80,12 +100,12 @@ impl Model {
             })
         };
         let (_, header) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| ModelFileError::NotSafetensors {
+            SafeTensors::read_metadata(bytes).map_err(|e| ModelFileError::NotSafetensors {
                 path: shown.clone(),
                 reason: e.to_string(),
             })?;
         let tensors =
-            SafeTensors::deserialize(&bytes).map_err(|e| ModelFileError::NotSafetensors {
+            SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
                 path: shown.clone(),
                 reason: e.to_string(),
             })?;

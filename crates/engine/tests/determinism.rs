@@ -89,6 +89,41 @@ fn save_then_load_keeps_the_digest_and_the_answers() {
 }
 
 #[test]
+fn an_exported_model_imported_into_a_fresh_replica_is_the_same_state() {
+    let mut taught = engine();
+    for (step, x) in inputs(5).iter().enumerate() {
+        taught.learn(x, step as u32).unwrap();
+    }
+    let bytes = taught.export_model().unwrap();
+    let mut replica = engine();
+    assert_ne!(replica.digest(), taught.digest());
+    replica.import_model(&bytes).unwrap();
+    assert_eq!(replica.info(), taught.info());
+    // And both learn on from there identically.
+    let x = &inputs(6)[5];
+    assert_eq!(replica.learn(x, 3).unwrap(), taught.learn(x, 3).unwrap());
+    assert_eq!(replica.reason(x).unwrap(), taught.reason(x).unwrap());
+}
+
+#[test]
+fn importing_garbage_or_another_shape_is_refused_and_leaves_the_model() {
+    let mut replica = engine();
+    let before = replica.info();
+    let err = replica.import_model(b"not a model").unwrap_err();
+    assert!(err.to_string().contains("not a safetensors file"), "{err}");
+    let small = Params {
+        hidden: 64,
+        ..Params::default()
+    };
+    let other = SpikingEngine::from_seed(1, small).unwrap();
+    let err = replica
+        .import_model(&other.export_model().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("parameters"), "{err}");
+    assert_eq!(replica.info(), before);
+}
+
+#[test]
 fn replicas_that_learn_the_same_sequence_stay_identical() {
     let (mut a, mut b) = (engine(), engine());
     let mut digests = std::collections::HashSet::new();

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use qnllm_protocol::{EngineRole, Register};
 use qnllm_router::{
-    Admission, Backend, Coordinator, DynamicBatcher, EngineId, Pool, Router, SharedBatchPolicy,
+    Activity, Admission, Backend, Coordinator, DynamicBatcher, EngineId, Pool, Router,
+    SharedBatchPolicy,
 };
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -243,8 +244,12 @@ impl Registry {
             .values()
             .filter_map(|e| Some((e.route?, e.remote.clone())))
             .collect();
-        let transports: BTreeMap<EngineId, &str> = (self.router.metrics().engines.iter())
-            .map(|e| (e.id, e.transport))
+        let metrics = self.router.metrics().engines;
+        let transports: BTreeMap<EngineId, &str> =
+            metrics.iter().map(|e| (e.id, e.transport)).collect();
+        // Engines this hub holds no connection to (on NATS) count their own.
+        let activity: BTreeMap<EngineId, Activity> = (metrics.iter())
+            .filter_map(|e| Some((e.id, e.activity?)))
             .collect();
         let list: Vec<Value> = self
             .router
@@ -252,6 +257,7 @@ impl Registry {
             .into_iter()
             .map(|(route, pool, info)| {
                 let remote = remotes.get(&route);
+                let counted = activity.get(&route);
                 json!({
                     "name": info.name,
                     "kind": info.kind,
@@ -261,9 +267,9 @@ impl Registry {
                     "labels": info.labels,
                     "model_version": info.model_version,
                     "model_digest": info.model_digest,
-                    "in_flight": remote.map(|r| r.in_flight()),
-                    "served": remote.map(|r| r.served.load(Ordering::Relaxed)),
-                    "last_heard_ms": remote.map(|r| r.silence().as_millis() as u64),
+                    "in_flight": remote.map(|r| r.in_flight() as u64).or(counted.map(|a| a.in_flight)),
+                    "served": remote.map(|r| r.served.load(Ordering::Relaxed)).or(counted.map(|a| a.served)),
+                    "last_heard_ms": remote.map(|r| r.silence().as_millis() as u64).or(counted.map(|a| a.last_heard_ms)),
                 })
             })
             .collect();

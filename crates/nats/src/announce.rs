@@ -36,6 +36,13 @@ pub struct Announce {
     /// (a restart under the same id) starts over.
     #[serde(default)]
     pub run: u64,
+    /// The log entry of the newest model snapshot this worker knows is stored (the one it
+    /// started from, or one it offered); 0: none.
+    #[serde(default)]
+    pub snapshot: u64,
+    /// Log entries this run has applied, not counting those a snapshot it started from held.
+    #[serde(default)]
+    pub replayed: u64,
 }
 
 #[cfg(test)]
@@ -43,7 +50,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announce_round_trips_and_leaving_defaults_to_false() {
+    fn announce_round_trips_and_fields_added_later_default() {
         let a = Announce {
             id: "w1".into(),
             name: "w1".into(),
@@ -58,13 +65,17 @@ mod tests {
             subject: "qnllm.engine.w1".into(),
             leaving: false,
             run: 7,
+            snapshot: 5,
+            replayed: 3,
         };
         let mut json = serde_json::to_value(&a).unwrap();
         json.as_object_mut().unwrap().remove("leaving");
         let back: Announce = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, a);
-        json.as_object_mut().unwrap().remove("run");
+        for field in ["run", "snapshot", "replayed"] {
+            json.as_object_mut().unwrap().remove(field);
+        }
         let old: Announce = serde_json::from_value(json).unwrap();
-        assert_eq!(old.run, 0);
+        assert_eq!((old.run, old.snapshot, old.replayed), (0, 0, 0));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::RequestErrorKind;
 use bytes::{Bytes, BytesMut};
@@ -13,7 +13,9 @@ use qnllm_protocol::{
     encode_batch_frame, encode_reason_frame, Deadline, ErrorCode, Frame, Message,
     DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES,
 };
-use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
+use qnllm_router::{
+    Activity, Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState,
+};
 
 use crate::announce::Announce;
 use crate::frame::decode_one;
@@ -42,6 +44,28 @@ pub struct NatsBackend {
     info: Mutex<(EngineInfo, u64)>,
     log: Option<Arc<LearnLog>>,
     next_request: AtomicU64,
+    /// Requests sent and not yet answered (or given up on).
+    in_flight: AtomicU64,
+    /// Encodings it has answered.
+    served: AtomicU64,
+    /// When it last announced itself or replied.
+    last_heard: Mutex<Instant>,
+}
+
+/// Counts one request in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicU64) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl NatsBackend {
@@ -61,6 +85,9 @@ impl NatsBackend {
             info: Mutex::new((info_of(announce), announce.run)),
             log,
             next_request: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            last_heard: Mutex::new(Instant::now()),
         }
     }
 
@@ -77,9 +104,20 @@ impl NatsBackend {
     /// Takes what `announce` says, except a model state older than the one known from the
     /// same run (see [`merge`]).
     pub fn update(&self, announce: &Announce) {
-        let (info, run) = &mut *self.lock();
-        *info = merge(info, *run, announce);
-        *run = announce.run;
+        {
+            let (info, run) = &mut *self.lock();
+            *info = merge(info, *run, announce);
+            *run = announce.run;
+        }
+        self.heard();
+    }
+
+    /// Records a sign of life (an announcement or a reply).
+    fn heard(&self) {
+        *self
+            .last_heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (EngineInfo, u64)> {
@@ -106,6 +144,7 @@ impl NatsBackend {
         let request = async_nats::Request::new()
             .payload(payload)
             .timeout(Some(budget));
+        let _counted = InFlight::new(&self.in_flight);
         let reply = self
             .client
             .send_request(subject.to_string(), request)
@@ -118,6 +157,7 @@ impl NatsBackend {
                 RequestErrorKind::NoResponders => self.gone("no responders on its subject"),
                 _ => self.gone(e.to_string()),
             })?;
+        self.heard();
         decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES).map_err(|e| BackendError::Failed {
             engine: self.name.clone(),
             reason: format!("bad reply: {e}"),
@@ -184,6 +224,8 @@ impl NatsBackend {
             .await?;
         match frame.message() {
             Ok(Message::BatchResult(body)) => {
+                self.served
+                    .fetch_add(body.results.len() as u64, Ordering::Relaxed);
                 Ok(body.results.into_iter().map(convert::answer).collect())
             }
             _ => Err(self.failure(&frame)),
@@ -270,6 +312,22 @@ impl Backend for NatsBackend {
         self.lock().0.model_digest
     }
 
+    /// Counted here, by this hub, as the hub counts a socket worker's: its requests in
+    /// flight from this hub, the encodings it answered this hub, and the time since this
+    /// hub last heard from it (a reply or an announcement).
+    fn activity(&self) -> Option<Activity> {
+        let silence = self
+            .last_heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        Some(Activity {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+            last_heard_ms: u64::try_from(silence.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -283,7 +341,10 @@ impl Backend for NatsBackend {
                 )
                 .await?;
             match frame.message() {
-                Ok(Message::Result(body)) => Ok(convert::answer(body)),
+                Ok(Message::Result(body)) => {
+                    self.served.fetch_add(1, Ordering::Relaxed);
+                    Ok(convert::answer(body))
+                }
                 _ => Err(self.failure(&frame)),
             }
         })
@@ -392,6 +453,8 @@ mod tests {
             subject: "qnllm.engine.w1".into(),
             leaving: false,
             run,
+            snapshot: 0,
+            replayed: 0,
         }
     }
 

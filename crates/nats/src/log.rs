@@ -1,5 +1,6 @@
 //! The update log: one JetStream stream per model lineage, whose sequence numbers are the
-//! one order in which every replica, on every host, applies learning updates.
+//! one order in which every replica, on every host, applies learning updates; and beside
+//! it the lineage's newest model snapshots, so a late replica starts from one of those.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -7,8 +8,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use qnllm_engine::Digest;
 use qnllm_protocol::{encode_frame, Deadline, Learn, Message, DEFAULT_MAX_FRAME_BYTES};
+use qnllm_router::ModelState;
 
 use crate::error::NatsError;
 use crate::frame::decode_one;
@@ -24,6 +27,27 @@ pub struct LogEntry {
     /// The encoding.
     pub encoding: Vec<f32>,
 }
+
+/// A model as every replica holds it after one log entry: a late replica loads it and
+/// follows the log from the entry after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The last log entry applied to it.
+    pub seq: u64,
+    /// Its version and digest.
+    pub state: ModelState,
+    /// The model file (the safetensors format of `docs/engine.md`).
+    pub model: Bytes,
+}
+
+/// Snapshot message headers: the entry, the model version and the model digest (hex).
+const SEQ_HEADER: &str = "Qnllm-Seq";
+const VERSION_HEADER: &str = "Qnllm-Version";
+const DIGEST_HEADER: &str = "Qnllm-Digest";
+
+/// Snapshots a snapshot stream keeps: the newest by entry is read, so one taken late by a
+/// lagging replica, stored after a newer one, does not hide it.
+const SNAPSHOTS_KEPT: i64 = 2;
 
 /// The appending and reading side of the update logs, for one process (a hub's backends
 /// share one, so the calls for every replica of one update become one entry).
@@ -65,18 +89,37 @@ impl LearnLog {
     ///
     /// [`NatsError::Log`] when JetStream is off or refuses.
     pub async fn stream(&self, lineage: &str) -> Result<stream::Stream, NatsError> {
-        let name = subject::log_stream(lineage);
-        if let Some(stream) = self.lock().get(&name) {
-            return Ok(stream.clone());
-        }
-        let config = stream::Config {
-            name: name.clone(),
+        self.open(stream::Config {
+            name: subject::log_stream(lineage),
             subjects: vec![subject::learn(lineage)],
             num_replicas: self.replicas,
             storage: stream::StorageType::File,
             duplicate_window: DEDUP_WINDOW,
             ..stream::Config::default()
-        };
+        })
+        .await
+    }
+
+    /// The snapshot stream of `lineage`, created if missing.
+    async fn snapshot_stream(&self, lineage: &str) -> Result<stream::Stream, NatsError> {
+        self.open(stream::Config {
+            name: subject::snapshot_stream(lineage),
+            subjects: vec![subject::snapshot(lineage)],
+            num_replicas: self.replicas,
+            storage: stream::StorageType::File,
+            max_messages: SNAPSHOTS_KEPT,
+            duplicate_window: DEDUP_WINDOW,
+            ..stream::Config::default()
+        })
+        .await
+    }
+
+    /// The stream `config` names, created with `config` if missing.
+    async fn open(&self, config: stream::Config) -> Result<stream::Stream, NatsError> {
+        let name = config.name.clone();
+        if let Some(stream) = self.lock().get(&name) {
+            return Ok(stream.clone());
+        }
         let stream = self
             .js
             .get_or_create_stream(config)
@@ -175,4 +218,117 @@ impl LearnLog {
             Err(e) => Err(fail(format!("entry {seq}: {e}"))),
         }
     }
+
+    /// The sequence of the lineage's last entry (0 for an empty log).
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream fails.
+    pub async fn last_entry(&self, lineage: &str) -> Result<u64, NatsError> {
+        let mut stream = self.stream(lineage).await?;
+        let info = stream.info().await.map_err(|e| NatsError::Log {
+            stream: subject::log_stream(lineage),
+            reason: e.to_string(),
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Stores `snapshot` as the lineage's newest. Every replica offers the same bits for one
+    /// entry, and all but the first are dropped as duplicates.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream refuses (a model larger than the server's
+    /// `max_payload`, say).
+    pub async fn put_snapshot(&self, lineage: &str, snapshot: &Snapshot) -> Result<(), NatsError> {
+        let fail = |reason: String| NatsError::Log {
+            stream: subject::snapshot_stream(lineage),
+            reason,
+        };
+        self.snapshot_stream(lineage).await?;
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("{lineage}-{}", snapshot.seq);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers.insert(SEQ_HEADER, snapshot.seq.to_string().as_str());
+        let version = snapshot.state.version.to_string();
+        headers.insert(VERSION_HEADER, version.as_str());
+        headers.insert(DIGEST_HEADER, snapshot.state.digest.to_hex().as_str());
+        self.js
+            .publish_with_headers(subject::snapshot(lineage), headers, snapshot.model.clone())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The lineage's newest snapshot (by log entry), or `None` when none was taken.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream fails, or a stored snapshot lacks its headers.
+    pub async fn latest_snapshot(&self, lineage: &str) -> Result<Option<Snapshot>, NatsError> {
+        let name = subject::snapshot_stream(lineage);
+        let fail = |reason: String| NatsError::Log {
+            stream: name.clone(),
+            reason,
+        };
+        let mut stream = match self.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        let info = stream.info().await.map_err(|e| fail(e.to_string()))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut newest: Option<Snapshot> = None;
+        for seq in first..=last {
+            let message = match stream.get_raw_message(seq).await {
+                Ok(message) => message,
+                // Dropped since the stream's state was read: a newer one took its place.
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => continue,
+                Err(e) => return Err(fail(e.to_string())),
+            };
+            let snapshot =
+                snapshot_of(&message).map_err(|reason| fail(format!("message {seq}: {reason}")))?;
+            if newest.as_ref().is_none_or(|n| snapshot.seq > n.seq) {
+                newest = Some(snapshot);
+            }
+        }
+        Ok(newest)
+    }
+}
+
+/// The snapshot a stored message holds, or what is missing from it.
+fn snapshot_of(message: &jetstream::message::StreamMessage) -> Result<Snapshot, String> {
+    let header = |name: &str| {
+        message
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .ok_or_else(|| format!("no {name} header"))
+    };
+    let number = |name: &str| {
+        header(name)?
+            .parse::<u64>()
+            .map_err(|_| format!("{name} is not a number"))
+    };
+    let digest = header(DIGEST_HEADER)?;
+    let digest = Digest::from_hex(&digest)
+        .ok_or_else(|| format!("{DIGEST_HEADER} {digest:?} is not 64 hex digits"))?;
+    Ok(Snapshot {
+        seq: number(SEQ_HEADER)?,
+        state: ModelState {
+            version: number(VERSION_HEADER)?,
+            digest,
+        },
+        model: message.payload.clone(),
+    })
 }

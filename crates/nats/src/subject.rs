@@ -34,6 +34,16 @@ pub fn log_stream(lineage: &str) -> String {
     format!("QNLLM_LEARN_{lineage}")
 }
 
+/// The subject of a lineage's model snapshots, captured by its snapshot stream.
+pub fn snapshot(lineage: &str) -> String {
+    format!("qnllm.snapshot.{lineage}")
+}
+
+/// The JetStream stream holding a lineage's newest model snapshot.
+pub fn snapshot_stream(lineage: &str) -> String {
+    format!("QNLLM_SNAP_{lineage}")
+}
+
 /// `name` made fit for one subject token (and a stream name): letters, digits, `-` and `_`
 /// kept, anything else (`.`, `*`, `>`, spaces) becomes `_`.
 pub fn token(name: &str) -> String {

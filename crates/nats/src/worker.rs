@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::announce::Announce;
 use crate::error::NatsError;
 use crate::frame::decode_one;
-use crate::log::LearnLog;
+use crate::log::{LearnLog, Snapshot};
 use crate::subject;
 use qnllm_hub::convert::result_body;
 
@@ -43,10 +43,15 @@ pub struct WorkerConfig {
     pub log_replicas: usize,
     /// Time in-flight requests get to finish when stopping.
     pub grace: Duration,
+    /// Offer a snapshot of the model to the lineage's snapshot stream after every log entry
+    /// whose sequence is a multiple of this; 0: never. A worker starts from the newest
+    /// snapshot whatever this says.
+    pub snapshot_every: u64,
 }
 
 impl WorkerConfig {
-    /// Defaults for `name`: 64 in flight, heartbeat 1 s, follow the log (one copy), 5 s grace.
+    /// Defaults for `name`: 64 in flight, heartbeat 1 s, follow the log (one copy), 5 s
+    /// grace, a snapshot every 1 000 updates.
     pub fn new(name: impl Into<String>) -> WorkerConfig {
         WorkerConfig {
             name: name.into(),
@@ -56,6 +61,7 @@ impl WorkerConfig {
             follow_log: true,
             log_replicas: 1,
             grace: Duration::from_secs(5),
+            snapshot_every: 1_000,
         }
     }
 }
@@ -81,6 +87,10 @@ struct Shared {
     /// state after an entry only once its append was acknowledged, which can be after the
     /// follower, woken by the entry's publication, found the log one short.
     behind: tokio::sync::Notify,
+    /// The newest snapshot known stored: loaded at start, or offered and acknowledged.
+    snapshot: AtomicU64,
+    /// Log entries this run applied (not counting those a loaded snapshot held).
+    replayed: AtomicU64,
 }
 
 impl Shared {
@@ -100,6 +110,8 @@ impl Shared {
             subject: subject::engine(&self.id),
             leaving,
             run: self.run,
+            snapshot: self.snapshot.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
         }
     }
 
@@ -172,6 +184,8 @@ pub async fn run(
         states: Mutex::new(BTreeMap::new()),
         applied: watch::channel(0).0,
         behind: tokio::sync::Notify::new(),
+        snapshot: AtomicU64::new(0),
+        replayed: AtomicU64::new(0),
         config,
     });
     tracing::info!(engine = %shared.config.name, subject = %own_subject, lineage = %shared.lineage, "serving on NATS");
@@ -383,11 +397,95 @@ async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
     let _ = shared.client.publish(reply, answer).await;
 }
 
-/// Applies the lineage's update log in order, from the first entry, for ever: catches up
-/// whenever an update is published, whenever a hub asks for a state not reached yet, or
-/// once a second (for updates missed while cut off).
+/// Loads the lineage's newest snapshot, if there is one this engine can take and it is what
+/// it says it is (its model's digest is the one recorded); returns the log entry it holds,
+/// or 0 when the log must be replayed from the start.
+async fn start_from_snapshot(shared: &Shared, log: &LearnLog) -> u64 {
+    let snapshot = match log.latest_snapshot(&shared.lineage).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the snapshots; replaying the whole log");
+            return 0;
+        }
+    };
+    // What to go back to if the snapshot is not what it claims.
+    let Some((_, original)) = shared.engine.export_model() else {
+        tracing::info!("this engine cannot load snapshots; replaying the whole log");
+        return 0;
+    };
+    let refuse = |reason: String| {
+        tracing::warn!(seq = snapshot.seq, %reason, "snapshot refused; replaying the whole log");
+        0
+    };
+    match shared.engine.import_model(&snapshot.model) {
+        Ok(state) if state == snapshot.state => {
+            shared.states().insert(snapshot.seq, Ok(state));
+            shared.snapshot.store(snapshot.seq, Ordering::Relaxed);
+            tracing::info!(
+                seq = snapshot.seq,
+                version = state.version,
+                "started from a snapshot"
+            );
+            snapshot.seq
+        }
+        Ok(state) => {
+            let restored = shared.engine.import_model(&original);
+            if let Err(e) = restored {
+                tracing::error!(error = %e, "cannot restore the model after a bad snapshot");
+            }
+            refuse(format!(
+                "its model is at version {} digest {}, the snapshot says version {} digest {}",
+                state.version,
+                state.digest.to_hex(),
+                snapshot.state.version,
+                snapshot.state.digest.to_hex()
+            ))
+        }
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
+/// Offers the model as it is after log entry `seq` to the lineage's snapshot stream, in the
+/// background (the follower goes on applying entries). A replica replaying old entries
+/// offers nothing when the log already reaches the next snapshot point: its snapshot would
+/// be older than one taken there.
+fn offer_snapshot(shared: &Arc<Shared>, log: &Arc<LearnLog>, seq: u64) {
+    // Exported now, before the next entry changes the model.
+    let Some((state, model)) = shared.engine.export_model() else {
+        return;
+    };
+    let snapshot = Snapshot {
+        seq,
+        state,
+        model: model.into(),
+    };
+    let (shared, log) = (shared.clone(), log.clone());
+    tokio::spawn(async move {
+        match log.last_entry(&shared.lineage).await {
+            Ok(last) if last >= seq.saturating_add(shared.config.snapshot_every) => return,
+            Ok(_) => {}
+            Err(e) => return tracing::warn!(error = %e, seq, "snapshot not offered"),
+        }
+        match log.put_snapshot(&shared.lineage, &snapshot).await {
+            Ok(()) => {
+                shared.snapshot.fetch_max(seq, Ordering::Relaxed);
+                tracing::debug!(seq, "snapshot stored");
+                shared.announce(false).await;
+            }
+            Err(e) => tracing::warn!(error = %e, seq, "snapshot not stored"),
+        }
+    });
+}
+
+/// Applies the lineage's update log in order, from the newest snapshot or the first entry,
+/// for ever: catches up whenever an update is published, whenever a hub asks for a state
+/// not reached yet, or once a second (for updates missed while cut off).
 async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
-    let log = LearnLog::new(shared.client.clone(), shared.config.log_replicas);
+    let log = Arc::new(LearnLog::new(
+        shared.client.clone(),
+        shared.config.log_replicas,
+    ));
     let learn_subject = subject::learn(&shared.lineage);
     let mut kicks = loop {
         match shared.client.subscribe(learn_subject.clone()).await {
@@ -402,13 +500,18 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
         }
     };
     let served = AtomicU64::new(0);
-    let mut next = 1u64;
+    let start = start_from_snapshot(&shared, &log).await;
+    shared.applied.send_replace(start);
+    let mut next = start + 1;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Catch up as far as the log goes.
         loop {
             match log.read(&shared.lineage, next).await {
                 Ok(Some(entry)) => {
+                    // Counted first: an announcement at this entry's version says how many
+                    // entries it took.
+                    shared.replayed.fetch_add(1, Ordering::Relaxed);
                     let version = shared.engine.info().version;
                     let outcome = shared
                         .engine
@@ -424,6 +527,10 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
                     }
                     shared.applied.send_replace(entry.seq);
                     served.fetch_add(1, Ordering::Relaxed);
+                    let every = shared.config.snapshot_every;
+                    if every > 0 && entry.seq.is_multiple_of(every) {
+                        offer_snapshot(&shared, &log, entry.seq);
+                    }
                     next += 1;
                 }
                 Ok(None) => break,

@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
 use qnllm_nats::{
-    connect, decode_one, subject, worker, Discovery, DiscoveryConfig, NatsOptions, WorkerConfig,
+    connect, decode_one, subject, worker, Announce, Discovery, DiscoveryConfig, NatsOptions,
+    WorkerConfig,
 };
 use qnllm_protocol::{encode_reason_frame, Deadline, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES};
 use qnllm_router::{Backend, Coordinator, LocalBackend, Router, RouterError};
@@ -116,10 +117,21 @@ struct Worker {
 
 impl Worker {
     async fn start(url: &str, name: &str, engine: impl Engine + 'static) -> Worker {
+        Worker::start_with(url, name, engine, |_| {}).await
+    }
+
+    /// [`Worker::start`] with `configure` applied to its configuration.
+    async fn start_with(
+        url: &str,
+        name: &str,
+        engine: impl Engine + 'static,
+        configure: impl FnOnce(&mut WorkerConfig),
+    ) -> Worker {
         let client = connect(&NatsOptions::new(url)).await.unwrap();
         let stop = CancellationToken::new();
         let mut config = WorkerConfig::new(name);
         config.heartbeat = Duration::from_millis(200);
+        configure(&mut config);
         let backend = LocalBackend::new(name, engine);
         let task = tokio::spawn(worker::run(client, config, backend, stop.clone()));
         Worker {
@@ -401,6 +413,119 @@ async fn replicas_learn_in_the_log_order_and_a_late_worker_replays_it() {
     w3.stop().await;
 }
 
+/// The first announcement on `announcements` that `ok` accepts.
+async fn announced(
+    announcements: &mut async_nats::Subscriber,
+    mut ok: impl FnMut(&Announce) -> bool,
+) -> Announce {
+    while let Some(message) = announcements.next().await {
+        let announce: Announce = serde_json::from_slice(&message.payload).unwrap();
+        if ok(&announce) {
+            return announce;
+        }
+    }
+    panic!("the announcements ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_worker_starts_from_the_snapshot_and_replays_only_the_entries_after_it() {
+    const EVERY: u64 = 5;
+    const UPDATES: u64 = 8;
+    let bin = require_server!();
+    let server = start_server(&bin).await;
+    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
+    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
+    client.flush().await.unwrap();
+    let every = |c: &mut WorkerConfig| c.snapshot_every = EVERY;
+    let w1 = Worker::start_with(&server.url, "w1", engine(1), every).await;
+    let w2 = Worker::start_with(&server.url, "w2", engine(1), every).await;
+    let router = Arc::new(Router::new());
+    let mut discovery = discovering(&server.url, &router).await;
+    within("discovery of 2 workers", discovery.wait_for(2)).await;
+    let coordinator = Coordinator::new(Vec::new(), router.backends());
+    let samples: Vec<Vec<f32>> = NormalInputs::new(31, 768).take(UPDATES as usize).collect();
+    let taught = teach(&coordinator, &samples, 0).await;
+    assert_eq!(taught.version, UPDATES);
+    within(
+        "a replica storing the snapshot at entry 5",
+        announced(&mut announcements, |a| a.snapshot == EVERY),
+    )
+    .await;
+    // The same model, by replaying the whole log locally.
+    let mut replay = engine(1);
+    for (i, x) in samples.iter().enumerate() {
+        replay.learn(x, i as u32 % 10).unwrap();
+    }
+    assert_eq!(replay.digest(), taught.digest);
+
+    // A worker joining now loads the snapshot and applies entries 6 to 8 only.
+    let w3 = Worker::start(&server.url, "w3", engine(1)).await;
+    let joined = within(
+        "w3 at the last update",
+        announced(&mut announcements, |a| {
+            a.name == "w3" && a.model_version == UPDATES
+        }),
+    )
+    .await;
+    assert_eq!(joined.snapshot, EVERY, "{joined:?}");
+    assert_eq!(joined.replayed, UPDATES - EVERY, "{joined:?}");
+    assert_eq!(joined.model_digest, replay.digest().to_hex(), "{joined:?}");
+    let x = NormalInputs::new(32, 768).next().unwrap();
+    let mut out = BytesMut::new();
+    encode_reason_frame(&x, 1, Deadline::NONE, &mut out);
+    let reply = within(
+        "w3's answer",
+        client.request(subject::engine("w3"), out.freeze()),
+    )
+    .await
+    .unwrap();
+    match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
+        .unwrap()
+        .message()
+        .unwrap()
+    {
+        Message::Result(r) => {
+            assert_eq!(r.result_digest, replay.reason(&x).unwrap().result_digest.0)
+        }
+        other => panic!("w3: {other:?}"),
+    }
+
+    // A snapshot that is not what it says (its model is entry 5's, its headers claim entry
+    // 6 and another digest) is refused: the next worker replays the whole log, and still
+    // reaches the same model.
+    let log = qnllm_nats::LearnLog::new(client.clone(), 1);
+    let lineage = engine(1).digest().short();
+    let real = log.latest_snapshot(&lineage).await.unwrap().unwrap();
+    assert_eq!(real.seq, EVERY);
+    let lie = qnllm_nats::Snapshot {
+        seq: EVERY + 1,
+        state: qnllm_router::ModelState {
+            version: EVERY + 1,
+            digest: qnllm_engine::Digest([7; 32]),
+        },
+        model: real.model.clone(),
+    };
+    log.put_snapshot(&lineage, &lie).await.unwrap();
+    assert_eq!(log.latest_snapshot(&lineage).await.unwrap(), Some(lie));
+    let w4 = Worker::start(&server.url, "w4", engine(1)).await;
+    let joined = within(
+        "w4 at the last update",
+        announced(&mut announcements, |a| {
+            a.name == "w4" && a.model_version == UPDATES
+        }),
+    )
+    .await;
+    assert_eq!(
+        (joined.snapshot, joined.replayed),
+        (0, UPDATES),
+        "{joined:?}"
+    );
+    assert_eq!(joined.model_digest, replay.digest().to_hex(), "{joined:?}");
+    for w in [w1, w2, w3, w4] {
+        w.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_leaves_is_removed_and_requests_go_to_the_other() {
     let bin = require_server!();
@@ -510,7 +635,7 @@ async fn a_server_whose_max_payload_holds_no_encoding_gets_an_error_naming_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_lists_nats_workers_with_their_kind_and_transport() {
+async fn a_hub_lists_nats_workers_with_their_kind_transport_and_figures() {
     let bin = require_server!();
     let server = start_server(&bin).await;
     // A real hub on a loopback port with an engine of each transport: in its process, a
@@ -574,5 +699,36 @@ async fn a_hub_lists_nats_workers_with_their_kind_and_transport() {
     // And the `engines` handler.
     let reply = client.call("engines", b"", BUDGET).await.unwrap();
     assert_eq!(listed(&serde_json::from_slice(&reply).unwrap()), want);
+
+    // The NATS worker's figures are filled as the socket worker's are: one request and a
+    // batch of three through it are four encodings served, none left in flight, and the
+    // hub has heard from it.
+    let w1 = hub
+        .router()
+        .backends()
+        .into_iter()
+        .find(|b| b.name() == "w1");
+    let w1 = w1.unwrap();
+    let xs: Vec<f32> = NormalInputs::new(5, 768).take(4).flatten().collect();
+    w1.reason(&xs[..768], BUDGET).await.unwrap();
+    w1.reason_batch(&xs[768..], 768, BUDGET).await.unwrap();
+    let metrics = client.metrics(BUDGET).await.unwrap();
+    let row = |list: &serde_json::Value, name: &str| -> serde_json::Value {
+        let mut rows = list.as_array().unwrap().iter();
+        rows.find(|e| e["name"] == name).unwrap().clone()
+    };
+    for name in ["sock", "w1"] {
+        let e = row(&metrics["engines"], name);
+        assert!(e["last_heard_ms"].is_u64(), "{name}: {e}");
+        assert_eq!(e["in_flight"], 0, "{name}: {e}");
+        assert!(e["served"].is_u64(), "{name}: {e}");
+    }
+    assert_eq!(row(&metrics["engines"], "w1")["served"], 4);
+    let routed = row(&metrics["router"]["engines"], "w1");
+    assert_eq!(routed["activity"]["served"], 4, "{routed}");
+    assert!(routed["activity"]["last_heard_ms"].is_u64(), "{routed}");
+    let reply = client.call("engines", b"", BUDGET).await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(row(&listed, "w1")["served"], 4, "{listed}");
     worker.stop().await;
 }

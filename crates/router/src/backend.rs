@@ -98,6 +98,17 @@ pub struct ModelState {
     pub digest: Digest,
 }
 
+/// What a remote engine has done, as the process that reaches it counts it: for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// Requests sent to it and not yet answered.
+    pub in_flight: u64,
+    /// Encodings it has answered.
+    pub served: u64,
+    /// Milliseconds since it was last heard from (a reply or a heartbeat).
+    pub last_heard_ms: u64,
+}
+
 /// Why a backend did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -211,6 +222,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// student's order (that description may lag the log).
     fn follows_update_log(&self) -> bool {
         false
+    }
+
+    /// What it has done, for listings, when it keeps such figures (a worker reached over
+    /// NATS does); `None` otherwise.
+    fn activity(&self) -> Option<Activity> {
+        None
     }
 
     /// Reasons over one encoding within `budget`.

@@ -15,7 +15,8 @@ mod router;
 pub mod strategy;
 
 pub use backend::{
-    Agreement, Answer, Backend, BackendError, BackendFuture, EngineId, EngineInfo, ModelState,
+    Activity, Agreement, Answer, Backend, BackendError, BackendFuture, EngineId, EngineInfo,
+    ModelState,
 };
 pub use batch::{BatchPolicy, DynamicBatcher, SharedBatchPolicy};
 pub use budget::RetryBudget;

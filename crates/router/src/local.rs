@@ -122,6 +122,40 @@ impl LocalBackend {
         })
     }
 
+    /// The model as a model file ([`Engine::export_model`]) with the state it is at, read
+    /// under one lock; `None` when the engine cannot export it.
+    pub fn export_model(&self) -> Option<(ModelState, Vec<u8>)> {
+        let engine = self.read();
+        let bytes = engine.export_model()?;
+        let info = engine.info();
+        let state = ModelState {
+            version: info.version,
+            digest: info.digest,
+        };
+        Some((state, bytes))
+    }
+
+    /// Replaces the model with an exported one ([`Engine::import_model`]) and returns the
+    /// state it is at now.
+    ///
+    /// # Errors
+    ///
+    /// The engine's refusal: not a model file, other parameters, or an engine that cannot
+    /// replace its model.
+    pub fn import_model(&self, model: &[u8]) -> Result<ModelState, EngineError> {
+        let mut engine = self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        engine.import_model(model)?;
+        let info = engine.info();
+        self.set_state(info.version, info.digest);
+        Ok(ModelState {
+            version: info.version,
+            digest: info.digest,
+        })
+    }
+
     /// Reasons synchronously: what a worker process runs for each request.
     ///
     /// # Errors

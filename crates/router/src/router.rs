@@ -11,7 +11,9 @@ use futures::future::{select, Either};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::backend::{Agreement, Answer, Backend, BackendError, EngineId, EngineInfo, ModelState};
+use crate::backend::{
+    Activity, Agreement, Answer, Backend, BackendError, EngineId, EngineInfo, ModelState,
+};
 use crate::budget::RetryBudget;
 use crate::cache::{CacheStats, ResultCache};
 use crate::health::{Health, HealthSnapshot};
@@ -290,6 +292,8 @@ pub struct EngineMetrics {
     /// What the router has seen of it.
     #[serde(flatten)]
     pub health: HealthSnapshot,
+    /// What it has done, as its backend counts it ([`Backend::activity`]).
+    pub activity: Option<Activity>,
 }
 
 /// A snapshot of the router's figures.
@@ -523,6 +527,7 @@ impl Router {
             transport: s.backend.transport(),
             info: s.backend.describe(),
             health: s.health.snapshot(),
+            activity: s.backend.activity(),
         };
         let mut engines: Vec<EngineMetrics> = slots
             .iter()
