@@ -329,12 +329,14 @@ fn requests(input: &mut Input<'_>) {
 fn received(input: &mut Input<'_>) {
     let mut received = Received::default();
     let mut model: HashMap<u64, Option<Instant>> = HashMap::new();
+    // Given out by `expire`, their turn not yet come.
+    let mut answered: HashSet<u64> = HashSet::new();
     let mut clock = Clock::new();
     let mut ops = 0;
     while !input.empty() && ops < 256 {
         ops += 1;
         let id = u64::from(input.byte() % 16);
-        match input.byte() % 5 {
+        match input.byte() % 6 {
             0 | 1 => {
                 let deadline = match input.byte() % 4 {
                     0 => Deadline::NONE,
@@ -345,9 +347,17 @@ fn received(input: &mut Input<'_>) {
                 let now = clock.now();
                 let spent = deadline.remaining().is_some_and(|b| b < MIN_BUDGET);
                 match received.admit(now, id, deadline) {
-                    Ok(()) => {
+                    Ok(sooner) => {
                         assert!(!spent, "a spent budget was admitted");
-                        model.insert(id, deadline.remaining().and_then(|b| now.checked_add(b)));
+                        let expires = deadline.remaining().and_then(|b| now.checked_add(b));
+                        answered.remove(&id);
+                        model.insert(id, expires);
+                        let soonest = model.values().flatten().min().copied();
+                        assert_eq!(
+                            sooner,
+                            expires.is_some() && expires == soonest,
+                            "admit {id}: whether its expiry is the soonest"
+                        );
                     }
                     Err(skip) => {
                         assert!(spent, "a live budget was refused");
@@ -359,6 +369,7 @@ fn received(input: &mut Input<'_>) {
                 clock.advance(input);
                 let now = clock.now();
                 let expected = match model.remove(&id) {
+                    _ if answered.remove(&id) => Err(Skip::Answered),
                     None => Err(Skip::Cancelled),
                     Some(Some(expires)) if now >= expires => Err(Skip::Expired),
                     Some(_) => Ok(()),
@@ -366,25 +377,53 @@ fn received(input: &mut Input<'_>) {
                 let got = received.take(now, id);
                 assert_eq!(got, expected, "take {id}");
             }
-            _ => assert_eq!(
+            4 => assert_eq!(
                 received.cancel(id),
                 model.remove(&id).is_some(),
                 "cancel {id}"
             ),
+            _ => {
+                // The deadline timer fires: every request due by now, soonest first.
+                clock.advance(input);
+                let now = clock.now();
+                let mut due: Vec<(Instant, u64)> = model
+                    .iter()
+                    .filter_map(|(&id, &expires)| {
+                        expires.filter(|&at| at <= now).map(|at| (at, id))
+                    })
+                    .collect();
+                due.sort_unstable();
+                for (_, id) in &due {
+                    model.remove(id);
+                    answered.insert(*id);
+                }
+                let expected: Vec<u64> = due.into_iter().map(|(_, id)| id).collect();
+                assert_eq!(received.expire(now), expected, "expire at {now:?}");
+            }
         }
+        assert_eq!(
+            received.next_expiry(),
+            model.values().flatten().min().copied(),
+            "the timer's next wake-up"
+        );
     }
     // Every skip is answered with the error that names it.
     for skip in [Skip::Cancelled, Skip::Expired] {
         let code = match skip.reply() {
-            Message::Error(e) => e.code,
+            Some(Message::Error(e)) => e.code,
             other => panic!("skip reply {other:?}"),
         };
         let expected = match skip {
             Skip::Cancelled => ErrorCode::Cancelled,
-            Skip::Expired => ErrorCode::DeadlineExceeded,
+            Skip::Expired | Skip::Answered => ErrorCode::DeadlineExceeded,
         };
         assert_eq!(code, expected);
     }
+    // A request the timer answered already is not answered again at its turn.
+    assert!(
+        Skip::Answered.reply().is_none(),
+        "an answered request replied twice"
+    );
 }
 
 /// A frame the hub might send during a handshake, or a torn one.
