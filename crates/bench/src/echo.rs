@@ -39,6 +39,12 @@ impl GrpcInferenceService for Empty {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         Ok(Response::new(pb::ModelReadyResponse { ready: true }))
     }
+    async fn model_statistics(
+        &self,
+        _: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        Ok(Response::new(pb::ModelStatisticsResponse::default()))
+    }
     async fn server_metadata(
         &self,
         _: Request<pb::ServerMetadataRequest>,

@@ -52,7 +52,7 @@ async fn stream(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -93,6 +93,8 @@ pub(crate) fn build(state: &State) -> Value {
             "requests": t.requests.load(Ordering::Relaxed),
             "ok": t.ok.load(Ordering::Relaxed),
             "encodings": t.encodings.load(Ordering::Relaxed),
+            "inferences": t.inferences.load(Ordering::Relaxed),
+            "executions": t.executions.load(Ordering::Relaxed),
             "latency_us": t.latency_us.load(Ordering::Relaxed),
         },
         "router": {

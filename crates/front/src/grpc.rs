@@ -13,10 +13,12 @@ use crate::pb::infer_parameter::ParameterChoice;
 use crate::pb::{
     model_infer_response, model_metadata_response, InferParameter, ModelInferRequest,
     ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
-    ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
-    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
+    ServerReadyResponse,
 };
 use crate::state::{Params, State};
+use crate::statistics::Statistics;
 use crate::tensor::{self, Encodings};
 
 /// The gRPC service over the shared state.
@@ -252,6 +254,22 @@ impl GrpcInferenceService for GrpcFront {
                 })
                 .collect(),
         }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        // An empty name asks for every model: this server's one.
+        let model = if r.name.is_empty() {
+            self.state.model()
+        } else {
+            self.state.find_model(&r.name, Some(&r.version))?
+        };
+        let statistics = Statistics::read(&model, &self.state.metrics.totals);
+        Ok(Response::new(statistics.into_grpc()))
     }
 
     async fn model_infer(

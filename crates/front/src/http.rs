@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::FrontError;
 use crate::state::{ModelView, Params, State};
+use crate::statistics::Statistics;
 use crate::tensor::{self, Encodings, Output};
 
 /// The header that says how long the JSON part of a binary-tensor body is.
@@ -38,6 +39,12 @@ pub(crate) fn router(state: Shared) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_v),
+        )
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_statistics_v),
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
@@ -170,6 +177,30 @@ async fn model_ready_v(
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
     model_ready_reply(&state, &model, Some(&version))
+}
+
+async fn all_statistics(Extract(state): Extract<Shared>) -> Json<Value> {
+    Json(Statistics::read(&state.model(), &state.metrics.totals).to_json())
+}
+
+async fn model_statistics(
+    Extract(state): Extract<Shared>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, FrontError> {
+    let model = state.find_model(&model, None)?;
+    Ok(Json(
+        Statistics::read(&model, &state.metrics.totals).to_json(),
+    ))
+}
+
+async fn model_statistics_v(
+    Extract(state): Extract<Shared>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, FrontError> {
+    let model = state.find_model(&model, Some(&version))?;
+    Ok(Json(
+        Statistics::read(&model, &state.metrics.totals).to_json(),
+    ))
 }
 
 async fn metrics(Extract(state): Extract<Shared>, headers: HeaderMap) -> Response {

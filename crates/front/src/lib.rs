@@ -27,6 +27,7 @@ mod http;
 mod metrics;
 mod server;
 mod state;
+mod statistics;
 mod tensor;
 
 /// The protocol's gRPC messages, server and client, generated from `proto/kserve.proto`.

@@ -73,6 +73,12 @@ impl Front {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` text.
+    async fn scrape(&self) -> String {
+        let r = self.client.get(format!("{}/metrics", self.base)).send();
+        r.await.expect("scraped").text().await.expect("text")
+    }
+
     async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client
@@ -432,15 +438,7 @@ async fn no_cache_bypasses_the_cache_and_metrics_read_back_the_load() {
     assert_eq!(cached, vec![json!(false), json!(true)]);
     let (status, _) = f.post_json("/v2/models/other/infer", &infer_body(&x)).await;
     assert_eq!(status, 404);
-    let text = f
-        .client
-        .get(format!("{}/metrics", f.base))
-        .send()
-        .await
-        .expect("scraped")
-        .text()
-        .await
-        .expect("text");
+    let text = f.scrape().await;
     let ok = r#"qnllm_front_requests_total{engine="local-0",outcome="ok"}"#;
     assert_eq!(metric(&text, ok), Some(4.0), "{text}");
     let unknown = r#"qnllm_front_requests_total{engine="none",outcome="unknown_model"}"#;
@@ -455,4 +453,74 @@ async fn no_cache_bypasses_the_cache_and_metrics_read_back_the_load() {
         Some(3.0)
     );
     assert!(text.contains("# TYPE qnllm_front_requests_total counter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_b_counts_b_inferences_in_one_request_and_one_execution() {
+    let f = front_on(UnifiedEngine::builder().local_engines(1).cache(16), |_| {}).await;
+    const B: usize = 5;
+    let (status, _) = f
+        .post_json("/v2/models/qnllm/infer", &infer_body(&encodings(B, 31)))
+        .await;
+    assert_eq!(status, 200);
+    let x = encodings(1, 32);
+    let mut cached = Vec::new();
+    for _ in 0..2 {
+        let (status, reply) = f.post_json("/v2/models/qnllm/infer", &infer_body(&x)).await;
+        assert_eq!(status, 200);
+        cached.push(output(&reply, "cached")["data"][0].clone());
+    }
+    assert_eq!(cached, vec![json!(false), json!(true)]);
+    let (status, _) = f.post_json("/v2/models/other/infer", &infer_body(&x)).await;
+    assert_eq!(status, 404);
+
+    // The batch is B inferences and one execution; the single miss one of each; the hit none.
+    let (status, stats) = f.get("/v2/models/qnllm/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    let model = &stats["model_stats"][0];
+    assert_eq!(model["name"], "qnllm");
+    let version = Model::from_seed(1, Params::default())
+        .expect("model")
+        .version()
+        .to_string();
+    assert_eq!(model["version"], json!(version));
+    assert_eq!(model["inference_count"], json!(B + 1), "{stats}");
+    assert_eq!(model["execution_count"], 2, "{stats}");
+    let counts = &model["inference_stats"];
+    assert_eq!(counts["success"]["count"], 3);
+    assert_eq!(counts["fail"]["count"], 1);
+    assert_eq!(counts["cache_hit"]["count"], 1);
+    assert!(model["last_inference"].as_u64().is_some_and(|ms| ms > 0));
+    assert_eq!(f.get("/v2/models/stats").await.1, stats);
+    let at_version = format!("/v2/models/qnllm/versions/{version}/stats");
+    assert_eq!(f.get(&at_version).await.1, stats);
+    assert_eq!(f.get("/v2/models/qnllm/versions/999/stats").await.0, 404);
+    assert_eq!(f.get("/v2/models/other/stats").await.0, 404);
+
+    let text = f.scrape().await;
+    let series = |s: &str| metric(&text, s);
+    assert_eq!(
+        series(r#"qnllm_front_requests_total{engine="local-0",outcome="ok"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(r#"qnllm_front_inferences_total{engine="local-0"}"#),
+        Some((B + 1) as f64)
+    );
+    assert_eq!(
+        series(r#"qnllm_front_executions_total{engine="local-0"}"#),
+        Some(2.0)
+    );
+    let requests = series(r#"qnllm_front_request_duration_seconds_count{protocol="http"}"#);
+    assert_eq!(requests, Some(4.0));
+
+    // The dashboard's sums are the same figures.
+    let (_, snapshot) = f.get("/api/snapshot").await;
+    let front = &snapshot["front"];
+    assert_eq!(front["requests"], 4);
+    assert_eq!(front["ok"], 3);
+    assert_eq!(front["encodings"], json!(B + 2));
+    assert_eq!(front["inferences"], json!(B + 1));
+    assert_eq!(front["executions"], 2);
 }

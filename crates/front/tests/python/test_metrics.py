@@ -80,3 +80,47 @@ def test_counters_read_back_a_known_load(cached_server):
     assert sample(text, "qnllm_front_request_duration_seconds_count", protocol="http") == 9
     assert sample(text, "qnllm_front_request_duration_seconds_count", protocol="grpc") == 3
     assert sample(text, "qnllm_engine_requests_total", engine="local-0", kind="local") == 8
+    # As Triton counts: the batch of 4 is one request, 4 inferences and one execution; the
+    # 3 cache hits are requests but neither inferences nor executions.
+    assert sample(text, "qnllm_front_inferences_total", engine="local-0") == 7 + 4
+    assert sample(text, "qnllm_front_executions_total", engine="local-0") == 7 + 1
+
+
+def test_the_statistics_extension_counts_a_batch_as_b_inferences_and_one_execution(cached_server):
+    h = httpclient.InferenceServerClient(url=cached_server.http)
+    g = grpcclient.InferenceServerClient(url=cached_server.grpc)
+    batch = httpclient.InferInput("ENCODING", [6, 768], "FP32")
+    batch.set_data_from_numpy(np.random.default_rng(8).normal(0, 0.1, (6, 768)).astype(np.float32),
+                              binary_data=True)
+    h.infer("qnllm", [batch])
+    one = grpcclient.InferInput("ENCODING", [1, 768], "FP32")
+    one.set_data_from_numpy(np.zeros((1, 768), np.float32))
+    g.infer("qnllm", [one])
+    g.infer("qnllm", [one])  # a cache hit
+    bad = httpclient.InferInput("ENCODING", [1, 768], "FP64")
+    bad.set_data_from_numpy(np.zeros((1, 768), np.float64), binary_data=True)
+    with pytest.raises(InferenceServerException):
+        h.infer("qnllm", [bad])
+
+    stats = h.get_inference_statistics("qnllm")
+    [model] = stats["model_stats"]
+    assert model["name"] == "qnllm"
+    assert model["inference_count"] == 6 + 1
+    assert model["execution_count"] == 1 + 1
+    assert model["inference_stats"]["success"]["count"] == 3
+    assert model["inference_stats"]["fail"]["count"] == 1
+    assert model["inference_stats"]["cache_hit"]["count"] == 1
+    assert model["last_inference"] > 0
+    assert h.get_inference_statistics()["model_stats"] == stats["model_stats"]
+    with pytest.raises(InferenceServerException):
+        h.get_inference_statistics("other")
+
+    [over_grpc] = g.get_inference_statistics("qnllm").model_stats
+    assert over_grpc.name == "qnllm" and over_grpc.version == model["version"]
+    assert over_grpc.inference_count == 6 + 1
+    assert over_grpc.execution_count == 1 + 1
+    assert over_grpc.inference_stats.success.count == 3
+    assert over_grpc.inference_stats.success.ns == model["inference_stats"]["success"]["ns"]
+    assert over_grpc.inference_stats.cache_hit.count == 1
+    with pytest.raises(InferenceServerException):
+        g.get_inference_statistics("other")
