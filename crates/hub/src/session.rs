@@ -5,133 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{
-    Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message, Registered, Welcome, WireError,
+    Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message, Registered, Welcome,
     PROTOCOL_VERSION,
 };
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
 
+use crate::cmd::call::Calls;
+use crate::cmd::requests::ClientSession;
 use crate::cmd::{self, Flow};
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
-use crate::hub::Shared;
+use crate::handshakes::HandshakeSlot;
+use crate::shared::Shared;
 use crate::stats::{ConnectionStats, Counters};
 use crate::stream::Stream;
 
 type Reader = FrameReader;
 
-/// Connections still in their handshake. They have their own budget, apart from the
-/// connection cap, with a floor: every connection first has `floor` to say hello. Past it,
-/// while more than the budget are waiting, the one that has waited longest is closed to make
-/// room, so silent sockets can neither lock peers out nor hold more than the budget for
-/// longer than the floor. A connection whose hello has been read is out of the set, so it is
-/// never closed for it, however busy the hub.
-#[derive(Debug)]
-pub(crate) struct Handshakes {
-    budget: usize,
-    floor: Duration,
-    waiting: std::sync::Mutex<Waiting>,
-}
-
-/// The handshakes in progress, oldest first (keys are handed out in order of arrival).
-#[derive(Debug, Default)]
-struct Waiting {
-    next: u64,
-    open: std::collections::BTreeMap<u64, (tokio::time::Instant, CancellationToken)>,
-}
-
-impl Handshakes {
-    pub(crate) fn new(budget: usize, floor: Duration) -> Handshakes {
-        Handshakes {
-            budget: budget.max(1),
-            floor,
-            waiting: std::sync::Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        // Single inserts and removes: a poisoned map is still consistent.
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A place for one new handshake; first makes room as [`Handshakes::trim`] does.
-    /// Returns the slot and how many were evicted.
-    fn enter(&self) -> (HandshakeSlot<'_>, u64) {
-        let evicted = CancellationToken::new();
-        let key = {
-            let mut waiting = self.lock();
-            waiting.next += 1;
-            let key = waiting.next;
-            let since = tokio::time::Instant::now();
-            waiting.open.insert(key, (since, evicted.clone()));
-            key
-        };
-        let made_room = self.trim();
-        (
-            HandshakeSlot {
-                handshakes: self,
-                key,
-                evicted,
-            },
-            made_room,
-        )
-    }
-
-    /// While more than the budget are waiting, closes the oldest that has had its floor;
-    /// how many were closed. Called as a handshake starts and as each reaches its floor, so
-    /// the set is back within the budget a floor after a flood at most.
-    fn trim(&self) -> u64 {
-        self.trim_at(tokio::time::Instant::now())
-    }
-
-    /// [`Handshakes::trim`] as of `now`.
-    fn trim_at(&self, now: tokio::time::Instant) -> u64 {
-        let mut waiting = self.lock();
-        let mut evicted = 0;
-        while waiting.open.len() > self.budget {
-            let Some(entry) = waiting.open.first_entry() else {
-                break;
-            };
-            if now.duration_since(entry.get().0) < self.floor {
-                break; // the oldest is still within its floor, so is every other
-            }
-            entry.remove().1.cancel();
-            evicted += 1;
-        }
-        evicted
-    }
-
-    /// Connections in their handshake now.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().open.len()
-    }
-}
-
-/// A handshake's place in the budget; freed when its hello is read, or on drop.
-struct HandshakeSlot<'a> {
-    handshakes: &'a Handshakes,
-    key: u64,
-    evicted: CancellationToken,
-}
-
-impl HandshakeSlot<'_> {
-    /// The connection's first frame was read: it leaves the set and can no longer be
-    /// evicted (unless that already happened).
-    fn greeted(&self) {
-        self.handshakes.lock().open.remove(&self.key);
-    }
-}
-
-impl Drop for HandshakeSlot<'_> {
-    fn drop(&mut self) {
-        self.greeted();
-    }
-}
-
 /// Runs one connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
+pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, peer: String) {
     let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
     let mut reader =
@@ -156,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                          longest and was closed",
                         shared.config.max_handshakes
                     );
-                    fail(&sender, 0, ErrorCode::HelloTimeout, message).await;
+                    sender.fail(0, ErrorCode::HelloTimeout, message).await;
                     break None;
                 }
                 () = &mut floor, if !floored => {
@@ -189,7 +81,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                 if hello.role == "worker" {
                     worker_loop(&shared, &mut reader, &sender, &open.stats).await;
                 } else {
-                    client_loop(&shared, &mut reader, &sender, &open.stats).await;
+                    client_loop(&shared, &*calls, &mut reader, &sender, &open.stats).await;
                 }
                 tracing::debug!(session, %peer, "session closed");
                 drop(open);
@@ -202,7 +94,7 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
             Err(message) => {
                 Counters::add(&shared.counters.refused, 1);
                 tracing::warn!(%peer, role = %hello.role, max = shared.config.max_connections, "connection refused: at the connection cap");
-                fail(&sender, 0, ErrorCode::TooManyConnections, message).await;
+                sender.fail(0, ErrorCode::TooManyConnections, message).await;
             }
         }
     }
@@ -235,22 +127,6 @@ fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermi
         .map_err(|_| full())
 }
 
-/// Sends an error frame.
-pub(crate) async fn fail(
-    sender: &FrameSender,
-    request_id: u64,
-    code: ErrorCode,
-    message: impl Into<String>,
-) {
-    sender
-        .send(
-            &Message::Error(WireError::new(code, message)),
-            request_id,
-            Deadline::NONE,
-        )
-        .await;
-}
-
 /// Answers a broken frame with its error and counts it; the caller then closes.
 async fn protocol_error(
     shared: &Shared,
@@ -260,13 +136,13 @@ async fn protocol_error(
 ) {
     Counters::add(&shared.counters.protocol_errors, 1);
     tracing::debug!(error = %err, "protocol error; closing the connection");
-    fail(
-        sender,
-        err.request_id().unwrap_or(request_id),
-        err.code(),
-        err.to_string(),
-    )
-    .await;
+    sender
+        .fail(
+            err.request_id().unwrap_or(request_id),
+            err.code(),
+            err.to_string(),
+        )
+        .await;
 }
 
 async fn handshake(
@@ -283,13 +159,13 @@ async fn handshake(
     let frame = match read {
         Err(Elapsed) => {
             let limit = shared.config.hello_timeout();
-            fail(
-                sender,
-                0,
-                ErrorCode::HelloTimeout,
-                format!("no hello within {limit:?}"),
-            )
-            .await;
+            sender
+                .fail(
+                    0,
+                    ErrorCode::HelloTimeout,
+                    format!("no hello within {limit:?}"),
+                )
+                .await;
             return None;
         }
         Ok(Err(ReadError::Protocol(err))) => {
@@ -303,13 +179,13 @@ async fn handshake(
     let hello = match frame.message() {
         Ok(Message::Hello(hello)) => hello,
         Ok(other) => {
-            fail(
-                sender,
-                id,
-                ErrorCode::UnexpectedMessage,
-                format!("expected hello first, got {}", other.kind()),
-            )
-            .await;
+            sender
+                .fail(
+                    id,
+                    ErrorCode::UnexpectedMessage,
+                    format!("expected hello first, got {}", other.kind()),
+                )
+                .await;
             return None;
         }
         Err(err) => {
@@ -322,7 +198,9 @@ async fn handshake(
             "hello speaks protocol {}, this hub speaks {PROTOCOL_VERSION}",
             hello.protocol
         );
-        fail(sender, id, ErrorCode::UnsupportedVersion, message).await;
+        sender
+            .fail(id, ErrorCode::UnsupportedVersion, message)
+            .await;
         return None;
     }
     if let Some(expected) = shared.config.token.as_deref().filter(|t| !t.is_empty()) {
@@ -330,19 +208,15 @@ async fn handshake(
         let given = Sha256::digest(hello.token.as_deref().unwrap_or("").as_bytes());
         if !bool::from(given.ct_eq(&Sha256::digest(expected.as_bytes()))) {
             tracing::warn!(name = %hello.name, "hello refused: wrong or missing token");
-            fail(
-                sender,
-                id,
-                ErrorCode::Unauthorized,
-                "wrong or missing auth token",
-            )
-            .await;
+            sender
+                .fail(id, ErrorCode::Unauthorized, "wrong or missing auth token")
+                .await;
             return None;
         }
     }
     if hello.role != "client" && hello.role != "worker" {
         let message = format!("role `{}` is unknown: use `client` or `worker`", hello.role);
-        fail(sender, id, ErrorCode::UnexpectedMessage, message).await;
+        sender.fail(id, ErrorCode::UnexpectedMessage, message).await;
         return None;
     }
     Some(hello)
@@ -353,12 +227,19 @@ async fn handshake(
 const DRAIN_LINGER: Duration = Duration::from_millis(250);
 
 async fn client_loop(
-    shared: &Arc<Shared>,
+    shared: &Shared,
+    calls: &dyn Calls,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &Arc<ConnectionStats>,
 ) {
-    let session = cmd::ClientSession::new(sender.clone(), stats.clone(), &shared.config);
+    let session = ClientSession::new(
+        sender.clone(),
+        stats.clone(),
+        &shared.config,
+        shared.requests.clone(),
+        shared.counters.clone(),
+    );
     let paused = || {
         let _ = shared.events.send((
             "connections".into(),
@@ -407,7 +288,7 @@ async fn client_loop(
             }
             Err(Elapsed) => {
                 let message = format!("idle for {:?}; closing", shared.config.idle_timeout());
-                fail(sender, 0, ErrorCode::IdleTimeout, message).await;
+                sender.fail(0, ErrorCode::IdleTimeout, message).await;
                 break;
             }
             Ok(Ok(Some(frame))) => frame,
@@ -419,7 +300,7 @@ async fn client_loop(
             Ok(Err(_)) => break,
         };
         count_in(shared, stats, &frame);
-        if let Flow::Close = cmd::dispatch(shared, &session, frame).await {
+        if let Flow::Close = cmd::dispatch(shared, calls, &session, frame).await {
             break;
         }
     }
@@ -435,7 +316,7 @@ fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {
 }
 
 async fn worker_loop(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &ConnectionStats,
@@ -449,26 +330,22 @@ async fn worker_loop(
             Ok(Message::Register(register)) => register,
             Ok(other) => {
                 let message = format!("a worker registers first, got {}", other.kind());
-                fail(
-                    sender,
-                    frame.header.request_id,
-                    ErrorCode::UnexpectedMessage,
-                    message,
-                )
-                .await;
+                sender
+                    .fail(
+                        frame.header.request_id,
+                        ErrorCode::UnexpectedMessage,
+                        message,
+                    )
+                    .await;
                 return;
             }
             Err(err) => return protocol_error(shared, sender, &err, frame.header.request_id).await,
         },
         Ok(Err(ReadError::Protocol(err))) => return protocol_error(shared, sender, &err, 0).await,
         Err(Elapsed) => {
-            return fail(
-                sender,
-                0,
-                ErrorCode::HelloTimeout,
-                "no register after hello",
-            )
-            .await
+            return sender
+                .fail(0, ErrorCode::HelloTimeout, "no register after hello")
+                .await
         }
         Ok(_) => return,
     };
@@ -477,7 +354,7 @@ async fn worker_loop(
         Err(why) => {
             tracing::warn!(%peer, %why, "registration refused");
             let message = format!("registration refused: {why}");
-            return fail(sender, 0, ErrorCode::MalformedBody, message).await;
+            return sender.fail(0, ErrorCode::MalformedBody, message).await;
         }
     };
     Counters::add(&shared.counters.engines_joined, 1);
@@ -617,50 +494,9 @@ async fn worker_frame(
                 "{} is not something a worker sends to the hub",
                 other.kind()
             );
-            fail(sender, id, ErrorCode::UnexpectedMessage, message).await;
+            sender.fail(id, ErrorCode::UnexpectedMessage, message).await;
             return Some(format!("unexpected {} from the worker", other.kind()));
         }
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FLOOR: Duration = Duration::from_millis(100);
-
-    #[tokio::test]
-    async fn past_the_budget_only_handshakes_past_their_floor_are_evicted_oldest_first() {
-        let handshakes = Handshakes::new(2, FLOOR);
-        let (a, evicted) = handshakes.enter();
-        assert_eq!(evicted, 0);
-        let (b, _) = handshakes.enter();
-        // Over the budget, but nobody has had the floor: all three stay.
-        let (c, evicted) = handshakes.enter();
-        assert_eq!(evicted, 0);
-        assert_eq!(handshakes.len(), 3);
-        let later = tokio::time::Instant::now() + FLOOR;
-        // Once they have: the oldest goes, and only as many as bring it back to the budget.
-        assert_eq!(handshakes.trim_at(later), 1);
-        assert!(a.evicted.is_cancelled());
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
-        assert_eq!(handshakes.len(), 2);
-        assert_eq!(handshakes.trim_at(later), 0);
-        drop((a, b, c));
-        assert_eq!(handshakes.len(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_handshake_whose_hello_was_read_is_never_evicted() {
-        let handshakes = Handshakes::new(1, FLOOR);
-        let (greeted, _) = handshakes.enter();
-        greeted.greeted();
-        let (waiting, _) = handshakes.enter();
-        let (_newest, _) = handshakes.enter();
-        let later = tokio::time::Instant::now() + FLOOR;
-        assert_eq!(handshakes.trim_at(later), 1);
-        assert!(!greeted.evicted.is_cancelled(), "evicted after its hello");
-        assert!(waiting.evicted.is_cancelled());
-    }
 }
