@@ -3,6 +3,7 @@
 //! client requests through the router, to which a worker is just another backend. The same
 //! crate holds the worker side (serve an engine, reconnect) and the client side.
 
+mod accept;
 mod config;
 mod connection;
 pub mod convert;

@@ -1,19 +1,17 @@
-//! One connection on the hub: the handshake (cap, hello, version, token), then the client
-//! or worker loop until the peer leaves, breaks the protocol, idles out or the hub stops.
+//! One connection on the hub, driven to its end: the handshake (budget, cap, and the checks
+//! of `accept.rs`), then the client or worker loop until the peer leaves, breaks the
+//! protocol, idles out or the hub stops.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use qnllm_protocol::{
-    Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message, Registered, Welcome,
-    PROTOCOL_VERSION,
-};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
+use qnllm_protocol::{Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message};
 
+use crate::accept::{Accept, Refusal, Step, Terms};
 use crate::cmd::call::Calls;
 use crate::cmd::requests::ClientSession;
 use crate::cmd::{self, Flow};
+use crate::config::HubConfig;
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
 use crate::handshakes::HandshakeSlot;
 use crate::shared::Shared;
@@ -30,8 +28,9 @@ pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, 
         FrameReader::new(read, shared.config.max_frame_bytes).busy_poll(shared.config.busy_poll());
     let (slot, made_room) = shared.handshakes.enter();
     Counters::add(&shared.counters.handshakes_evicted, made_room);
+    let mut accept = Accept::new(terms(&shared.config), Instant::now());
     let hello = {
-        let handshake = handshake(&shared, &mut reader, &sender, &slot);
+        let handshake = hello(&mut accept, &mut reader, &slot);
         tokio::pin!(handshake);
         let floor = tokio::time::sleep(shared.config.handshake_floor());
         tokio::pin!(floor);
@@ -49,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, 
                         shared.config.max_handshakes
                     );
                     sender.fail(0, ErrorCode::HelloTimeout, message).await;
-                    break None;
+                    break Ok(None);
                 }
                 () = &mut floor, if !floored => {
                     // Past its floor, this one (or an older one) may have to make room.
@@ -61,27 +60,20 @@ pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, 
         }
     };
     drop(slot);
-    if let Some(hello) = hello {
-        match admit(&shared, &hello.role) {
+    match hello {
+        Ok(Some(hello)) => match admit(&shared, &hello.role) {
             Ok(permit) => {
                 let session = shared
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(session, %peer, role = %hello.role, name = %hello.name, "session opened");
                 let open = shared.open.open(session, &peer, &hello.role, &hello.name);
-                let welcome = Welcome {
-                    session,
-                    server: concat!("qnllm/", env!("CARGO_PKG_VERSION")).into(),
-                    max_frame_bytes: shared.config.max_frame_bytes,
-                    heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
-                };
-                sender
-                    .send(&Message::Welcome(welcome), 0, Deadline::NONE)
-                    .await;
-                if hello.role == "worker" {
-                    worker_loop(&shared, &mut reader, &sender, &open.stats).await;
-                } else {
+                let welcome = accept.welcome(session, Instant::now());
+                sender.send(&welcome, 0, Deadline::NONE).await;
+                if accept.is_open() {
                     client_loop(&shared, &*calls, &mut reader, &sender, &open.stats).await;
+                } else {
+                    worker_loop(&shared, &mut accept, &mut reader, &sender, &open.stats).await;
                 }
                 tracing::debug!(session, %peer, "session closed");
                 drop(open);
@@ -96,7 +88,9 @@ pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, 
                 tracing::warn!(%peer, role = %hello.role, max = shared.config.max_connections, "connection refused: at the connection cap");
                 sender.fail(0, ErrorCode::TooManyConnections, message).await;
             }
-        }
+        },
+        Ok(None) => {}
+        Err(refusal) => refuse(&shared, &sender, refusal).await,
     }
     drop(sender);
     writer.finish().await; // flush what was queued, then the socket closes
@@ -127,6 +121,27 @@ fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermi
         .map_err(|_| full())
 }
 
+/// The hub's terms for every hello, from its configuration.
+fn terms(config: &HubConfig) -> Terms<'_> {
+    Terms {
+        hello_timeout: config.hello_timeout(),
+        token: config.token.as_deref(),
+        max_frame_bytes: config.max_frame_bytes,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+    }
+}
+
+/// Sends a refusal, counting it when the peer broke the protocol; the caller then closes.
+async fn refuse(shared: &Shared, sender: &FrameSender, refusal: Refusal) {
+    if refusal.protocol_error {
+        Counters::add(&shared.counters.protocol_errors, 1);
+        tracing::debug!(error = %refusal.message, "protocol error; closing the connection");
+    }
+    sender
+        .fail(refusal.request_id, refusal.code, refusal.message)
+        .await;
+}
+
 /// Answers a broken frame with its error and counts it; the caller then closes.
 async fn protocol_error(
     shared: &Shared,
@@ -134,92 +149,47 @@ async fn protocol_error(
     err: &qnllm_protocol::ProtocolError,
     request_id: u64,
 ) {
-    Counters::add(&shared.counters.protocol_errors, 1);
-    tracing::debug!(error = %err, "protocol error; closing the connection");
-    sender
-        .fail(
-            err.request_id().unwrap_or(request_id),
-            err.code(),
-            err.to_string(),
-        )
-        .await;
+    refuse(shared, sender, Refusal::protocol(err, request_id)).await;
 }
 
-async fn handshake(
-    shared: &Shared,
+/// Reads the frame `accept` waits for, within its deadline, and hands it over: the step
+/// it makes, `Ok(None)` when the peer left, or the refusal to send. `on_read` runs as soon
+/// as the read ends, however it ends.
+async fn next_step(
+    accept: &mut Accept<'_>,
     reader: &mut Reader,
-    sender: &FrameSender,
-    slot: &HandshakeSlot<'_>,
-) -> Option<Hello> {
-    let read = reader
-        .read_frame_within(shared.config.hello_timeout())
-        .await;
-    // Whatever it is, the peer has spoken: it is judged by what it said, never evicted.
-    slot.greeted();
-    let frame = match read {
-        Err(Elapsed) => {
-            let limit = shared.config.hello_timeout();
-            sender
-                .fail(
-                    0,
-                    ErrorCode::HelloTimeout,
-                    format!("no hello within {limit:?}"),
-                )
-                .await;
-            return None;
-        }
-        Ok(Err(ReadError::Protocol(err))) => {
-            protocol_error(shared, sender, &err, 0).await;
-            return None;
-        }
-        Ok(Err(_) | Ok(None)) => return None,
-        Ok(Ok(Some(frame))) => frame,
-    };
-    let id = frame.header.request_id;
-    let hello = match frame.message() {
-        Ok(Message::Hello(hello)) => hello,
-        Ok(other) => {
-            sender
-                .fail(
-                    id,
-                    ErrorCode::UnexpectedMessage,
-                    format!("expected hello first, got {}", other.kind()),
-                )
-                .await;
-            return None;
-        }
-        Err(err) => {
-            protocol_error(shared, sender, &err, id).await;
-            return None;
-        }
-    };
-    if hello.protocol != PROTOCOL_VERSION {
-        let message = format!(
-            "hello speaks protocol {}, this hub speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        );
-        sender
-            .fail(id, ErrorCode::UnsupportedVersion, message)
+    on_read: impl Fn(),
+) -> Result<Option<Step>, Refusal> {
+    while let Some(deadline) = accept.deadline() {
+        let read = reader
+            .read_frame_within(deadline.saturating_duration_since(Instant::now()))
             .await;
-        return None;
-    }
-    if let Some(expected) = shared.config.token.as_deref().filter(|t| !t.is_empty()) {
-        // Compare digests in constant time: neither content nor length leaks through timing.
-        let given = Sha256::digest(hello.token.as_deref().unwrap_or("").as_bytes());
-        if !bool::from(given.ct_eq(&Sha256::digest(expected.as_bytes()))) {
-            tracing::warn!(name = %hello.name, "hello refused: wrong or missing token");
-            sender
-                .fail(id, ErrorCode::Unauthorized, "wrong or missing auth token")
-                .await;
-            return None;
+        on_read();
+        let now = Instant::now();
+        match read {
+            Err(Elapsed) => match accept.handle_timeout(now) {
+                Some(late) => return Err(late),
+                None => continue, // woken before the deadline: wait the rest
+            },
+            Ok(Err(ReadError::Protocol(err))) => return Err(accept.handle_broken(&err)),
+            Ok(Err(_) | Ok(None)) => return Ok(None),
+            Ok(Ok(Some(frame))) => return accept.handle_frame(now, &frame).map(Some),
         }
     }
-    if hello.role != "client" && hello.role != "worker" {
-        let message = format!("role `{}` is unknown: use `client` or `worker`", hello.role);
-        sender.fail(id, ErrorCode::UnexpectedMessage, message).await;
-        return None;
+    Ok(None)
+}
+
+/// The peer's hello, checked; `Ok(None)` when it left first.
+async fn hello(
+    accept: &mut Accept<'_>,
+    reader: &mut Reader,
+    slot: &HandshakeSlot<'_>,
+) -> Result<Option<Hello>, Refusal> {
+    // Whatever it sends, the peer has spoken: it is judged by what it said, never evicted.
+    match next_step(accept, reader, || slot.greeted()).await? {
+        Some(Step::Hello(hello)) => Ok(Some(hello)),
+        Some(Step::Register(_)) | None => Ok(None),
     }
-    Some(hello)
 }
 
 /// While the hub drains, a client connection with nothing in flight is closed after this
@@ -317,56 +287,29 @@ fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {
 
 async fn worker_loop(
     shared: &Shared,
+    accept: &mut Accept<'_>,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &ConnectionStats,
 ) {
     let peer = stats.peer();
-    let register = match reader
-        .read_frame_within(shared.config.hello_timeout())
-        .await
-    {
-        Ok(Ok(Some(frame))) => match frame.message() {
-            Ok(Message::Register(register)) => register,
-            Ok(other) => {
-                let message = format!("a worker registers first, got {}", other.kind());
-                sender
-                    .fail(
-                        frame.header.request_id,
-                        ErrorCode::UnexpectedMessage,
-                        message,
-                    )
-                    .await;
-                return;
-            }
-            Err(err) => return protocol_error(shared, sender, &err, frame.header.request_id).await,
-        },
-        Ok(Err(ReadError::Protocol(err))) => return protocol_error(shared, sender, &err, 0).await,
-        Err(Elapsed) => {
-            return sender
-                .fail(0, ErrorCode::HelloTimeout, "no register after hello")
-                .await
-        }
-        Ok(_) => return,
+    let register = match next_step(accept, reader, || {}).await {
+        Ok(Some(Step::Register(register))) => register,
+        Ok(Some(Step::Hello(_)) | None) => return,
+        Err(refusal) => return refuse(shared, sender, refusal).await,
     };
     let engine = match shared.registry.register(&register, sender.clone()) {
         Ok(engine) => engine,
         Err(why) => {
             tracing::warn!(%peer, %why, "registration refused");
-            let message = format!("registration refused: {why}");
-            return sender.fail(0, ErrorCode::MalformedBody, message).await;
+            return refuse(shared, sender, accept.unregistered(why)).await;
         }
     };
     Counters::add(&shared.counters.engines_joined, 1);
-    let registered = Registered {
-        engine_id: engine.id,
-        heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
-    };
     // `registered` is queued before the engine becomes routable: the connection's queue is
     // first in, first out, so no request can overtake it.
-    sender
-        .send(&Message::Registered(registered), 0, Deadline::NONE)
-        .await;
+    let registered = accept.registered(engine.id);
+    sender.send(&registered, 0, Deadline::NONE).await;
     shared.registry.route(&engine);
 
     let timeout = shared.config.heartbeat_timeout();
