@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use qnllm_protocol::{encode_frame, Deadline, Frame, FrameDecoder, Message, ProtocolError};
+use qnllm_protocol::{
+    encode_frame, Deadline, ErrorCode, Frame, FrameDecoder, Message, ProtocolError, WireError,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
@@ -325,6 +327,13 @@ impl FrameSender {
     ) -> bool {
         self.send_encoded(encode(message, request_id, deadline))
             .await
+    }
+
+    /// Sends an `error` reply for `request_id` (0: about the connection itself), waiting
+    /// while the queue is full; a connection that is gone drops it.
+    pub(crate) async fn fail(&self, request_id: u64, code: ErrorCode, message: impl Into<String>) {
+        let error = Message::Error(WireError::new(code, message));
+        self.send(&error, request_id, Deadline::NONE).await;
     }
 
     /// Sends several replies (message, request id) in one write, in order.

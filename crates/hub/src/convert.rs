@@ -1,9 +1,10 @@
-//! Conversions between the router's `Answer` and the protocol's `result` body.
+//! Conversions between the router's types and the protocol's: an `Answer` and its `result`
+//! body, a router failure and its wire code.
 
 use std::time::Duration;
 
 use qnllm_engine::{Digest, Reasoning};
-use qnllm_protocol::ResultBody;
+use qnllm_protocol::{ErrorCode, ResultBody};
 use qnllm_router::Answer;
 
 /// The `result` body that carries `answer` on the wire.
@@ -40,4 +41,17 @@ pub fn answer(body: ResultBody) -> Answer {
         body.engine,
         Duration::from_nanos(body.compute_ns),
     )
+}
+
+/// The wire code for a router failure.
+pub(crate) fn error_code(err: &qnllm_router::RouterError) -> ErrorCode {
+    use qnllm_router::RouterError;
+    match err {
+        RouterError::InvalidInput(_) => ErrorCode::InvalidInput,
+        RouterError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+        RouterError::Disagreement { .. } => ErrorCode::Disagreement,
+        RouterError::EnginesFailed { .. } => ErrorCode::EngineFailed,
+        RouterError::RetryBudgetExhausted { .. } => ErrorCode::Overloaded,
+        _ => ErrorCode::NoEngineAvailable,
+    }
 }

@@ -1,19 +1,23 @@
-//! `Hub`: shared state, the listeners, and start/stop of the whole server.
+//! `Hub`: builds the shared state, holds the named handlers, opens the listeners, and
+//! starts and stops the whole server.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, RwLock};
 
 use qnllm_router::{BatchPolicy, LocalBackend, Router, SharedBatchPolicy};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::call::{Handler, Handlers};
+use crate::cmd::call::Calls;
 use crate::config::{ConfigError, HubConfig};
-use crate::registry::{Event, Registry};
+use crate::handshakes::Handshakes;
+use crate::registry::Registry;
 use crate::session;
+use crate::shared::Shared;
 use crate::stats::{Connections, Counters};
 use crate::stream::Stream;
 
@@ -41,72 +45,85 @@ pub enum HubError {
     },
 }
 
-/// Everything the sessions share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: HubConfig,
-    pub(crate) router: Arc<Router>,
-    pub(crate) registry: Registry,
-    /// The router's request slots, shared among client connections in turn.
-    pub(crate) fair: Arc<crate::fair::Fair>,
-    pub(crate) handlers: Handlers,
-    /// Dynamic batching toward workers; `None` is off.
-    pub(crate) batching: SharedBatchPolicy,
-    /// Teachers for `coordinate`; the engines in rotation are the students. The one
-    /// coordinator of the system: `UnifiedEngine` reaches it through [`Hub::coordinator`].
-    pub(crate) coordinator: Arc<qnllm_router::Coordinator>,
-    pub(crate) events: broadcast::Sender<Event>,
-    /// Subscriptions that take the `metrics` topic (by name or `*`): snapshots are made
-    /// only while there is one.
-    pub(crate) metrics_subscribers: std::sync::atomic::AtomicUsize,
-    pub(crate) counters: Counters,
-    /// Per-connection counters of the open connections.
-    pub(crate) open: Connections,
-    pub(crate) connections: Arc<Semaphore>,
-    /// Connections still in their handshake, with their own budget.
-    pub(crate) handshakes: session::Handshakes,
-    pub(crate) next_session: AtomicU64,
-    /// Held (never across an await) while a broadcast is queued on every worker, so every
-    /// engine sees broadcasts in one order.
-    pub(crate) broadcast_order: std::sync::Mutex<()>,
-    pub(crate) shutdown: CancellationToken,
-    /// When the grace period of a shutdown ends; set as the shutdown starts.
-    pub(crate) grace_end: std::sync::OnceLock<tokio::time::Instant>,
-    /// Request tasks, waited for (within the grace period) at shutdown.
-    pub(crate) requests: TaskTracker,
-    /// Connection tasks, waited for at shutdown so goodbyes are flushed before exit.
-    pub(crate) sessions: TaskTracker,
-}
-
-impl Shared {
-    pub(crate) fn open_connections(&self) -> usize {
-        self.config.max_connections - self.connections.available_permits()
-    }
-
-    /// When work still in flight is cut: the end of the shutdown's grace period, or a grace
-    /// period from now when the hub is not shutting down.
-    pub(crate) fn grace_deadline(&self) -> tokio::time::Instant {
-        self.grace_end
-            .get()
-            .copied()
-            .unwrap_or_else(|| tokio::time::Instant::now() + self.config.grace())
-    }
-
-    /// Whether a shutdown's grace period is over.
-    pub(crate) fn past_grace(&self) -> bool {
-        self.grace_end
-            .get()
-            .is_some_and(|end| tokio::time::Instant::now() >= *end)
-    }
-}
-
 /// How long past the grace period sessions get to send their last errors and goodbyes.
 const SESSION_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A handler that clients reach with `call`: argument bytes in, reply bytes or an error
+/// message out.
+pub type Handler = Arc<dyn Fn(&Hub, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// The handlers registered on a hub.
+struct Handlers {
+    map: RwLock<HashMap<String, Handler>>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+impl Handlers {
+    /// `echo` (returns its argument) and `engines` (the engine list as JSON).
+    fn with_builtins() -> Handlers {
+        let handlers = Handlers {
+            map: RwLock::new(HashMap::new()),
+        };
+        handlers.register("echo".into(), Arc::new(|_, args| Ok(args.to_vec())));
+        handlers.register(
+            "engines".into(),
+            Arc::new(|hub, _| Ok(hub.shared.registry.describe().to_string().into_bytes())),
+        );
+        handlers
+    }
+
+    fn register(&self, name: String, handler: Handler) {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name, handler);
+    }
+
+    fn get(&self, name: &str) -> Option<Handler> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+}
 
 /// A hub, configured but not yet listening.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
+    handlers: Arc<Handlers>,
+}
+
+/// What a client's `call` runs: the handler, given this hub.
+impl Calls for Hub {
+    fn call(&self, name: &str, args: &[u8]) -> Option<Result<Vec<u8>, String>> {
+        let handler = self.handlers.get(name)?;
+        Some(handler(self, args))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.handlers.names()
+    }
 }
 
 impl Hub {
@@ -140,14 +157,13 @@ impl Hub {
             coordinator,
             fair,
             batching,
-            handlers: Handlers::with_builtins(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            handshakes: session::Handshakes::new(config.max_handshakes, config.handshake_floor()),
+            handshakes: Handshakes::new(config.max_handshakes, config.handshake_floor()),
             config,
             router,
             events,
-            metrics_subscribers: std::sync::atomic::AtomicUsize::new(0),
-            counters: Counters::default(),
+            metrics_subscribers: Arc::new(AtomicUsize::new(0)),
+            counters: Arc::new(Counters::default()),
             open: Connections::default(),
             next_session: AtomicU64::new(1),
             broadcast_order: std::sync::Mutex::new(()),
@@ -158,6 +174,7 @@ impl Hub {
         };
         Ok(Hub {
             shared: Arc::new(shared),
+            handlers: Arc::new(Handlers::with_builtins()),
         })
     }
 
@@ -186,7 +203,7 @@ impl Hub {
 
     /// Registers a named handler that clients reach with `call`.
     pub fn register_handler(&self, name: impl Into<String>, handler: Handler) {
-        self.shared.handlers.register(name.into(), handler);
+        self.handlers.register(name.into(), handler);
     }
 
     /// Hub events as they happen (topic `engines`: joined, left); a reader that falls
@@ -207,7 +224,13 @@ impl Hub {
     #[doc(hidden)]
     pub async fn serve_connection(&self, io: Stream, peer: &str) {
         Counters::add(&self.shared.counters.connections_total, 1);
-        session::run(self.shared.clone(), io, peer.to_string()).await;
+        session::run(
+            self.shared.clone(),
+            Arc::new(self.clone()),
+            io,
+            peer.to_string(),
+        )
+        .await;
     }
 
     /// Opens the listeners and serves until `shutdown` is cancelled; then stops accepting,
@@ -235,7 +258,7 @@ impl Hub {
             tracing::info!(%addr, "listening on tcp");
             tcp_addr = Some(addr);
             let listener = Arc::new(listener);
-            accepting.spawn(accept_loop(shared.clone(), move || {
+            accepting.spawn(accept_loop(self.clone(), move || {
                 let listener = listener.clone();
                 async move {
                     let (stream, peer) = listener.accept().await?;
@@ -266,7 +289,7 @@ impl Hub {
             tracing::info!(path = %what, "listening on unix socket");
             unix_path = Some(path.clone());
             let listener = Arc::new(listener);
-            accepting.spawn(accept_loop(shared.clone(), move || {
+            accepting.spawn(accept_loop(self.clone(), move || {
                 let listener = listener.clone();
                 async move {
                     let (stream, _) = listener.accept().await?;
@@ -353,16 +376,23 @@ async fn publish_metrics(shared: std::sync::Weak<Shared>, shutdown: Cancellation
 }
 
 /// Accepts connections until shutdown; each becomes a session.
-async fn accept_loop<F, Fut>(shared: Arc<Shared>, mut accept: F)
+async fn accept_loop<F, Fut>(hub: Hub, mut accept: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<(Stream, String)>>,
 {
+    let shared = hub.shared.clone();
+    let calls: Arc<dyn Calls> = Arc::new(hub);
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
             accepted = accept() => match accepted {
-                Ok((io, peer)) => spawn_session(&shared, io, peer),
+                Ok((io, peer)) => {
+                    Counters::add(&shared.counters.connections_total, 1);
+                    shared
+                        .sessions
+                        .spawn(session::run(shared.clone(), calls.clone(), io, peer));
+                }
                 Err(e) => {
                     // Out of file descriptors, say: back off instead of spinning on the error.
                     tracing::warn!(error = %e, "accept failed");
@@ -371,13 +401,6 @@ where
             },
         }
     }
-}
-
-fn spawn_session(shared: &Arc<Shared>, io: Stream, peer: String) {
-    Counters::add(&shared.counters.connections_total, 1);
-    shared
-        .sessions
-        .spawn(session::run(shared.clone(), io, peer));
 }
 
 /// A hub that is listening.

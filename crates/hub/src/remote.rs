@@ -229,6 +229,15 @@ impl RemoteBackend {
             Ok(Message::Error(error)) if error.code == ErrorCode::InvalidInput => {
                 BackendError::InvalidInput(error.message)
             }
+            // The worker's engine failed, and the worker's message says so in its own
+            // words ("engine NAME failed: REASON"): the reason goes on under the hub's name
+            // for the engine, so a client reads the engine's name once.
+            Ok(Message::Error(error)) if error.code == ErrorCode::EngineFailed => {
+                BackendError::Failed {
+                    engine,
+                    reason: engine_reason(&error.message).to_string(),
+                }
+            }
             Ok(Message::Error(error)) => BackendError::Failed {
                 engine,
                 reason: format!("{}: {}", error.code, error.message),
@@ -400,3 +409,13 @@ impl Backend for RemoteBackend {
 
 /// Shared handle type.
 pub(crate) type Remote = Arc<RemoteBackend>;
+
+/// The reason in a worker's `EngineFailed` message, without the "engine NAME failed: "
+/// its own backend put before it (a worker of another make may not; its message is then
+/// the reason as it is).
+fn engine_reason(message: &str) -> &str {
+    message
+        .strip_prefix("engine ")
+        .and_then(|rest| rest.split_once(" failed: "))
+        .map_or(message, |(_, reason)| reason)
+}

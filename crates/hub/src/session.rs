@@ -1,145 +1,36 @@
-//! One connection on the hub: the handshake (cap, hello, version, token), then the client
-//! or worker loop until the peer leaves, breaks the protocol, idles out or the hub stops.
+//! One connection on the hub, driven to its end: the handshake (budget, cap, and the checks
+//! of `accept.rs`), then the client or worker loop until the peer leaves, breaks the
+//! protocol, idles out or the hub stops.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use qnllm_protocol::{
-    Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message, Registered, Welcome, WireError,
-    PROTOCOL_VERSION,
-};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
+use qnllm_protocol::{Deadline, ErrorCode, Frame, Goodbye, Grace, Hello, Message};
 
+use crate::accept::{Accept, Refusal, Step, Terms};
+use crate::cmd::call::Calls;
+use crate::cmd::requests::ClientSession;
 use crate::cmd::{self, Flow};
+use crate::config::HubConfig;
 use crate::connection::{spawn_writer, Elapsed, FrameReader, FrameSender, ReadError};
-use crate::hub::Shared;
+use crate::handshakes::HandshakeSlot;
+use crate::shared::Shared;
 use crate::stats::{ConnectionStats, Counters};
 use crate::stream::Stream;
 
 type Reader = FrameReader;
 
-/// Connections still in their handshake. They have their own budget, apart from the
-/// connection cap, with a floor: every connection first has `floor` to say hello. Past it,
-/// while more than the budget are waiting, the one that has waited longest is closed to make
-/// room, so silent sockets can neither lock peers out nor hold more than the budget for
-/// longer than the floor. A connection whose hello has been read is out of the set, so it is
-/// never closed for it, however busy the hub.
-#[derive(Debug)]
-pub(crate) struct Handshakes {
-    budget: usize,
-    floor: Duration,
-    waiting: std::sync::Mutex<Waiting>,
-}
-
-/// The handshakes in progress, oldest first (keys are handed out in order of arrival).
-#[derive(Debug, Default)]
-struct Waiting {
-    next: u64,
-    open: std::collections::BTreeMap<u64, (tokio::time::Instant, CancellationToken)>,
-}
-
-impl Handshakes {
-    pub(crate) fn new(budget: usize, floor: Duration) -> Handshakes {
-        Handshakes {
-            budget: budget.max(1),
-            floor,
-            waiting: std::sync::Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        // Single inserts and removes: a poisoned map is still consistent.
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A place for one new handshake; first makes room as [`Handshakes::trim`] does.
-    /// Returns the slot and how many were evicted.
-    fn enter(&self) -> (HandshakeSlot<'_>, u64) {
-        let evicted = CancellationToken::new();
-        let key = {
-            let mut waiting = self.lock();
-            waiting.next += 1;
-            let key = waiting.next;
-            let since = tokio::time::Instant::now();
-            waiting.open.insert(key, (since, evicted.clone()));
-            key
-        };
-        let made_room = self.trim();
-        (
-            HandshakeSlot {
-                handshakes: self,
-                key,
-                evicted,
-            },
-            made_room,
-        )
-    }
-
-    /// While more than the budget are waiting, closes the oldest that has had its floor;
-    /// how many were closed. Called as a handshake starts and as each reaches its floor, so
-    /// the set is back within the budget a floor after a flood at most.
-    fn trim(&self) -> u64 {
-        self.trim_at(tokio::time::Instant::now())
-    }
-
-    /// [`Handshakes::trim`] as of `now`.
-    fn trim_at(&self, now: tokio::time::Instant) -> u64 {
-        let mut waiting = self.lock();
-        let mut evicted = 0;
-        while waiting.open.len() > self.budget {
-            let Some(entry) = waiting.open.first_entry() else {
-                break;
-            };
-            if now.duration_since(entry.get().0) < self.floor {
-                break; // the oldest is still within its floor, so is every other
-            }
-            entry.remove().1.cancel();
-            evicted += 1;
-        }
-        evicted
-    }
-
-    /// Connections in their handshake now.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().open.len()
-    }
-}
-
-/// A handshake's place in the budget; freed when its hello is read, or on drop.
-struct HandshakeSlot<'a> {
-    handshakes: &'a Handshakes,
-    key: u64,
-    evicted: CancellationToken,
-}
-
-impl HandshakeSlot<'_> {
-    /// The connection's first frame was read: it leaves the set and can no longer be
-    /// evicted (unless that already happened).
-    fn greeted(&self) {
-        self.handshakes.lock().open.remove(&self.key);
-    }
-}
-
-impl Drop for HandshakeSlot<'_> {
-    fn drop(&mut self) {
-        self.greeted();
-    }
-}
-
 /// Runs one connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
+pub(crate) async fn run(shared: Arc<Shared>, calls: Arc<dyn Calls>, io: Stream, peer: String) {
     let (read, write) = io.into_split();
     let (sender, writer) = spawn_writer(write);
     let mut reader =
         FrameReader::new(read, shared.config.max_frame_bytes).busy_poll(shared.config.busy_poll());
     let (slot, made_room) = shared.handshakes.enter();
     Counters::add(&shared.counters.handshakes_evicted, made_room);
+    let mut accept = Accept::new(terms(&shared.config), Instant::now());
     let hello = {
-        let handshake = handshake(&shared, &mut reader, &sender, &slot);
+        let handshake = hello(&mut accept, &mut reader, &slot);
         tokio::pin!(handshake);
         let floor = tokio::time::sleep(shared.config.handshake_floor());
         tokio::pin!(floor);
@@ -156,8 +47,8 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
                          longest and was closed",
                         shared.config.max_handshakes
                     );
-                    fail(&sender, 0, ErrorCode::HelloTimeout, message).await;
-                    break None;
+                    sender.fail(0, ErrorCode::HelloTimeout, message).await;
+                    break Ok(None);
                 }
                 () = &mut floor, if !floored => {
                     // Past its floor, this one (or an older one) may have to make room.
@@ -169,27 +60,20 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
         }
     };
     drop(slot);
-    if let Some(hello) = hello {
-        match admit(&shared, &hello.role) {
+    match hello {
+        Ok(Some(hello)) => match admit(&shared, &hello.role) {
             Ok(permit) => {
                 let session = shared
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(session, %peer, role = %hello.role, name = %hello.name, "session opened");
                 let open = shared.open.open(session, &peer, &hello.role, &hello.name);
-                let welcome = Welcome {
-                    session,
-                    server: concat!("qnllm/", env!("CARGO_PKG_VERSION")).into(),
-                    max_frame_bytes: shared.config.max_frame_bytes,
-                    heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
-                };
-                sender
-                    .send(&Message::Welcome(welcome), 0, Deadline::NONE)
-                    .await;
-                if hello.role == "worker" {
-                    worker_loop(&shared, &mut reader, &sender, &open.stats).await;
+                let welcome = accept.welcome(session, Instant::now());
+                sender.send(&welcome, 0, Deadline::NONE).await;
+                if accept.is_open() {
+                    client_loop(&shared, &*calls, &mut reader, &sender, &open.stats).await;
                 } else {
-                    client_loop(&shared, &mut reader, &sender, &open.stats).await;
+                    worker_loop(&shared, &mut accept, &mut reader, &sender, &open.stats).await;
                 }
                 tracing::debug!(session, %peer, "session closed");
                 drop(open);
@@ -202,9 +86,11 @@ pub(crate) async fn run(shared: Arc<Shared>, io: Stream, peer: String) {
             Err(message) => {
                 Counters::add(&shared.counters.refused, 1);
                 tracing::warn!(%peer, role = %hello.role, max = shared.config.max_connections, "connection refused: at the connection cap");
-                fail(&sender, 0, ErrorCode::TooManyConnections, message).await;
+                sender.fail(0, ErrorCode::TooManyConnections, message).await;
             }
-        }
+        },
+        Ok(None) => {}
+        Err(refusal) => refuse(&shared, &sender, refusal).await,
     }
     drop(sender);
     writer.finish().await; // flush what was queued, then the socket closes
@@ -235,19 +121,24 @@ fn admit(shared: &Shared, role: &str) -> Result<tokio::sync::OwnedSemaphorePermi
         .map_err(|_| full())
 }
 
-/// Sends an error frame.
-pub(crate) async fn fail(
-    sender: &FrameSender,
-    request_id: u64,
-    code: ErrorCode,
-    message: impl Into<String>,
-) {
+/// The hub's terms for every hello, from its configuration.
+fn terms(config: &HubConfig) -> Terms<'_> {
+    Terms {
+        hello_timeout: config.hello_timeout(),
+        token: config.token.as_deref(),
+        max_frame_bytes: config.max_frame_bytes,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+    }
+}
+
+/// Sends a refusal, counting it when the peer broke the protocol; the caller then closes.
+async fn refuse(shared: &Shared, sender: &FrameSender, refusal: Refusal) {
+    if refusal.protocol_error {
+        Counters::add(&shared.counters.protocol_errors, 1);
+        tracing::debug!(error = %refusal.message, "protocol error; closing the connection");
+    }
     sender
-        .send(
-            &Message::Error(WireError::new(code, message)),
-            request_id,
-            Deadline::NONE,
-        )
+        .fail(refusal.request_id, refusal.code, refusal.message)
         .await;
 }
 
@@ -258,94 +149,47 @@ async fn protocol_error(
     err: &qnllm_protocol::ProtocolError,
     request_id: u64,
 ) {
-    Counters::add(&shared.counters.protocol_errors, 1);
-    tracing::debug!(error = %err, "protocol error; closing the connection");
-    fail(
-        sender,
-        err.request_id().unwrap_or(request_id),
-        err.code(),
-        err.to_string(),
-    )
-    .await;
+    refuse(shared, sender, Refusal::protocol(err, request_id)).await;
 }
 
-async fn handshake(
-    shared: &Shared,
+/// Reads the frame `accept` waits for, within its deadline, and hands it over: the step
+/// it makes, `Ok(None)` when the peer left, or the refusal to send. `on_read` runs as soon
+/// as the read ends, however it ends.
+async fn next_step(
+    accept: &mut Accept<'_>,
     reader: &mut Reader,
-    sender: &FrameSender,
+    on_read: impl Fn(),
+) -> Result<Option<Step>, Refusal> {
+    while let Some(deadline) = accept.deadline() {
+        let read = reader
+            .read_frame_within(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        on_read();
+        let now = Instant::now();
+        match read {
+            Err(Elapsed) => match accept.handle_timeout(now) {
+                Some(late) => return Err(late),
+                None => continue, // woken before the deadline: wait the rest
+            },
+            Ok(Err(ReadError::Protocol(err))) => return Err(accept.handle_broken(&err)),
+            Ok(Err(_) | Ok(None)) => return Ok(None),
+            Ok(Ok(Some(frame))) => return accept.handle_frame(now, &frame).map(Some),
+        }
+    }
+    Ok(None)
+}
+
+/// The peer's hello, checked; `Ok(None)` when it left first.
+async fn hello(
+    accept: &mut Accept<'_>,
+    reader: &mut Reader,
     slot: &HandshakeSlot<'_>,
-) -> Option<Hello> {
-    let read = reader
-        .read_frame_within(shared.config.hello_timeout())
-        .await;
-    // Whatever it is, the peer has spoken: it is judged by what it said, never evicted.
-    slot.greeted();
-    let frame = match read {
-        Err(Elapsed) => {
-            let limit = shared.config.hello_timeout();
-            fail(
-                sender,
-                0,
-                ErrorCode::HelloTimeout,
-                format!("no hello within {limit:?}"),
-            )
-            .await;
-            return None;
-        }
-        Ok(Err(ReadError::Protocol(err))) => {
-            protocol_error(shared, sender, &err, 0).await;
-            return None;
-        }
-        Ok(Err(_) | Ok(None)) => return None,
-        Ok(Ok(Some(frame))) => frame,
-    };
-    let id = frame.header.request_id;
-    let hello = match frame.message() {
-        Ok(Message::Hello(hello)) => hello,
-        Ok(other) => {
-            fail(
-                sender,
-                id,
-                ErrorCode::UnexpectedMessage,
-                format!("expected hello first, got {}", other.kind()),
-            )
-            .await;
-            return None;
-        }
-        Err(err) => {
-            protocol_error(shared, sender, &err, id).await;
-            return None;
-        }
-    };
-    if hello.protocol != PROTOCOL_VERSION {
-        let message = format!(
-            "hello speaks protocol {}, this hub speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        );
-        fail(sender, id, ErrorCode::UnsupportedVersion, message).await;
-        return None;
+) -> Result<Option<Hello>, Refusal> {
+    // Whatever it sends, the peer has spoken: it is judged by what it said, never evicted.
+    match next_step(accept, reader, || slot.greeted()).await? {
+        Some(Step::Hello(hello)) => Ok(Some(hello)),
+        Some(Step::Register(_)) | None => Ok(None),
     }
-    if let Some(expected) = shared.config.token.as_deref().filter(|t| !t.is_empty()) {
-        // Compare digests in constant time: neither content nor length leaks through timing.
-        let given = Sha256::digest(hello.token.as_deref().unwrap_or("").as_bytes());
-        if !bool::from(given.ct_eq(&Sha256::digest(expected.as_bytes()))) {
-            tracing::warn!(name = %hello.name, "hello refused: wrong or missing token");
-            fail(
-                sender,
-                id,
-                ErrorCode::Unauthorized,
-                "wrong or missing auth token",
-            )
-            .await;
-            return None;
-        }
-    }
-    if hello.role != "client" && hello.role != "worker" {
-        let message = format!("role `{}` is unknown: use `client` or `worker`", hello.role);
-        fail(sender, id, ErrorCode::UnexpectedMessage, message).await;
-        return None;
-    }
-    Some(hello)
 }
 
 /// While the hub drains, a client connection with nothing in flight is closed after this
@@ -353,12 +197,19 @@ async fn handshake(
 const DRAIN_LINGER: Duration = Duration::from_millis(250);
 
 async fn client_loop(
-    shared: &Arc<Shared>,
+    shared: &Shared,
+    calls: &dyn Calls,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &Arc<ConnectionStats>,
 ) {
-    let session = cmd::ClientSession::new(sender.clone(), stats.clone(), &shared.config);
+    let session = ClientSession::new(
+        sender.clone(),
+        stats.clone(),
+        &shared.config,
+        shared.requests.clone(),
+        shared.counters.clone(),
+    );
     let paused = || {
         let _ = shared.events.send((
             "connections".into(),
@@ -407,7 +258,7 @@ async fn client_loop(
             }
             Err(Elapsed) => {
                 let message = format!("idle for {:?}; closing", shared.config.idle_timeout());
-                fail(sender, 0, ErrorCode::IdleTimeout, message).await;
+                sender.fail(0, ErrorCode::IdleTimeout, message).await;
                 break;
             }
             Ok(Ok(Some(frame))) => frame,
@@ -419,7 +270,7 @@ async fn client_loop(
             Ok(Err(_)) => break,
         };
         count_in(shared, stats, &frame);
-        if let Flow::Close = cmd::dispatch(shared, &session, frame).await {
+        if let Flow::Close = cmd::dispatch(shared, calls, &session, frame).await {
             break;
         }
     }
@@ -435,61 +286,30 @@ fn count_in(shared: &Shared, stats: &ConnectionStats, frame: &Frame) {
 }
 
 async fn worker_loop(
-    shared: &Arc<Shared>,
+    shared: &Shared,
+    accept: &mut Accept<'_>,
     reader: &mut Reader,
     sender: &FrameSender,
     stats: &ConnectionStats,
 ) {
     let peer = stats.peer();
-    let register = match reader
-        .read_frame_within(shared.config.hello_timeout())
-        .await
-    {
-        Ok(Ok(Some(frame))) => match frame.message() {
-            Ok(Message::Register(register)) => register,
-            Ok(other) => {
-                let message = format!("a worker registers first, got {}", other.kind());
-                fail(
-                    sender,
-                    frame.header.request_id,
-                    ErrorCode::UnexpectedMessage,
-                    message,
-                )
-                .await;
-                return;
-            }
-            Err(err) => return protocol_error(shared, sender, &err, frame.header.request_id).await,
-        },
-        Ok(Err(ReadError::Protocol(err))) => return protocol_error(shared, sender, &err, 0).await,
-        Err(Elapsed) => {
-            return fail(
-                sender,
-                0,
-                ErrorCode::HelloTimeout,
-                "no register after hello",
-            )
-            .await
-        }
-        Ok(_) => return,
+    let register = match next_step(accept, reader, || {}).await {
+        Ok(Some(Step::Register(register))) => register,
+        Ok(Some(Step::Hello(_)) | None) => return,
+        Err(refusal) => return refuse(shared, sender, refusal).await,
     };
     let engine = match shared.registry.register(&register, sender.clone()) {
         Ok(engine) => engine,
         Err(why) => {
             tracing::warn!(%peer, %why, "registration refused");
-            let message = format!("registration refused: {why}");
-            return fail(sender, 0, ErrorCode::MalformedBody, message).await;
+            return refuse(shared, sender, accept.unregistered(why)).await;
         }
     };
     Counters::add(&shared.counters.engines_joined, 1);
-    let registered = Registered {
-        engine_id: engine.id,
-        heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
-    };
     // `registered` is queued before the engine becomes routable: the connection's queue is
     // first in, first out, so no request can overtake it.
-    sender
-        .send(&Message::Registered(registered), 0, Deadline::NONE)
-        .await;
+    let registered = accept.registered(engine.id);
+    sender.send(&registered, 0, Deadline::NONE).await;
     shared.registry.route(&engine);
 
     let timeout = shared.config.heartbeat_timeout();
@@ -617,50 +437,9 @@ async fn worker_frame(
                 "{} is not something a worker sends to the hub",
                 other.kind()
             );
-            fail(sender, id, ErrorCode::UnexpectedMessage, message).await;
+            sender.fail(id, ErrorCode::UnexpectedMessage, message).await;
             return Some(format!("unexpected {} from the worker", other.kind()));
         }
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FLOOR: Duration = Duration::from_millis(100);
-
-    #[tokio::test]
-    async fn past_the_budget_only_handshakes_past_their_floor_are_evicted_oldest_first() {
-        let handshakes = Handshakes::new(2, FLOOR);
-        let (a, evicted) = handshakes.enter();
-        assert_eq!(evicted, 0);
-        let (b, _) = handshakes.enter();
-        // Over the budget, but nobody has had the floor: all three stay.
-        let (c, evicted) = handshakes.enter();
-        assert_eq!(evicted, 0);
-        assert_eq!(handshakes.len(), 3);
-        let later = tokio::time::Instant::now() + FLOOR;
-        // Once they have: the oldest goes, and only as many as bring it back to the budget.
-        assert_eq!(handshakes.trim_at(later), 1);
-        assert!(a.evicted.is_cancelled());
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
-        assert_eq!(handshakes.len(), 2);
-        assert_eq!(handshakes.trim_at(later), 0);
-        drop((a, b, c));
-        assert_eq!(handshakes.len(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_handshake_whose_hello_was_read_is_never_evicted() {
-        let handshakes = Handshakes::new(1, FLOOR);
-        let (greeted, _) = handshakes.enter();
-        greeted.greeted();
-        let (waiting, _) = handshakes.enter();
-        let (_newest, _) = handshakes.enter();
-        let later = tokio::time::Instant::now() + FLOOR;
-        assert_eq!(handshakes.trim_at(later), 1);
-        assert!(!greeted.evicted.is_cancelled(), "evicted after its hello");
-        assert!(waiting.evicted.is_cancelled());
-    }
 }

@@ -9,11 +9,10 @@ use qnllm_engine::{EngineError, Model, Params, SpikingEngine};
 use qnllm_protocol::{
     Coordinate, CoordinationResult, Deadline, ErrorCode, Learn, Learned, Message, TeacherVote,
 };
-use qnllm_router::{Backend, LearnError, LocalBackend};
+use qnllm_router::{Backend, Coordinator, LearnError, LocalBackend};
 
-use crate::cmd::{error_code, ClientSession};
-use crate::hub::Shared;
-use crate::session::fail;
+use crate::cmd::requests::ClientSession;
+use crate::convert::error_code;
 
 /// Builds the teachers named in the config (`seed:N` or a safetensors path).
 pub(crate) fn teachers(specs: &[String]) -> Result<Vec<Arc<dyn Backend>>, EngineError> {
@@ -39,17 +38,16 @@ pub(crate) fn teachers(specs: &[String]) -> Result<Vec<Arc<dyn Backend>>, Engine
 }
 
 pub(crate) fn coordinate(
-    shared: &Arc<Shared>,
+    coordinator: &Arc<Coordinator>,
     session: &ClientSession,
     id: u64,
     request: Coordinate,
     deadline: Duration,
 ) {
-    let (shared_, sender) = (shared.clone(), session.sender.clone());
-    session.spawn(shared, id, async move {
+    let (coordinator, sender) = (coordinator.clone(), session.sender.clone());
+    session.spawn(id, async move {
         let k = usize::from(request.teachers);
-        match shared_
-            .coordinator
+        match coordinator
             .coordinate(request.encoding.as_slice(), k, request.learn, deadline)
             .await
         {
@@ -73,24 +71,23 @@ pub(crate) fn coordinate(
                     .send(&Message::CoordinationResult(body), id, Deadline::NONE)
                     .await;
             }
-            Err(err) => fail(&sender, id, error_code(&err), err.to_string()).await,
+            Err(err) => sender.fail(id, error_code(&err), err.to_string()).await,
         }
     });
 }
 
 pub(crate) fn learn(
-    shared: &Arc<Shared>,
+    coordinator: &Arc<Coordinator>,
     session: &ClientSession,
     id: u64,
     request: Learn,
     deadline: Duration,
 ) {
-    let (shared_, sender) = (shared.clone(), session.sender.clone());
-    session.spawn(shared, id, async move {
+    let (coordinator, sender) = (coordinator.clone(), session.sender.clone());
+    session.spawn(id, async move {
         // The version is checked under the student lock, with the update: two clients that
         // name the same version cannot both apply.
-        match shared_
-            .coordinator
+        match coordinator
             .learn_at(
                 request.encoding.as_slice(),
                 request.label,
@@ -109,12 +106,18 @@ pub(crate) fn learn(
                     .await;
             }
             Err(err @ LearnError::VersionConflict { .. }) => {
-                fail(&sender, id, ErrorCode::VersionConflict, err.to_string()).await
+                sender
+                    .fail(id, ErrorCode::VersionConflict, err.to_string())
+                    .await;
             }
             Err(LearnError::Request(err)) => {
-                fail(&sender, id, error_code(&err), err.to_string()).await
+                sender.fail(id, error_code(&err), err.to_string()).await;
             }
-            Err(err) => fail(&sender, id, ErrorCode::NoEngineAvailable, err.to_string()).await,
+            Err(err) => {
+                sender
+                    .fail(id, ErrorCode::NoEngineAvailable, err.to_string())
+                    .await;
+            }
         }
     });
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use crate::hub::Shared;
+use crate::shared::Shared;
 
 pub(crate) fn snapshot(shared: &Shared) -> Value {
     let c = &shared.counters;

@@ -1,23 +1,25 @@
 //! `subscribe`: forward hub events on the chosen topics to this client until it leaves.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use std::sync::atomic::Ordering;
 
 use qnllm_protocol::{Deadline, ErrorCode, Event, Message};
 use serde_json::json;
+use tokio::sync::broadcast;
 
-use crate::cmd::ClientSession;
-use crate::hub::Shared;
-use crate::session::fail;
+use crate::cmd::requests::ClientSession;
+use crate::registry;
+
+/// What a subscription needs of the hub: its events, and the count of those who want
+/// metrics snapshots.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Events<'a> {
+    pub(crate) events: &'a broadcast::Sender<registry::Event>,
+    pub(crate) metrics_subscribers: &'a Arc<AtomicUsize>,
+}
 
 /// Subscribes; `*` means every topic. Confirms with an event on topic `subscribed`.
-pub(crate) async fn start(
-    shared: &Arc<Shared>,
-    session: &ClientSession,
-    id: u64,
-    topics: Vec<String>,
-) {
+pub(crate) async fn apply(hub: Events<'_>, session: &ClientSession, id: u64, topics: Vec<String>) {
     let held = session.subscriptions.fetch_add(1, Ordering::AcqRel);
     if held >= session.max_subscriptions {
         session.subscriptions.fetch_sub(1, Ordering::AcqRel);
@@ -25,10 +27,13 @@ pub(crate) async fn start(
             "this connection already holds {held} subscriptions, the most allowed; \
              subscribe once with several topics (or `*`)"
         );
-        fail(&session.sender, id, ErrorCode::Overloaded, message).await;
+        session
+            .sender
+            .fail(id, ErrorCode::Overloaded, message)
+            .await;
         return;
     }
-    let mut events = shared.events.subscribe();
+    let mut events = hub.events.subscribe();
     let confirm = Event {
         topic: "subscribed".into(),
         data: json!(topics),
@@ -39,8 +44,8 @@ pub(crate) async fn start(
         .await;
     let (sender, ended) = (session.sender.clone(), session.ended.clone());
     let metrics = topics.iter().any(|t| t == "*" || t == "metrics").then(|| {
-        shared.metrics_subscribers.fetch_add(1, Ordering::Relaxed);
-        MetricsSubscriber(shared.clone())
+        hub.metrics_subscribers.fetch_add(1, Ordering::Relaxed);
+        MetricsSubscriber(hub.metrics_subscribers.clone())
     });
     tokio::spawn(async move {
         let _metrics = metrics; // counted out however the forwarding ends
@@ -67,10 +72,10 @@ pub(crate) async fn start(
 
 /// One subscription that takes the `metrics` topic, counted while it lasts so the hub makes
 /// snapshots only for someone.
-struct MetricsSubscriber(Arc<Shared>);
+struct MetricsSubscriber(Arc<AtomicUsize>);
 
 impl Drop for MetricsSubscriber {
     fn drop(&mut self) {
-        self.0.metrics_subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,225 @@
+//! A client connection's requests in flight: their budget of count and bytes, the task each
+//! runs in, cancel by id, and what is cut when the connection ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use qnllm_protocol::ErrorCode;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HubConfig;
+use crate::connection::FrameSender;
+use crate::stats::{ConnectionStats, Counters};
+
+/// Per-connection state of a client: where replies go, what is in flight, when it ends.
+#[derive(Debug)]
+pub(crate) struct ClientSession {
+    pub(crate) sender: FrameSender,
+    in_flight: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    stats: Arc<ConnectionStats>,
+    /// Request bytes (frame payloads) of the requests in flight.
+    bytes: Arc<AtomicUsize>,
+    /// Woken whenever a request ends, so a reader paused at the budget can go on.
+    freed: Arc<Notify>,
+    max_requests: usize,
+    max_bytes: usize,
+    pub(crate) max_subscriptions: usize,
+    /// Subscriptions this connection holds.
+    pub(crate) subscriptions: AtomicUsize,
+    /// This connection's request tasks, so its end can wait for their answers.
+    tasks: TaskTracker,
+    /// Every request task of the hub, so its shutdown can wait for them.
+    requests: TaskTracker,
+    counters: Arc<Counters>,
+    pub(crate) ended: CancellationToken,
+}
+
+impl ClientSession {
+    pub(crate) fn new(
+        sender: FrameSender,
+        stats: Arc<ConnectionStats>,
+        config: &HubConfig,
+        requests: TaskTracker,
+        counters: Arc<Counters>,
+    ) -> ClientSession {
+        ClientSession {
+            sender,
+            in_flight: Arc::default(),
+            stats,
+            bytes: Arc::default(),
+            freed: Arc::default(),
+            max_requests: config.max_requests_per_connection.max(1),
+            max_bytes: config.max_request_bytes_per_connection.max(1),
+            max_subscriptions: config.max_subscriptions_per_connection,
+            subscriptions: AtomicUsize::new(0),
+            tasks: TaskTracker::new(),
+            requests,
+            counters,
+            ended: CancellationToken::new(),
+        }
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
+        // Single inserts and removes only: a poisoned map is still consistent.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn full(&self) -> bool {
+        self.stats.in_flight.load(Ordering::Acquire) >= self.max_requests as u64
+            || self.bytes.load(Ordering::Acquire) >= self.max_bytes
+    }
+
+    /// Returns once the connection is below its budget of requests and bytes in flight;
+    /// while it is not, the connection is not read (and the stats say `paused`).
+    /// `on_pause` is called as reading pauses.
+    pub(crate) async fn room(&self, on_pause: impl Fn()) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if !self.full() {
+                self.stats.paused.store(false, Ordering::Relaxed);
+                return;
+            }
+            if !self.stats.paused.swap(true, Ordering::Relaxed) {
+                on_pause();
+            }
+            freed.await;
+        }
+    }
+
+    /// The hub's counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The hub's counters, for a task that outlives this borrow.
+    pub(crate) fn counters_handle(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The session id of this connection.
+    pub(crate) fn connection(&self) -> u64 {
+        self.stats.session
+    }
+
+    /// Nothing is in flight.
+    pub(crate) fn idle(&self) -> bool {
+        self.stats.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Runs `work` as a tracked request task that a `cancel` with the same id can abort;
+    /// `cost` request bytes count against the connection's byte budget until it ends. A
+    /// request id already in flight on this connection is refused with
+    /// `DuplicateRequestId`, so each reply names one request.
+    pub(crate) fn spawn_costing(
+        &self,
+        request_id: u64,
+        cost: usize,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        {
+            // Insert under the lock the task needs to remove itself: the insert comes first
+            // even if the task finishes at once.
+            let mut map = self.in_flight();
+            if !map.contains_key(&request_id) {
+                let (in_flight, stats) = (self.in_flight.clone(), self.stats.clone());
+                stats.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.bytes.fetch_add(cost, Ordering::AcqRel);
+                let done = InFlight {
+                    stats,
+                    bytes: self.bytes.clone(),
+                    cost,
+                    freed: self.freed.clone(),
+                };
+                let work = self.tasks.track_future(work);
+                let task = self.requests.spawn(async move {
+                    let _done = done; // counts down however the task ends, abort included
+                    work.await;
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&request_id);
+                });
+                map.insert(request_id, task.abort_handle());
+                return;
+            }
+        }
+        Counters::add(&self.counters.errors, 1);
+        let message = format!(
+            "request id {request_id} is already in flight on this connection; \
+             use a fresh id per request (its first request goes on)"
+        );
+        let sender = self.sender.clone();
+        self.requests.spawn(async move {
+            sender
+                .fail(request_id, ErrorCode::DuplicateRequestId, message)
+                .await;
+        });
+    }
+
+    /// [`ClientSession::spawn_costing`] for a request whose bytes are small.
+    pub(crate) fn spawn(
+        &self,
+        request_id: u64,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.spawn_costing(request_id, 0, work);
+    }
+
+    /// Aborts the request `request_id`; whether it was still running.
+    pub(crate) fn cancel(&self, request_id: u64) -> bool {
+        match self.in_flight().remove(&request_id) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection is over: let its requests finish (until `deadline`) so their answers
+    /// are queued before the writer closes; answer what is cut at the deadline with
+    /// `ShuttingDown`; then stop its helpers (subscriptions).
+    pub(crate) async fn end(&self, deadline: tokio::time::Instant) {
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            let cut: Vec<(u64, AbortHandle)> = self.in_flight().drain().collect();
+            tracing::warn!(
+                requests = cut.len(),
+                "grace period over: cutting requests in flight"
+            );
+            for (id, task) in cut {
+                task.abort();
+                let message = "the hub's grace period ended before this request finished";
+                self.sender.fail(id, ErrorCode::ShuttingDown, message).await;
+            }
+        }
+        self.ended.cancel();
+    }
+}
+
+/// Counts a request out of its connection's figures and budget when its task ends.
+struct InFlight {
+    stats: Arc<ConnectionStats>,
+    bytes: Arc<AtomicUsize>,
+    cost: usize,
+    freed: Arc<Notify>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(self.cost, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
