@@ -8,40 +8,11 @@ mod common;
 use std::collections::HashMap;
 
 use bytes::BytesMut;
+use common::scripted::ScriptedHub;
 use common::*;
 use qnllm_engine::{Engine, NormalInputs, Params, SpikingEngine};
 use qnllm_hub::Endpoint;
-use qnllm_protocol::{
-    encode_frame, Deadline, ErrorCode, Frame, FrameDecoder, Message, Registered, Welcome,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct ScriptedHub {
-    stream: tokio::net::TcpStream,
-    buf: BytesMut,
-    decoder: FrameDecoder,
-}
-
-impl ScriptedHub {
-    async fn recv(&mut self) -> Frame {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
-                return frame;
-            }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "the worker closed the connection");
-        }
-    }
-
-    async fn send(&mut self, message: &Message) {
-        let mut out = BytesMut::new();
-        encode_frame(message, 0, Deadline::NONE, &mut out);
-        self.stream.write_all(&out).await.unwrap();
-    }
-}
+use qnllm_protocol::{encode_frame, Deadline, ErrorCode, Message};
 
 /// A scripted hub with a real worker that has said hello and registered.
 async fn joined(max_in_flight: u32) -> (ScriptedHub, tokio_util::sync::CancellationToken) {
@@ -52,50 +23,7 @@ async fn joined(max_in_flight: u32) -> (ScriptedHub, tokio_util::sync::Cancellat
     config.name = "scripted".into();
     config.max_in_flight = max_in_flight;
     tokio::spawn(qnllm_hub::worker::run(config, engine("w"), stop.clone()));
-    (handshake(listener).await, stop)
-}
-
-async fn handshake(listener: tokio::net::TcpListener) -> ScriptedHub {
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut hub = ScriptedHub {
-        stream,
-        buf: BytesMut::new(),
-        decoder: FrameDecoder::default(),
-    };
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Hello(_)
-    ));
-    hub.send(&Message::Welcome(Welcome {
-        session: 1,
-        server: "scripted".into(),
-        max_frame_bytes: 1 << 24,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Register(_)
-    ));
-    hub.send(&Message::Registered(Registered {
-        engine_id: 1,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
-    hub
-}
-
-impl ScriptedHub {
-    /// The next reply that is not a heartbeat: its request id and message.
-    async fn reply(&mut self) -> (u64, Message) {
-        loop {
-            let frame = self.recv().await;
-            let message = frame.message().unwrap();
-            if !matches!(message, Message::Heartbeat(_)) {
-                return (frame.header.request_id, message);
-            }
-        }
-    }
+    (ScriptedHub::accept(&listener).await, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +38,7 @@ async fn a_request_whose_deadline_passed_is_answered_deadline_exceeded_not_compu
         &mut wire,
     );
     encode_frame(&reason, 2, Deadline::NONE, &mut wire);
-    hub.stream.write_all(&wire).await.unwrap();
+    hub.send_bytes(&wire).await;
     match hub.reply().await {
         (1, Message::Error(e)) => assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message),
         other => panic!("{other:?}"),
@@ -131,7 +59,7 @@ async fn a_cancel_for_a_request_still_waiting_for_its_turn_stops_it() {
     encode_frame(&batch(long), 1, Deadline::NONE, &mut wire);
     encode_frame(&batch(short), 2, Deadline::NONE, &mut wire);
     encode_frame(&Message::Cancel, 2, Deadline::NONE, &mut wire);
-    hub.stream.write_all(&wire).await.unwrap();
+    hub.send_bytes(&wire).await;
     let mut replies = HashMap::new();
     while replies.len() < 2 {
         let (id, message) = hub.reply().await;
@@ -154,19 +82,17 @@ async fn a_worker_on_sigterm_says_draining_and_leaves_when_the_hub_releases_it()
         other => panic!("{other:?}"),
     }
     // Still serving what comes until released.
-    hub.stream
-        .write_all(&{
-            let mut wire = BytesMut::new();
-            encode_frame(
-                &Message::Reason(vec![0.1; 768].into()),
-                7,
-                Deadline::NONE,
-                &mut wire,
-            );
-            wire
-        })
-        .await
-        .unwrap();
+    hub.send_bytes(&{
+        let mut wire = BytesMut::new();
+        encode_frame(
+            &Message::Reason(vec![0.1; 768].into()),
+            7,
+            Deadline::NONE,
+            &mut wire,
+        );
+        wire
+    })
+    .await;
     assert!(matches!(hub.reply().await, (7, Message::Result(_))));
     hub.send(&Message::Goodbye(qnllm_protocol::Goodbye {
         reason: "drained".into(),
@@ -180,32 +106,7 @@ async fn a_burst_of_requests_in_one_write_gets_every_answer_right_and_in_place()
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = Endpoint::Tcp(listener.local_addr().unwrap().to_string());
     let stop = worker(endpoint, "burst", None);
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut hub = ScriptedHub {
-        stream,
-        buf: BytesMut::new(),
-        decoder: FrameDecoder::default(),
-    };
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Hello(_)
-    ));
-    hub.send(&Message::Welcome(Welcome {
-        session: 1,
-        server: "scripted".into(),
-        max_frame_bytes: 1 << 24,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Register(_)
-    ));
-    hub.send(&Message::Registered(Registered {
-        engine_id: 1,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
+    let mut hub = ScriptedHub::accept(&listener).await;
 
     // 300 reasons in one write, with a ping after the 150th and a wrong-length encoding
     // after the 200th: the worker reads them in a few bites and serves them in groups.
@@ -227,7 +128,7 @@ async fn a_burst_of_requests_in_one_write_gets_every_answer_right_and_in_place()
             encode_frame(&short, 2_000, Deadline::NONE, &mut wire);
         }
     }
-    hub.stream.write_all(&wire).await.unwrap();
+    hub.send_bytes(&wire).await;
 
     let local = SpikingEngine::from_seed(1, Params::default()).unwrap();
     let mut replies: HashMap<u64, Message> = HashMap::new();

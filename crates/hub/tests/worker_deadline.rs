@@ -9,53 +9,11 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::WAIT;
+use common::scripted::ScriptedHub;
 use qnllm_engine::{Params, SpikingEngine};
 use qnllm_hub::Endpoint;
-use qnllm_protocol::{
-    encode_frame, Deadline, ErrorCode, Frame, FrameDecoder, Message, Registered, Welcome,
-};
+use qnllm_protocol::{encode_frame, Deadline, ErrorCode, Message};
 use qnllm_router::LocalBackend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A hub played by the test: it reads and writes frames on the worker's connection.
-struct ScriptedHub {
-    stream: tokio::net::TcpStream,
-    buf: BytesMut,
-    decoder: FrameDecoder,
-}
-
-impl ScriptedHub {
-    async fn recv(&mut self) -> Frame {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
-                return frame;
-            }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "the worker closed the connection");
-        }
-    }
-
-    async fn send(&mut self, message: &Message) {
-        let mut out = BytesMut::new();
-        encode_frame(message, 0, Deadline::NONE, &mut out);
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next reply that is not a heartbeat: its request id and message.
-    async fn reply(&mut self) -> (u64, Message) {
-        loop {
-            let frame = self.recv().await;
-            let message = frame.message().unwrap();
-            if !matches!(message, Message::Heartbeat(_)) {
-                return (frame.header.request_id, message);
-            }
-        }
-    }
-}
 
 /// An engine with four inputs (small frames: a burst arrives in one read), the largest
 /// hidden layer its 16 steps allow, and many labels: each reason takes a while.
@@ -80,32 +38,7 @@ async fn a_request_queued_behind_slow_work_is_answered_at_its_deadline_not_at_it
     config.name = "slow".into();
     tokio::spawn(qnllm_hub::worker::run(config, slow_engine(), stop.clone()));
 
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut hub = ScriptedHub {
-        stream,
-        buf: BytesMut::new(),
-        decoder: FrameDecoder::default(),
-    };
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Hello(_)
-    ));
-    hub.send(&Message::Welcome(Welcome {
-        session: 1,
-        server: "scripted".into(),
-        max_frame_bytes: 1 << 24,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
-    assert!(matches!(
-        hub.recv().await.message().unwrap(),
-        Message::Register(_)
-    ));
-    hub.send(&Message::Registered(Registered {
-        engine_id: 1,
-        heartbeat_interval_ms: 60_000,
-    }))
-    .await;
+    let mut hub = ScriptedHub::accept(&listener).await;
 
     // In one write: slow reasons without a deadline, then one that may wait 2 ms. The
     // worker reads them together and serves them as one group, in order, on the task that
@@ -119,7 +52,7 @@ async fn a_request_queued_behind_slow_work_is_answered_at_its_deadline_not_at_it
     }
     let budget = Duration::from_millis(2);
     encode_frame(&reason, URGENT, Deadline::from_remaining(budget), &mut wire);
-    hub.stream.write_all(&wire).await.unwrap();
+    hub.send_bytes(&wire).await;
 
     // The urgent request's DeadlineExceeded comes at its deadline, before the results of
     // the work ahead of it; at its turn it would come after all of them.
