@@ -1,11 +1,12 @@
 //! `reason` and `batch`: wait for the connection's turn, route through the router, answer
 //! with `result` or `batch_result`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use qnllm_protocol::{BatchResult, Deadline, ErrorCode, Message};
-use qnllm_router::{RequestOptions, Router};
+use qnllm_router::{RequestOptions, Router, RouterError};
 
 use crate::cmd::requests::ClientSession;
 use crate::connection::FrameSender;
@@ -41,32 +42,21 @@ impl Reason {
             deadline,
             no_cache,
         } = self;
-        Counters::add(&session.counters().requests, 1);
-        let (router, fair) = (routing.router.clone(), routing.fair.clone());
-        let (sender, counters) = (session.sender.clone(), session.counters_handle());
-        let connection = session.connection();
-        session.spawn_costing(id, cost, async move {
-            let Some((_slot, deadline)) = routed(&fair, connection, deadline).await else {
-                return expired(&counters, &sender, id, deadline).await;
-            };
-            // The router's future is about 3 KB: boxed, it is written once, where the task
-            // would otherwise copy it on every move into place.
-            let options = RequestOptions {
-                no_cache,
-                ..Default::default()
-            };
-            match Box::pin(router.reason_with(&encoding, deadline, options)).await {
-                Ok(answer) => {
-                    sender
-                        .send(&Message::Result(result_body(&answer)), id, Deadline::NONE)
-                        .await;
-                }
-                Err(err) => {
-                    Counters::add(&counters.errors, 1);
-                    sender.fail(id, error_code(&err), err.to_string()).await;
-                }
-            }
-        });
+        let options = RequestOptions {
+            no_cache,
+            ..Default::default()
+        };
+        spawn_routed(
+            routing,
+            session,
+            id,
+            cost,
+            deadline,
+            move |router, deadline| async move {
+                let answer = router.reason_with(&encoding, deadline, options).await?;
+                Ok(Message::Result(result_body(&answer)))
+            },
+        );
     }
 }
 
@@ -89,34 +79,57 @@ impl Batch {
             batch,
             deadline,
         } = self;
-        Counters::add(&session.counters().requests, 1);
-        let (router, fair) = (routing.router.clone(), routing.fair.clone());
-        let (sender, counters) = (session.sender.clone(), session.counters_handle());
-        let connection = session.connection();
-        session.spawn_costing(id, cost, async move {
-            let Some((_slot, deadline)) = routed(&fair, connection, deadline).await else {
-                return expired(&counters, &sender, id, deadline).await;
-            };
-            match Box::pin(router.reason_batch(batch.values(), batch.dim() as usize, deadline))
-                .await
-            {
-                Ok(answers) => {
-                    let results = answers.iter().map(result_body).collect();
-                    sender
-                        .send(
-                            &Message::BatchResult(BatchResult { results }),
-                            id,
-                            Deadline::NONE,
-                        )
-                        .await;
-                }
-                Err(err) => {
-                    Counters::add(&counters.errors, 1);
-                    sender.fail(id, error_code(&err), err.to_string()).await;
-                }
-            }
-        });
+        spawn_routed(
+            routing,
+            session,
+            id,
+            cost,
+            deadline,
+            move |router, deadline| async move {
+                let answers = router
+                    .reason_batch(batch.values(), batch.dim() as usize, deadline)
+                    .await?;
+                let results = answers.iter().map(result_body).collect();
+                Ok(Message::BatchResult(BatchResult { results }))
+            },
+        );
     }
+}
+
+/// Counts the request and runs it in a task of its own: waits for the connection's turn at
+/// the router, then `route` with what is left of the deadline, and answers with its reply
+/// or its error.
+fn spawn_routed<F, Fut>(
+    routing: Routing<'_>,
+    session: &ClientSession,
+    id: u64,
+    cost: usize,
+    deadline: Duration,
+    route: F,
+) where
+    F: FnOnce(Arc<Router>, Duration) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Message, RouterError>> + Send,
+{
+    Counters::add(&session.counters().requests, 1);
+    let (router, fair) = (routing.router.clone(), routing.fair.clone());
+    let (sender, counters) = (session.sender.clone(), session.counters_handle());
+    let connection = session.connection();
+    session.spawn_costing(id, cost, async move {
+        let Some((_slot, deadline)) = routed(&fair, connection, deadline).await else {
+            return expired(&counters, &sender, id, deadline).await;
+        };
+        // The router's future is about 3 KB: boxed, it is written once, where the task
+        // would otherwise copy it on every move into place.
+        match Box::pin(route(router, deadline)).await {
+            Ok(reply) => {
+                sender.send(&reply, id, Deadline::NONE).await;
+            }
+            Err(err) => {
+                Counters::add(&counters.errors, 1);
+                sender.fail(id, error_code(&err), err.to_string()).await;
+            }
+        }
+    });
 }
 
 /// Waits for this connection's turn at a slot in the router, within `deadline`; the slot
