@@ -6,30 +6,17 @@ on ties. Hidden counts are precomputed once per model seed. Everything is intege
 confidence (f32, as the spec) and the coordinator's f64 vote weights (as crates/router).
 """
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-M64 = (1 << 64) - 1
 ROOT = Path(__file__).resolve().parents[2]  # the repository
+sys.path.insert(0, str(ROOT / "tests" / "spec"))
+from check_engine import SplitMix64  # noqa: E402  (the spec's own generator)
+
 HIDDEN, INPUTS, STEPS, LABELS = 512, 64, 16, 10
 CLAMP = 32767
-
-
-class SplitMix64:
-    def __init__(self, seed):
-        self.s = seed & M64
-
-    def next(self):
-        self.s = (self.s + 0x9E3779B97F4A7C15) & M64
-        z = self.s
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        return z ^ (z >> 31)
-
-    def next_i8(self):
-        b = self.next() >> 56
-        return b - 256 if b >= 128 else b
 
 
 def model(seed):
