@@ -1,8 +1,9 @@
 //! Loading and saving models as safetensors files.
 //!
-//! A model file holds two tensors, `input_weights` (`I8`, `[hidden, inputs]`) and
-//! `readout_weights` (`I16`, `[labels, hidden]`), and string metadata: `format` =
-//! `qnllm-spiking-v1`, `name`, `version`, and every [`Params`] field by name.
+//! A model file holds the tensors `input_weights` (`I8`, `[hidden, inputs]`),
+//! `readout_weights` (`I16`, `[labels, hidden]`) and `served_readout` (`I32`,
+//! `[labels, hidden]`; a file without it loads with `A = R · 256`), and string metadata:
+//! `format` = `qnllm-spiking-v1`, `name`, `version`, and every [`Params`] field by name.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,6 +49,11 @@ impl Model {
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
+        let served: Vec<u8> = self
+            .served_readout()
+            .iter()
+            .flat_map(|a| a.to_le_bytes())
+            .collect();
         let shape = |a: u32, b: u32| vec![a as usize, b as usize];
         let view = |dtype, shape, data| {
             TensorView::new(dtype, shape, data)
@@ -61,6 +67,10 @@ impl Model {
             (
                 "readout_weights",
                 view(Dtype::I16, shape(p.labels, p.hidden), &readout[..])?,
+            ),
+            (
+                "served_readout",
+                view(Dtype::I32, shape(p.labels, p.hidden), &served[..])?,
             ),
         ];
         let mut meta: HashMap<String, String> = params_to_map(p);
@@ -149,10 +159,11 @@ impl Model {
         let version: u64 = field("version")?.parse().map_err(|_| {
             format_error("metadata `version` is not an integer from 0 to 2^64 - 1".into())
         })?;
-        let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
-            let view = tensors
-                .tensor(name)
-                .map_err(|_| format_error(format!("no tensor `{name}`")))?;
+        // A tensor present with exactly this dtype and shape; `None` when it is absent.
+        let optional = |name: &str, dtype: Dtype, shape: [u32; 2]| {
+            let Ok(view) = tensors.tensor(name) else {
+                return Ok(None);
+            };
             let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             if view.dtype() != dtype || view.shape() != want.as_slice() {
                 return Err(format_error(format!(
@@ -161,24 +172,38 @@ impl Model {
                     view.shape()
                 )));
             }
-            Ok(view.data().to_vec())
+            Ok(Some(view.data().to_vec()))
         };
+        let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
+            optional(name, dtype, shape)?.ok_or_else(|| format_error(format!("no tensor `{name}`")))
+        };
+        let readout_shape = [params.labels, params.hidden];
         let input = tensor("input_weights", Dtype::I8, [params.hidden, params.inputs])?;
-        let readout = tensor(
-            "readout_weights",
-            Dtype::I16,
-            [params.labels, params.hidden],
-        )?;
-        Model::from_parts(
+        let readout: Vec<i16> = tensor("readout_weights", Dtype::I16, readout_shape)?
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        // A file written before the served readout existed serves its readout as is.
+        let served: Vec<i32> = match optional("served_readout", Dtype::I32, readout_shape)? {
+            Some(bytes) => bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            None => readout.iter().map(|&r| i32::from(r) << 8).collect(),
+        };
+        Model::from_parts_served(
             field("name")?.clone(),
             params,
             input.into_iter().map(|b| b as i8).collect(),
-            readout
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect(),
+            readout,
+            served,
             version,
         )
+        .map_err(|e| match e {
+            // Out-of-range weights are a fault of the file: name it.
+            EngineError::InvalidParams(reason) => format_error(reason),
+            other => other,
+        })
     }
 }
 
