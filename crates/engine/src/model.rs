@@ -151,7 +151,9 @@ impl Model {
                 params.hidden
             )));
         }
-        if let Some(at) = served.iter().position(|a| a.abs() > SERVED_LIMIT) {
+        // A range test, not `abs`: `i32::MIN.abs()` overflows.
+        let bounds = -SERVED_LIMIT..=SERVED_LIMIT;
+        if let Some(at) = served.iter().position(|a| !bounds.contains(a)) {
             let hidden = params.hidden as usize;
             return Err(EngineError::InvalidParams(format!(
                 "served readout value {} at [{}, {}] lies outside ±{SERVED_LIMIT} (32767 · 256)",
