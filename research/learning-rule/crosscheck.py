@@ -1,5 +1,5 @@
-"""Cross-check: the recommended rule written in plain Python on top of tests/spec/check_engine.py's
-full network (forward with per-step output neurons) gives the same R, served A and labels as
+"""Cross-check: the rule of docs/engine.md §7 as tests/spec/check_engine.py implements it (its
+full network, forward with per-step output neurons) gives the same R, served A and labels as
 the numpy prototype (which uses score = R @ count)."""
 import sys
 from pathlib import Path
@@ -11,26 +11,15 @@ from rules import Rule
 
 P = dict(inputs=64, hidden=512, steps=16, labels=10, hidden_leak_shift=2, hidden_threshold=32768,
          output_leak_shift=2, output_threshold=1024)
-MARGIN, SHIFT = 16, 8
 
 
 def learn_v2(w, r, a, version, x, label):
-    """The proposed §7, literally. r: i16 rows (lists), a: i32 rows (lists). Returns new version."""
-    _, score, _, total, count = ce.forward(P, w, r, x)
-    other = max((k for k in range(P["labels"]) if k != label), key=lambda k: (score[k], -k))
-    if score[label] - score[other] < MARGIN * total:
-        for j, c in enumerate(count):
-            r[label][j] = max(-32767, min(32767, r[label][j] + c))
-            r[other][j] = max(-32767, min(32767, r[other][j] - c))
-    s = 8 if version >= 255 else (version + 1).bit_length() - 1
-    for k in range(P["labels"]):
-        for j in range(P["hidden"]):
-            a[k][j] += ((r[k][j] << 8) - a[k][j]) >> s
-    return version + 1
+    """docs/engine.md §7, as tests/spec/check_engine.py implements it. Returns the new version."""
+    return ce.learn(P, w, r, a, version, x, label)
 
 
 def serve(a):
-    return [[v >> 8 for v in row] for row in a]
+    return ce.served(a)
 
 
 y, pix = lr.load_digits()

@@ -105,21 +105,38 @@ def result_digest(label, score, label_spikes, total):
     return h.hexdigest()
 
 
-def model_digest(p, w, r, version):
-    h = hashlib.sha256(b"qnllm-model-v1\0")
+def served(a):
+    """S[k][j] = A[k][j] >> 8: the readout reasoning uses (docs/engine.md §2)."""
+    return [[v >> 8 for v in row] for row in a]
+
+
+def model_digest(p, w, r, a, version):
+    h = hashlib.sha256(b"qnllm-model-v2\0")
     h.update(struct.pack("<5I", p["inputs"], p["hidden"], p["steps"], p["labels"], p["hidden_leak_shift"]))
     h.update(struct.pack("<iIiQ", p["hidden_threshold"], p["output_leak_shift"], p["output_threshold"], version))
     h.update(hashlib.sha256(bytes(b & 0xFF for row in w for b in row)).digest())
     h.update(b"".join(struct.pack("<h", v) for row in r for v in row))
+    h.update(b"".join(struct.pack("<i", v) for row in a for v in row))
     return h.hexdigest()
 
 
-def learn(p, w, r, x, label):
-    predicted, _, _, _, count = forward(p, w, r, x)
-    if predicted != label:
+MARGIN = 16  # per hidden spike
+
+
+def learn(p, w, r, a, version, x, label):
+    """One step of docs/engine.md §7, in place on R and A; returns the new version."""
+    _, _, _, total, count = forward(p, w, r, x)  # the hidden layer does not depend on the readout
+    g = [sum(rk * c for rk, c in zip(row, count)) for row in r]
+    rival = max((k for k in range(p["labels"]) if k != label), key=lambda k: (g[k], -k))
+    if g[label] - g[rival] < MARGIN * total:
         for j, c in enumerate(count):
             r[label][j] = max(-32767, min(32767, r[label][j] + c))
-            r[predicted][j] = max(-32767, min(32767, r[predicted][j] - c))
+            r[rival][j] = max(-32767, min(32767, r[rival][j] - c))
+    shift = 8 if version >= 255 else (version + 1).bit_length() - 1
+    for k in range(p["labels"]):
+        for j in range(p["hidden"]):
+            a[k][j] += ((r[k][j] << 8) - a[k][j]) >> shift
+    return version + 1
 
 
 def main():
@@ -128,13 +145,15 @@ def main():
     for case in golden["cases"]:
         p = golden["small_params" if case["params"] == "small" else "default_params"]
         w, r = model(case["model_seed"], p)
+        a = [[v << 8 for v in row] for row in r]  # A = R · 256 at version 0
+        version = 0
         for step, x in zip(range(case["learn_steps"]), inputs(case["input_seed"] + 1000, p["inputs"])):
-            learn(p, w, r, x, step % p["labels"])
+            version = learn(p, w, r, a, version, x, step % p["labels"])
         gen = inputs(case["input_seed"], p["inputs"])
         for _ in range(case["input_index"]):
             next(gen)
         x = next(gen)
-        label, score, label_spikes, total, _ = forward(p, w, r, x)
+        label, score, label_spikes, total, _ = forward(p, w, served(a), x)
         got = {
             "first_inputs": [f32_bits(v) for v in x[:4]],
             "label": label,
@@ -142,7 +161,8 @@ def main():
             "label_spikes": label_spikes,
             "total_spikes": total,
             "confidence_bits": f32_bits(confidence(score, label)),
-            "model_digest": model_digest(p, w, r, case["learn_steps"]),
+            "model_version": version,
+            "model_digest": model_digest(p, w, r, a, version),
             "result_digest": result_digest(label, score, label_spikes, total),
         }
         bad = [k for k, v in got.items() if case[k] != v]

@@ -39,6 +39,7 @@ class SpecTeacher:
 
     def reason(self, encoding: Any) -> Tuple[int, list, int, list]:
         x = [float(v) for v in encoding]
+        # At version 0 the served readout S equals R (docs/engine.md §2); the teacher never learns.
         label, score, label_spikes, total, _ = SPEC.forward(PARAMS, self.w, self.r, x)
         return label, score, total, label_spikes
 
@@ -46,4 +47,5 @@ class SpecTeacher:
 def spec_digest(seed: int) -> str:
     """The digest of model `seed:N` at version 0, computed by the spec implementation."""
     w, r = SPEC.model(seed, PARAMS)
-    return str(SPEC.model_digest(PARAMS, w, r, 0))
+    a = [[v << 8 for v in row] for row in r]  # the served readout at version 0: A = R · 256
+    return str(SPEC.model_digest(PARAMS, w, r, a, 0))

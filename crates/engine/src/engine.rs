@@ -23,9 +23,11 @@ pub struct ModelInfo {
 /// The outcome of one learning update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Learned {
-    /// What the model predicted before the update.
+    /// What the model answered before the update (the label `reason` gave).
     pub predicted: u32,
-    /// Whether the weights changed (they do only when the prediction was wrong).
+    /// Whether the margin update moved the readout `R`: the taught label did not yet lead
+    /// its runner-up by the margin (`docs/engine.md` §7). The served readout and the
+    /// version move on every step.
     pub changed: bool,
     /// Model version after the update.
     pub version: u64,

@@ -1,24 +1,45 @@
-//! `Model`: the weights of a spiking network, its version and its digest.
+//! `Model`: the weights of a spiking network (the learnt readout and the served readout
+//! reasoning uses), its version and its digest.
 
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::EngineError;
 use crate::kernel::Net;
-use crate::params::{Params, READOUT_LIMIT};
+use crate::params::{Params, READOUT_LIMIT, SERVED_LIMIT};
 use crate::prng::SplitMix64;
 
 /// Domain separator at the start of every model digest.
-const MODEL_DOMAIN: &[u8] = b"qnllm-model-v1\0";
+const MODEL_DOMAIN: &[u8] = b"qnllm-model-v2\0";
+
+/// A learning step moves the readout unless the taught label already leads its runner-up by
+/// this many score units per hidden spike (`docs/engine.md` §7).
+const MARGIN_PER_SPIKE: i64 = 16;
+
+/// The served readout `A` is `R` in fixed point with this many fraction bits: `S = A >> 8`.
+const SERVED_SHIFT: u32 = 8;
+
+/// Past this many learning steps the served readout's moving average keeps a fixed shift
+/// (`s = 8`); before, `s = ⌊log₂(version + 1)⌋`, so it starts as an exact running mean.
+const WARM_VERSIONS: u64 = 255;
 
 /// A model: hyper-parameters, integer weights, the count of learning updates applied, and
 /// the digest that names this exact state.
+///
+/// The readout comes twice: `R` ([`Model::readout`], `i16`), the weights learning changes,
+/// and the served readout `A` ([`Model::served_readout`], `i32`), a moving average of
+/// `R · 256`. Reasoning uses `S = A >> 8` ([`Model::reasoning_readout`]), cached here so the
+/// kernels read `i16` as before.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Model {
     name: String,
     params: Params,
     input_weights: Vec<i8>,
     readout: Vec<i16>,
+    /// `A`, `labels × hidden`: the served readout, within `±32 767 · 256`.
+    served: Vec<i32>,
+    /// `S = A >> 8`, what reasoning multiplies the hidden spikes by.
+    reasoning: Vec<i16>,
     /// `Σᵢ W[j][i]` per hidden neuron, derived from the input weights.
     input_row_sums: Vec<i32>,
     version: u64,
@@ -64,7 +85,8 @@ impl Model {
         Model::from_parts(format!("seed:{seed}"), params, input_weights, readout, 0)
     }
 
-    /// A model from its weights, as loaded from a file.
+    /// A model from its weights, with the served readout `A = R · 256` (as a model file
+    /// without a `served_readout` tensor loads).
     ///
     /// # Errors
     ///
@@ -75,6 +97,28 @@ impl Model {
         params: Params,
         input_weights: Vec<i8>,
         readout: Vec<i16>,
+        version: u64,
+    ) -> Result<Model, EngineError> {
+        let served = readout
+            .iter()
+            .map(|&r| i32::from(r) << SERVED_SHIFT)
+            .collect();
+        Model::from_parts_served(name, params, input_weights, readout, served, version)
+    }
+
+    /// A model from its weights and its served readout `A`, as loaded from a file.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidParams`] when the parameters fail validation, a weight count
+    /// does not match them, a readout weight lies outside `±32 767`, or a served readout
+    /// value outside `±32 767 · 256`.
+    pub fn from_parts_served(
+        name: String,
+        params: Params,
+        input_weights: Vec<i8>,
+        readout: Vec<i16>,
+        served: Vec<i32>,
         version: u64,
     ) -> Result<Model, EngineError> {
         params.validate()?;
@@ -99,6 +143,26 @@ impl Model {
                 "readout weights must lie within ±{READOUT_LIMIT}"
             )));
         }
+        if served.len() != readout.len() {
+            return Err(EngineError::InvalidParams(format!(
+                "{} served readout values for {} labels × {} hidden",
+                served.len(),
+                params.labels,
+                params.hidden
+            )));
+        }
+        // A range test, not `abs`: `i32::MIN.abs()` overflows.
+        let bounds = -SERVED_LIMIT..=SERVED_LIMIT;
+        if let Some(at) = served.iter().position(|a| !bounds.contains(a)) {
+            let hidden = params.hidden as usize;
+            return Err(EngineError::InvalidParams(format!(
+                "served readout value {} at [{}, {}] lies outside ±{SERVED_LIMIT} (32767 · 256)",
+                served[at],
+                at / hidden,
+                at % hidden
+            )));
+        }
+        let reasoning = served.iter().map(|&a| (a >> SERVED_SHIFT) as i16).collect();
         let input_digest: [u8; 32] =
             Sha256::digest(input_weights.iter().map(|&w| w as u8).collect::<Vec<u8>>()).into();
         let inputs = params.inputs as usize;
@@ -111,6 +175,8 @@ impl Model {
             params,
             input_weights,
             readout,
+            served,
+            reasoning,
             input_row_sums,
             version,
             input_digest,
@@ -120,7 +186,7 @@ impl Model {
         Ok(model)
     }
 
-    /// `SHA-256(domain ‖ params ‖ version ‖ SHA-256(input weights) ‖ readout)`, all
+    /// `SHA-256(domain ‖ params ‖ version ‖ SHA-256(input weights) ‖ R ‖ A)`, all
     /// little-endian; the input weights are hashed once since learning never changes them.
     fn compute_digest(&self) -> Digest {
         let p = &self.params;
@@ -139,6 +205,11 @@ impl Model {
             readout.extend_from_slice(&w.to_le_bytes());
         }
         h.update(&readout);
+        let mut served = Vec::with_capacity(self.served.len() * 4);
+        for a in &self.served {
+            served.extend_from_slice(&a.to_le_bytes());
+        }
+        h.update(&served);
         Digest(h.finalize().into())
     }
 
@@ -167,38 +238,93 @@ impl Model {
         &self.input_weights
     }
 
-    /// `labels × hidden` readout weights, row-major.
+    /// `labels × hidden` readout weights `R`, row-major: the weights learning changes.
     pub fn readout(&self) -> &[i16] {
         &self.readout
+    }
+
+    /// `labels × hidden` served readout `A`, row-major: a moving average of `R · 256`.
+    pub fn served_readout(&self) -> &[i32] {
+        &self.served
+    }
+
+    /// `labels × hidden` weights reasoning uses, `S = A >> 8`, row-major.
+    pub fn reasoning_readout(&self) -> &[i16] {
+        &self.reasoning
     }
 
     pub(crate) fn net(&self) -> Net<'_> {
         Net {
             params: &self.params,
             input_weights: &self.input_weights,
-            readout: &self.readout,
+            readout: &self.reasoning,
             input_row_sums: &self.input_row_sums,
         }
     }
 
-    /// The learning update: when the network predicted `predicted` but `label` was taught,
-    /// add each hidden neuron's spike count to the taught label's readout row and subtract
-    /// it from the predicted label's row, saturating at `±32 767`. When the prediction was
-    /// right the weights stay. Either way the version goes up by one and the digest follows.
-    pub(crate) fn apply_update(&mut self, hidden_spikes: &[i32], label: u32, predicted: u32) {
-        if label != predicted {
-            let hidden = self.params.hidden as usize;
-            let limit = READOUT_LIMIT;
-            let (taught, wrong) = (label as usize * hidden, predicted as usize * hidden);
-            for (j, &count) in hidden_spikes.iter().enumerate() {
-                let up = i32::from(self.readout[taught + j]) + count;
-                self.readout[taught + j] = up.clamp(-limit, limit) as i16;
-                let down = i32::from(self.readout[wrong + j]) - count;
-                self.readout[wrong + j] = down.clamp(-limit, limit) as i16;
+    /// The learning update of `docs/engine.md` §7 for the hidden spike counts of one
+    /// encoding (`total` their sum) and the taught `label`; returns whether `R` moved.
+    ///
+    /// 1. The learning scores use `R`: `g[k] = Σⱼ R[k][j] · count[j]`.
+    /// 2. The rival is the other label with the highest `g` (the lowest on a tie). Unless
+    ///    `g[label]` leads it by `16 · total`, `count` is added to the label's row of `R`
+    ///    and subtracted from the rival's, saturating at `±32 767`.
+    /// 3. Every step, `A += ((R << 8) − A) >> s`, with `s = ⌊log₂(version + 1)⌋` for the
+    ///    first 255 steps and 8 after; then `S = A >> 8`.
+    /// 4. The version goes up by one and the digest follows.
+    pub(crate) fn apply_update(&mut self, hidden_spikes: &[i32], total: u32, label: u32) -> bool {
+        let hidden = self.params.hidden as usize;
+        let limit = READOUT_LIMIT;
+        // In i64: each score fits i32 by `Params::validate`, but their differences need more.
+        let scores: Vec<i64> = self
+            .readout
+            .chunks_exact(hidden)
+            .map(|row| {
+                row.iter()
+                    .zip(hidden_spikes)
+                    .map(|(&r, &c)| i64::from(r) * i64::from(c))
+                    .sum()
+            })
+            .collect();
+        let mut rival: Option<usize> = None;
+        for (k, &g) in scores.iter().enumerate() {
+            if k != label as usize && rival.is_none_or(|best| g > scores[best]) {
+                rival = Some(k);
             }
+        }
+        let mut moved = false;
+        if let Some(rival) = rival {
+            let lead = scores[label as usize] - scores[rival];
+            if lead < MARGIN_PER_SPIKE * i64::from(total) {
+                moved = true;
+                let (taught, other) = (label as usize * hidden, rival * hidden);
+                for (j, &count) in hidden_spikes.iter().enumerate() {
+                    let up = i32::from(self.readout[taught + j]) + count;
+                    self.readout[taught + j] = up.clamp(-limit, limit) as i16;
+                    let down = i32::from(self.readout[other + j]) - count;
+                    self.readout[other + j] = down.clamp(-limit, limit) as i16;
+                }
+            }
+        }
+        let shift = if self.version >= WARM_VERSIONS {
+            SERVED_SHIFT
+        } else {
+            (self.version + 1).ilog2()
+        };
+        // |R << 8| and |A| are at most 32 767 · 256, so the difference fits i32 with room;
+        // A moves toward R · 256 and never past it, so it stays within the same bound.
+        for ((a, &r), s) in self
+            .served
+            .iter_mut()
+            .zip(&self.readout)
+            .zip(self.reasoning.iter_mut())
+        {
+            *a += ((i32::from(r) << SERVED_SHIFT) - *a) >> shift;
+            *s = (*a >> SERVED_SHIFT) as i16;
         }
         self.version += 1;
         self.digest = self.compute_digest();
+        moved
     }
 
     /// Replaces the model's name (the digest does not cover names).
@@ -233,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_covers_parameters_and_version() {
+    fn the_digest_covers_parameters_version_and_both_readouts() {
         let a = Model::from_seed(1, Params::default()).unwrap();
         let p = Params {
             hidden_threshold: 40_000,
@@ -241,24 +367,154 @@ mod tests {
         };
         assert_ne!(Model::from_seed(1, p).unwrap().digest(), a.digest());
         let mut b = a.clone();
-        b.apply_update(&vec![0; 512], 1, 1);
+        // No spikes: the margin (16 · 0) is not met only if the label trails; label 1 of
+        // seed 1 scores 0 like every label, so the lead 0 is not below 0 and R stays.
+        assert!(!b.apply_update(&vec![0; 512], 0, 1));
         assert_eq!(b.version(), 1);
         assert_eq!(b.readout(), a.readout());
+        assert_eq!(b.served_readout(), a.served_readout());
         assert_ne!(b.digest(), a.digest());
+        // The same R with another served readout is another model.
+        let mut served = a.served_readout().to_vec();
+        served[7] += 1;
+        let c = Model::from_parts_served(
+            a.name().into(),
+            *a.params(),
+            a.input_weights().to_vec(),
+            a.readout().to_vec(),
+            served,
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.readout(), a.readout());
+        assert_ne!(c.digest(), a.digest());
+    }
+
+    #[test]
+    fn the_served_readout_starts_as_r_and_follows_it_as_a_moving_average() {
+        let mut model = Model::from_seed(1, Params::default()).unwrap();
+        let r0: Vec<i32> = model.readout().iter().map(|&r| i32::from(r)).collect();
+        assert!(model
+            .served_readout()
+            .iter()
+            .zip(&r0)
+            .all(|(&a, &r)| a == r * 256));
+        assert_eq!(model.reasoning_readout(), model.readout());
+        let counts: Vec<i32> = (0..512).map(|j| j % 5).collect();
+        let total = counts.iter().sum::<i32>() as u32;
+        // Step at version 0: the shift is 0, so A becomes exactly the updated R · 256.
+        assert!(model.apply_update(&counts, total, 3));
+        assert!(model
+            .served_readout()
+            .iter()
+            .zip(model.readout())
+            .all(|(&a, &r)| a == i32::from(r) * 256));
+        // Later steps move A only part of the way: S lags R.
+        for _ in 0..3 {
+            model.apply_update(&counts, total, 4);
+        }
+        assert_eq!(model.version(), 4);
+        assert_ne!(model.reasoning_readout(), model.readout());
+        let (r, a) = (model.readout(), model.served_readout());
+        let hidden = 512;
+        for j in 0..hidden {
+            let (r, a, before) = (
+                i32::from(r[4 * hidden + j]),
+                a[4 * hidden + j],
+                r0[4 * hidden + j],
+            );
+            // Row 4 only rose, so its average lies between where it started and where R is.
+            assert!(before * 256 <= a && a <= r * 256, "j {j}: {before} {a} {r}");
+        }
+        for (s, a) in model.reasoning_readout().iter().zip(model.served_readout()) {
+            assert_eq!(i32::from(*s), a >> 8);
+        }
+    }
+
+    #[test]
+    fn the_update_goes_against_the_runner_up_until_the_margin_is_met() {
+        let p = Params::default();
+        let hidden = 512;
+        let base = Model::from_seed(1, p).unwrap();
+        // Rows 0..10 constant 10·k: label 9 leads, and label 8 is the runner-up of label 9.
+        let readout: Vec<i16> = (0..10)
+            .flat_map(|k| std::iter::repeat_n(10 * k as i16, hidden))
+            .collect();
+        let model = Model::from_parts(
+            "x".into(),
+            p,
+            base.input_weights().to_vec(),
+            readout.clone(),
+            0,
+        )
+        .unwrap();
+        let counts = vec![1; hidden];
+        let total = hidden as u32;
+        // Teaching 9: it leads 8 by 10 per spike, below 16, so R moves against 8.
+        let mut m = model.clone();
+        assert!(m.apply_update(&counts, total, 9));
+        assert!(m.readout()[9 * hidden..].iter().all(|&w| w == 91));
+        assert!(m.readout()[8 * hidden..9 * hidden].iter().all(|&w| w == 79));
+        assert_eq!(&m.readout()[..8 * hidden], &readout[..8 * hidden]);
+        // Now it leads by 12 per spike, then 14: still below 16, two more updates; then
+        // 16 is met and R stays.
+        assert!(m.apply_update(&counts, total, 9));
+        assert!(m.apply_update(&counts, total, 9));
+        assert!(!m.apply_update(&counts, total, 9));
+        assert!(m.readout()[9 * hidden..].iter().all(|&w| w == 93));
+        assert!(m.readout()[8 * hidden..9 * hidden].iter().all(|&w| w == 77));
+        // Teaching 0, the runner-up is 9 (the highest other), not the prediction's neighbour.
+        let mut m = model.clone();
+        assert!(m.apply_update(&counts, total, 0));
+        assert!(m.readout()[..hidden].iter().all(|&w| w == 1));
+        assert!(m.readout()[9 * hidden..].iter().all(|&w| w == 89));
+        // A tie for the runner-up goes to the lowest label.
+        let flat = Model::from_parts(
+            "x".into(),
+            p,
+            base.input_weights().to_vec(),
+            vec![5; 10 * hidden],
+            0,
+        )
+        .unwrap();
+        let mut m = flat.clone();
+        assert!(m.apply_update(&counts, total, 4));
+        assert!(m.readout()[..hidden].iter().all(|&w| w == 4));
+        assert!(m.readout()[hidden..4 * hidden].iter().all(|&w| w == 5));
     }
 
     #[test]
     fn updates_saturate_instead_of_wrapping() {
-        let mut model = Model::from_seed(1, Params::default()).unwrap();
-        let counts = vec![16; 512];
-        for _ in 0..5_000 {
-            model.apply_update(&counts, 0, 1);
-        }
+        let p = Params::default();
         let hidden = 512;
+        let base = Model::from_seed(1, p).unwrap();
+        // Label 0 near the top trails label 1 at the top; labels 2.. at the bottom.
+        let mut readout = vec![-32_767i16; 10 * hidden];
+        readout[..hidden].fill(32_760);
+        readout[hidden..2 * hidden].fill(32_767);
+        let mut model =
+            Model::from_parts("x".into(), p, base.input_weights().to_vec(), readout, 0).unwrap();
+        let counts = vec![16; hidden];
+        assert!(model.apply_update(&counts, 16 * hidden as u32, 0));
         assert!(model.readout()[..hidden].iter().all(|&w| w == 32_767));
         assert!(model.readout()[hidden..2 * hidden]
             .iter()
+            .all(|&w| w == 32_751));
+        // And at the bottom: labels 0 and 1 just above it, the rest on it; teaching 0
+        // pushes its runner-up 1 down, where it saturates.
+        let mut readout = vec![-32_767i16; 10 * hidden];
+        readout[..2 * hidden].fill(-32_760);
+        let mut model =
+            Model::from_parts("x".into(), p, base.input_weights().to_vec(), readout, 0).unwrap();
+        assert!(model.apply_update(&counts, 16 * hidden as u32, 0));
+        assert!(model.readout()[..hidden].iter().all(|&w| w == -32_744));
+        assert!(model.readout()[hidden..2 * hidden]
+            .iter()
             .all(|&w| w == -32_767));
+        assert!(model
+            .served_readout()
+            .iter()
+            .all(|a| a.abs() <= SERVED_LIMIT));
     }
 
     #[test]
@@ -282,5 +538,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("±32767"), "{err}");
+        let base = Model::from_seed(1, p).unwrap();
+        let parts = |served: Vec<i32>| {
+            Model::from_parts_served(
+                "x".into(),
+                p,
+                base.input_weights().to_vec(),
+                base.readout().to_vec(),
+                served,
+                0,
+            )
+        };
+        let err = parts(vec![0; 3]).unwrap_err();
+        assert!(err.to_string().contains("3 served readout values"), "{err}");
+        let mut served = base.served_readout().to_vec();
+        served[513] = SERVED_LIMIT + 1;
+        let err = parts(served.clone()).unwrap_err();
+        assert!(err.to_string().contains("8388353 at [1, 1]"), "{err}");
+        served[513] = -SERVED_LIMIT;
+        assert!(parts(served).is_ok(), "−32767 · 256 is within bounds");
     }
 }

@@ -10,6 +10,8 @@ pub(crate) const INPUT_SCALE: f32 = 128.0;
 pub(crate) const INPUT_LIMIT: i32 = 127;
 /// Readout weights saturate at `±READOUT_LIMIT` when learning.
 pub(crate) const READOUT_LIMIT: i32 = 32_767;
+/// The served readout `A` (`R` in fixed point, 8 fraction bits) stays within `±SERVED_LIMIT`.
+pub(crate) const SERVED_LIMIT: i32 = READOUT_LIMIT << 8;
 
 /// Hyper-parameters of the reference spiking network.
 ///

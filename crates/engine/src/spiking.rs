@@ -168,12 +168,15 @@ impl Engine for SpikingEngine {
             return Err(EngineError::UnknownLabel { label, labels });
         }
         self.validate(encoding)?;
-        let (predicted, hidden_spikes) =
-            self.run(encoding, |a| (argmax(&a.scores), a.hidden_spikes.clone()));
-        self.model.apply_update(&hidden_spikes, label, predicted);
+        // One forward pass with the served readout gives what `reason` would answer, and
+        // the hidden spike counts, which do not depend on any readout.
+        let (predicted, hidden_spikes, total) = self.run(encoding, |a| {
+            (argmax(&a.scores), a.hidden_spikes.clone(), a.total_spikes)
+        });
+        let changed = self.model.apply_update(&hidden_spikes, total, label);
         Ok(Learned {
             predicted,
-            changed: predicted != label,
+            changed,
             version: self.model.version(),
             digest: self.model.digest(),
         })

@@ -1,8 +1,9 @@
 //! Loading and saving models as safetensors files.
 //!
-//! A model file holds two tensors, `input_weights` (`I8`, `[hidden, inputs]`) and
-//! `readout_weights` (`I16`, `[labels, hidden]`), and string metadata: `format` =
-//! `qnllm-spiking-v1`, `name`, `version`, and every [`Params`] field by name.
+//! A model file holds the tensors `input_weights` (`I8`, `[hidden, inputs]`),
+//! `readout_weights` (`I16`, `[labels, hidden]`) and `served_readout` (`I32`,
+//! `[labels, hidden]`; a file without it loads with `A = R · 256`), and string metadata:
+//! `format` = `qnllm-spiking-v1`, `name`, `version`, and every [`Params`] field by name.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,6 +49,11 @@ impl Model {
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
+        let served: Vec<u8> = self
+            .served_readout()
+            .iter()
+            .flat_map(|a| a.to_le_bytes())
+            .collect();
         let shape = |a: u32, b: u32| vec![a as usize, b as usize];
         let view = |dtype, shape, data| {
             TensorView::new(dtype, shape, data)
@@ -61,6 +67,10 @@ impl Model {
             (
                 "readout_weights",
                 view(Dtype::I16, shape(p.labels, p.hidden), &readout[..])?,
+            ),
+            (
+                "served_readout",
+                view(Dtype::I32, shape(p.labels, p.hidden), &served[..])?,
             ),
         ];
         let mut meta: HashMap<String, String> = params_to_map(p);
@@ -149,10 +159,11 @@ impl Model {
         let version: u64 = field("version")?.parse().map_err(|_| {
             format_error("metadata `version` is not an integer from 0 to 2^64 - 1".into())
         })?;
-        let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
-            let view = tensors
-                .tensor(name)
-                .map_err(|_| format_error(format!("no tensor `{name}`")))?;
+        // A tensor present with exactly this dtype and shape; `None` when it is absent.
+        let optional = |name: &str, dtype: Dtype, shape: [u32; 2]| {
+            let Ok(view) = tensors.tensor(name) else {
+                return Ok(None);
+            };
             let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             if view.dtype() != dtype || view.shape() != want.as_slice() {
                 return Err(format_error(format!(
@@ -161,24 +172,38 @@ impl Model {
                     view.shape()
                 )));
             }
-            Ok(view.data().to_vec())
+            Ok(Some(view.data().to_vec()))
         };
+        let tensor = |name: &str, dtype: Dtype, shape: [u32; 2]| {
+            optional(name, dtype, shape)?.ok_or_else(|| format_error(format!("no tensor `{name}`")))
+        };
+        let readout_shape = [params.labels, params.hidden];
         let input = tensor("input_weights", Dtype::I8, [params.hidden, params.inputs])?;
-        let readout = tensor(
-            "readout_weights",
-            Dtype::I16,
-            [params.labels, params.hidden],
-        )?;
-        Model::from_parts(
+        let readout: Vec<i16> = tensor("readout_weights", Dtype::I16, readout_shape)?
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        // A file written before the served readout existed serves its readout as is.
+        let served: Vec<i32> = match optional("served_readout", Dtype::I32, readout_shape)? {
+            Some(bytes) => bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            None => readout.iter().map(|&r| i32::from(r) << 8).collect(),
+        };
+        Model::from_parts_served(
             field("name")?.clone(),
             params,
             input.into_iter().map(|b| b as i8).collect(),
-            readout
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect(),
+            readout,
+            served,
             version,
         )
+        .map_err(|e| match e {
+            // Out-of-range weights are a fault of the file: name it.
+            EngineError::InvalidParams(reason) => format_error(reason),
+            other => other,
+        })
     }
 }
 
@@ -218,6 +243,141 @@ mod tests {
         let path = dir.join(file);
         model.save(&path).unwrap();
         (model, path)
+    }
+
+    /// A learnt model's file, rewritten with `served` in place of its `served_readout`
+    /// tensor (`None`: without one, as files were before it existed).
+    fn file_with_served(served: Option<(Dtype, Vec<usize>, Vec<u8>)>) -> (Model, Vec<u8>) {
+        let mut model = Model::from_seed(1, Params::default()).unwrap();
+        for (step, count) in [3, 1, 4, 1, 5].into_iter().enumerate() {
+            model.apply_update(&[count; 512], 512 * count as u32, step as u32);
+        }
+        let p = *model.params();
+        let input: Vec<u8> = model.input_weights().iter().map(|&w| w as u8).collect();
+        let readout: Vec<u8> = model
+            .readout()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut tensors = vec![
+            (
+                "input_weights",
+                TensorView::new(Dtype::I8, vec![512, 768], &input[..]).unwrap(),
+            ),
+            (
+                "readout_weights",
+                TensorView::new(Dtype::I16, vec![10, 512], &readout[..]).unwrap(),
+            ),
+        ];
+        if let Some((dtype, shape, data)) = &served {
+            tensors.push((
+                "served_readout",
+                TensorView::new(*dtype, shape.clone(), &data[..]).unwrap(),
+            ));
+        }
+        let mut meta = params_to_map(&p);
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("name".into(), model.name().into());
+        meta.insert("version".into(), model.version().to_string());
+        let bytes = safetensors::serialize(tensors, &Some(meta)).unwrap();
+        (model, bytes)
+    }
+
+    fn served_bytes(values: &[i32]) -> Vec<u8> {
+        values.iter().flat_map(|a| a.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn a_saved_model_keeps_its_served_readout() {
+        let (model, _) = file_with_served(None);
+        assert_ne!(model.reasoning_readout(), model.readout(), "S lags R");
+        let loaded = Model::from_safetensors(&model.to_safetensors().unwrap(), "m").unwrap();
+        assert_eq!(loaded.served_readout(), model.served_readout());
+        assert_eq!(loaded.digest(), model.digest());
+        assert_eq!(loaded, model);
+    }
+
+    #[test]
+    fn a_file_without_served_readout_serves_its_readout() {
+        let (model, bytes) = file_with_served(None);
+        let loaded = Model::from_safetensors(&bytes, "old.safetensors").unwrap();
+        assert_eq!(loaded.readout(), model.readout());
+        assert_eq!(loaded.version(), model.version());
+        let times_256: Vec<i32> = model
+            .readout()
+            .iter()
+            .map(|&r| i32::from(r) * 256)
+            .collect();
+        assert_eq!(loaded.served_readout(), &times_256[..]);
+        assert_eq!(loaded.reasoning_readout(), model.readout());
+        // The same R and version with another A: another digest.
+        assert_ne!(loaded.digest(), model.digest());
+        // And it is the model those parts make.
+        let parts = Model::from_parts(
+            model.name().into(),
+            *model.params(),
+            model.input_weights().to_vec(),
+            model.readout().to_vec(),
+            model.version(),
+        )
+        .unwrap();
+        assert_eq!(loaded.digest(), parts.digest());
+    }
+
+    #[test]
+    fn a_served_readout_of_another_dtype_or_shape_is_refused() {
+        let (model, _) = file_with_served(None);
+        let as_i16: Vec<u8> = model
+            .reasoning_readout()
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        let (_, bytes) = file_with_served(Some((Dtype::I16, vec![10, 512], as_i16)));
+        let err = Model::from_safetensors(&bytes, "m.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "m.safetensors: not a qnllm spiking model: tensor `served_readout` is I16 [10, 512], expected I32 [10, 512]"
+        );
+        let served = served_bytes(&model.served_readout()[..9 * 512]);
+        let (_, bytes) = file_with_served(Some((Dtype::I32, vec![9, 512], served)));
+        let err = Model::from_safetensors(&bytes, "m.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `served_readout` is I32 [9, 512], expected I32 [10, 512]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_served_readout_beyond_its_bounds_is_refused() {
+        let (model, _) = file_with_served(None);
+        for (bad, shown) in [
+            (8_388_353, "8388353 at [1, 2]"),
+            (-8_388_353, "-8388353 at [1, 2]"),
+            (i32::MIN, "-2147483648 at [1, 2]"),
+        ] {
+            let mut served = model.served_readout().to_vec();
+            served[514] = bad;
+            let (_, bytes) =
+                file_with_served(Some((Dtype::I32, vec![10, 512], served_bytes(&served))));
+            let err = Model::from_safetensors(&bytes, "m.safetensors")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("m.safetensors: not a qnllm spiking model: served readout value {shown} lies outside ±8388352 (32767 · 256)")
+            );
+        }
+        // The bounds themselves load.
+        let mut served = model.served_readout().to_vec();
+        served[0] = 8_388_352;
+        served[1] = -8_388_352;
+        let (_, bytes) = file_with_served(Some((Dtype::I32, vec![10, 512], served_bytes(&served))));
+        let loaded = Model::from_safetensors(&bytes, "m.safetensors").unwrap();
+        assert_eq!(&loaded.reasoning_readout()[..2], &[32_767, -32_767]);
     }
 
     #[test]

@@ -83,6 +83,10 @@ fn save_then_load_keeps_the_digest_and_the_answers() {
     let loaded = SpikingEngine::new(Model::load(&path).unwrap());
     assert_eq!(loaded.info(), engine.info());
     assert_eq!(loaded.model(), engine.model());
+    assert_eq!(
+        loaded.model().served_readout(),
+        engine.model().served_readout()
+    );
     let x = &inputs(6)[5];
     assert_eq!(loaded.reason(x).unwrap(), engine.reason(x).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -158,4 +162,63 @@ fn learning_moves_the_model_toward_the_taught_label() {
         assert!(steps < 100, "the update never reached the taught label");
     }
     assert!(steps >= 1);
+}
+
+#[test]
+fn replicas_on_every_kernel_learn_past_the_warm_start_identically() {
+    // 300 steps: past the 255 where the served readout's shift settles at 8.
+    let kernels = available_kernels();
+    let mut replicas: Vec<SpikingEngine> = kernels
+        .iter()
+        .map(|&k| {
+            engine()
+                .with_kernel(k)
+                .with_threads(NonZeroUsize::new(2).unwrap())
+        })
+        .collect();
+    let probe = &inputs(3)[2];
+    let (mut moved, mut kept) = (0, 0);
+    // Twelve encodings taught again and again, so the margin is met on some steps.
+    let taught: Vec<Vec<f32>> = NormalInputs::new(8, 768).take(12).collect();
+    for step in 0..300 {
+        let (x, label) = (&taught[step % 12], (step % 12 % 10) as u32);
+        let first = replicas[0].learn(x, label).unwrap();
+        for replica in &mut replicas[1..] {
+            assert_eq!(replica.learn(x, label).unwrap(), first, "step {step}");
+        }
+        if first.changed {
+            moved += 1;
+        } else {
+            kept += 1;
+        }
+        if step % 50 == 49 {
+            let want = replicas[0].reason(probe).unwrap();
+            for replica in &replicas[1..] {
+                assert_eq!(replica.reason(probe).unwrap(), want, "step {step}");
+            }
+        }
+    }
+    for replica in &replicas[1..] {
+        assert_eq!(replica.model(), replicas[0].model());
+        assert_eq!(
+            replica.model().served_readout(),
+            replicas[0].model().served_readout()
+        );
+    }
+    let model = replicas[0].model();
+    assert_eq!(model.version(), 300);
+    assert!(
+        moved > 0 && kept > 0,
+        "both branches of the margin: {moved} moved, {kept} kept"
+    );
+    // Reasoning serves the average, which lags the latest readout.
+    assert_ne!(model.reasoning_readout(), model.readout());
+    // And a replica that took the file learns on identically.
+    let mut copy = engine();
+    copy.import_model(&replicas[0].export_model().unwrap())
+        .unwrap();
+    assert_eq!(copy.model(), model);
+    let x = &inputs(4)[3];
+    assert_eq!(copy.learn(x, 7).unwrap(), replicas[0].learn(x, 7).unwrap());
+    assert_eq!(copy.model(), replicas[0].model());
 }

@@ -43,6 +43,9 @@ fn cases() -> Vec<(u64, &'static str, u64, usize, usize)> {
         (1, "small", 7, 0, 0),
         (5, "small", 1, 3, 0),
         (1, "default", 7, 0, 25),
+        // Past the served readout's warm start (255 steps), where its shift stays 8.
+        (1, "small", 7, 0, 300),
+        (5, "small", 1, 3, 40),
     ]
 }
 
