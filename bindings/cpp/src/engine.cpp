@@ -612,6 +612,23 @@ std::int64_t parse_i64(const std::string& s, bool& ok) {
                                                   : -static_cast<std::int64_t>(v);
     return static_cast<std::int64_t>(v);
 }
+
+// The rule for `version` (docs/engine.md §8, rule 6): an optional `+`, then decimal digits,
+// at most 2^64 - 1.
+bool parse_u64(const std::string& s, std::uint64_t& out) {
+    std::size_t i = !s.empty() && s[0] == '+' ? 1 : 0;
+    if (i == s.size()) return false;
+    std::uint64_t v = 0;
+    const std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+    for (; i < s.size(); ++i) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        const auto d = static_cast<std::uint64_t>(s[i] - '0');
+        if (v > (max - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    out = v;
+    return true;
+}
 }  // namespace
 
 Model Model::load(const std::string& path) {
@@ -669,8 +686,9 @@ Model Model::load(const std::string& path) {
     p.output_threshold = signed_("output_threshold");
     std::string why = p.check();
     if (!why.empty()) invalid_params(why);
-    std::int64_t version = number("version");
-    if (version < 0) model_file(path, "metadata `version` is negative");
+    std::uint64_t version = 0;
+    if (!parse_u64(fieldv("version"), version))
+        model_file(path, "metadata `version` is not an integer from 0 to 2^64 - 1");
 
     auto tensor = [&](const char* name, const char* dtype, std::size_t width, std::uint64_t a,
                       std::uint64_t b) -> std::vector<std::uint8_t> {
@@ -725,7 +743,7 @@ Model Model::load(const std::string& path) {
         }
     }
     return from_parts(fieldv("name"), p, std::move(w), std::move(r),
-                      static_cast<std::uint64_t>(version), std::move(a));
+                      version, std::move(a));
 }
 
 Model Model::open(const std::string& spec) {

@@ -382,10 +382,23 @@ TEST_CASE("the safetensors loader refuses what is wrong, naming it") {
     m2.erase("steps");
     file(m2);
     CHECK(error().find("metadata has no `steps`") != std::string::npos);
-    m2 = meta;
-    m2["version"] = "9223372036854775808";
-    file(m2);
-    CHECK(error().find("metadata `version` is not an integer") != std::string::npos);
+    // The version is a u64 (docs/engine.md §8, rule 6): 2^63 and 2^64 - 1 load.
+    for (const char* v : {"9223372036854775808", "18446744073709551615", "+5"}) {
+        m2 = meta;
+        m2["version"] = v;
+        file(m2);
+        CAPTURE(v);
+        REQUIRE(error() == "ok");
+        CHECK(std::to_string(Model::load(path).version()) == (v[0] == '+' ? v + 1 : v));
+    }
+    for (const char* v : {"18446744073709551616", "-1", "", "+", "1e3", " 1"}) {
+        m2 = meta;
+        m2["version"] = v;
+        file(m2);
+        CAPTURE(v);
+        CHECK(error().find("metadata `version` is not an integer from 0 to 2^64 - 1") !=
+              std::string::npos);
+    }
     m2 = meta;
     m2["format"] = "other";
     file(m2);
