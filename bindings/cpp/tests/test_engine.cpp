@@ -63,24 +63,23 @@ Model tiny(const std::vector<std::int16_t>& r, std::uint64_t version = 0,
     return Model::from_parts("tiny", tiny_params(), std::move(w), r, version, std::move(served));
 }
 const std::vector<float> ONES(16, 1.0f);
-// R with every weight of row k equal to rows[k].
-std::vector<std::int16_t> rows(std::int16_t a, std::int16_t b, std::int16_t c) {
-    std::vector<std::int16_t> r(24);
-    for (std::size_t j = 0; j < 8; ++j) {
-        r[j] = a;
-        r[8 + j] = b;
-        r[16 + j] = c;
-    }
-    return r;
-}
-std::vector<std::int32_t> served_rows(std::int32_t a, std::int32_t b, std::int32_t c) {
-    std::vector<std::int32_t> v(24);
+// A tiny model's 3 x 8 readout with every value of row 0 equal to a, of row 1 to b, of row 2
+// to c: R through rows(), A through served_rows().
+template <class T>
+std::vector<T> rows_of(T a, T b, T c) {
+    std::vector<T> v(24);
     for (std::size_t j = 0; j < 8; ++j) {
         v[j] = a;
         v[8 + j] = b;
         v[16 + j] = c;
     }
     return v;
+}
+std::vector<std::int16_t> rows(std::int16_t a, std::int16_t b, std::int16_t c) {
+    return rows_of(a, b, c);
+}
+std::vector<std::int32_t> served_rows(std::int32_t a, std::int32_t b, std::int32_t c) {
+    return rows_of(a, b, c);
 }
 }  // namespace
 
