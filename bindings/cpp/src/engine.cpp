@@ -214,6 +214,8 @@ namespace {
 constexpr std::int64_t I32_MAX = std::numeric_limits<std::int32_t>::max();
 constexpr std::int64_t READOUT_LIMIT = 32767;
 constexpr std::int64_t INPUT_LIMIT = 127;
+// The served readout's bound (docs/engine.md §7): A lies within +-32767 * 256.
+constexpr std::int64_t SERVED_LIMIT = READOUT_LIMIT * 256;
 
 [[noreturn]] void invalid_params(const std::string& why) {
     throw EngineError(ErrorCode::InvalidInput, "invalid parameters: " + why);
@@ -336,7 +338,8 @@ Model Model::from_seed(std::uint64_t seed, const Params& params) {
 }
 
 Model Model::from_parts(std::string name, const Params& params, std::vector<std::int8_t> w,
-                        std::vector<std::int16_t> r, std::uint64_t version) {
+                        std::vector<std::int16_t> r, std::uint64_t version,
+                        std::vector<std::int32_t> served) {
     std::string why = params.check();
     if (!why.empty()) invalid_params(why);
     if (w.size() != static_cast<std::size_t>(params.hidden) * params.inputs)
@@ -350,11 +353,25 @@ Model Model::from_parts(std::string name, const Params& params, std::vector<std:
     for (auto v : r)
         if (v == std::numeric_limits<std::int16_t>::min())
             invalid_params("readout weights must lie within +-32767");
+    if (served.empty()) {
+        // A model without a served readout starts from A = R * 256 (S = R).
+        served.resize(r.size());
+        for (std::size_t i = 0; i < r.size(); ++i) served[i] = std::int32_t{r[i]} * 256;
+    }
+    if (served.size() != r.size())
+        invalid_params(std::to_string(served.size()) + " served readout values for " +
+                       std::to_string(params.labels) + " labels x " +
+                       std::to_string(params.hidden) + " hidden");
+    for (auto v : served)
+        if (v < -SERVED_LIMIT || v > SERVED_LIMIT)
+            invalid_params("served readout values must lie within ±8388352 (32767 · 256), got " +
+                           std::to_string(v));
     Model m;
     m.name_ = std::move(name);
     m.p_ = params;
     m.w_ = std::move(w);
     m.r_ = std::move(r);
+    m.a_ = std::move(served);
     m.version_ = version;
     m.input_digest_ = Sha256::of(m.w_.data(), m.w_.size());
     m.rehash();
@@ -362,18 +379,21 @@ Model Model::from_parts(std::string name, const Params& params, std::vector<std:
 }
 
 void Model::rehash() {
+    // S = A >> 8 (within +-32767, so it fits i16), in the kernels' two layouts.
     const std::size_t hid = p_.hidden, lab = p_.labels;
-    rt_.resize(r_.size());
-    for (std::size_t k = 0; k < lab; ++k)
-        for (std::size_t j = 0; j < hid; ++j) rt_[j * lab + k] = r_[k * hid + j];
     const std::size_t hidp = padded_hidden();
+    rt_.resize(a_.size());
     rp_.assign(lab * hidp, 0);
-    for (std::size_t k = 0; k < lab; ++k)
-        std::copy(r_.begin() + static_cast<std::ptrdiff_t>(k * hid),
-                  r_.begin() + static_cast<std::ptrdiff_t>((k + 1) * hid),
-                  rp_.begin() + static_cast<std::ptrdiff_t>(k * hidp));
+    for (std::size_t k = 0; k < lab; ++k) {
+        for (std::size_t j = 0; j < hid; ++j) {
+            const auto s = static_cast<std::int16_t>(asr(a_[k * hid + j], 8));
+            rt_[j * lab + k] = s;
+            rp_[k * hidp + j] = s;
+        }
+    }
+    // The model digest v2: parameters, version, SHA-256 of W, R as i16 LE, A as i32 LE.
     Sha256 h;
-    h.update("qnllm-model-v1\0", 15);
+    h.update("qnllm-model-v2\0", 15);
     put32(h, p_.inputs);
     put32(h, p_.hidden);
     put32(h, p_.steps);
@@ -392,6 +412,7 @@ void Model::rehash() {
         bytes[2 * i + 1] = static_cast<std::uint8_t>(u >> 8);
     }
     h.update(bytes.data(), bytes.size());
+    for (auto v : a_) put32(h, static_cast<std::uint32_t>(v));
     digest_ = h.finish();
 }
 
@@ -518,20 +539,47 @@ std::uint32_t Model::learn(span<const float> x, std::uint32_t label) {
                                                        " is out of range: the model has labels 0.." +
                                                        std::to_string(p_.labels));
     }
+    // 1. The hidden counts (they do not depend on the readout) and the learning scores
+    //    g[k] = sum_j R[k][j] * count[j], with R, not the served readout.
     Run r = run(x);
-    if (r.label != label) {
+    const std::size_t hid = p_.hidden, lab = p_.labels;
+    std::vector<std::int64_t> g(lab, 0);
+    std::int64_t total = 0;
+    for (std::size_t j = 0; j < hid; ++j) total += r.counts[j];
+    for (std::size_t k = 0; k < lab; ++k) {
+        const std::int16_t* row = r_.data() + k * hid;
+        std::int64_t sum = 0;
+        for (std::size_t j = 0; j < hid; ++j) sum += std::int64_t{row[j]} * r.counts[j];
+        g[k] = sum;
+    }
+    // 2. The rival: the highest g[k] for k != label, the lowest index on a tie. R moves only
+    //    when the label does not lead it by a margin of 16 per hidden spike.
+    std::size_t rival = label == 0 ? 1 : 0;
+    for (std::size_t k = rival + 1; k < lab; ++k)
+        if (k != label && g[k] > g[rival]) rival = k;
+    if (g[label] - g[rival] < 16 * total) {
         auto clamp = [](std::int32_t v) -> std::int16_t {
             return static_cast<std::int16_t>(v > 32767 ? 32767 : (v < -32767 ? -32767 : v));
         };
-        const std::size_t hid = p_.hidden;
         std::int16_t* up = r_.data() + static_cast<std::size_t>(label) * hid;
-        std::int16_t* down = r_.data() + static_cast<std::size_t>(r.label) * hid;
+        std::int16_t* down = r_.data() + rival * hid;
         for (std::size_t j = 0; j < hid; ++j) {
             auto c = static_cast<std::int32_t>(r.counts[j]);
             up[j] = clamp(up[j] + c);
             down[j] = clamp(down[j] - c);
         }
     }
+    // 3. The served readout moves toward R * 256 by 1/2^s, on every step: s = floor(log2(
+    //    version + 1)) for the first 255 steps (a warm start), then 8. Each step moves A toward
+    //    R * 256 and never past it, so A keeps within +-32767 * 256 and the difference fits i32.
+    std::uint32_t shift = 8;
+    if (version_ < 255) {
+        shift = 0;
+        while ((version_ + 1) >> (shift + 1) != 0) ++shift;
+    }
+    for (std::size_t i = 0; i < a_.size(); ++i)
+        a_[i] += asr(std::int32_t{r_[i]} * 256 - a_[i], shift);
+    // 4. The next version.
     version_ += 1;
     rehash();
     return r.label;
@@ -563,6 +611,23 @@ std::int64_t parse_i64(const std::string& s, bool& ok) {
     if (neg) return v == (std::uint64_t{1} << 63) ? std::numeric_limits<std::int64_t>::min()
                                                   : -static_cast<std::int64_t>(v);
     return static_cast<std::int64_t>(v);
+}
+
+// The rule for `version` (docs/engine.md §8, rule 6): an optional `+`, then decimal digits,
+// at most 2^64 - 1.
+bool parse_u64(const std::string& s, std::uint64_t& out) {
+    std::size_t i = !s.empty() && s[0] == '+' ? 1 : 0;
+    if (i == s.size()) return false;
+    std::uint64_t v = 0;
+    const std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+    for (; i < s.size(); ++i) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        const auto d = static_cast<std::uint64_t>(s[i] - '0');
+        if (v > (max - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    out = v;
+    return true;
 }
 }  // namespace
 
@@ -621,8 +686,9 @@ Model Model::load(const std::string& path) {
     p.output_threshold = signed_("output_threshold");
     std::string why = p.check();
     if (!why.empty()) invalid_params(why);
-    std::int64_t version = number("version");
-    if (version < 0) model_file(path, "metadata `version` is negative");
+    std::uint64_t version = 0;
+    if (!parse_u64(fieldv("version"), version))
+        model_file(path, "metadata `version` is not an integer from 0 to 2^64 - 1");
 
     auto tensor = [&](const char* name, const char* dtype, std::size_t width, std::uint64_t a,
                       std::uint64_t b) -> std::vector<std::uint8_t> {
@@ -656,8 +722,28 @@ Model Model::load(const std::string& path) {
     std::vector<std::int16_t> r(rb.size() / 2);
     for (std::size_t i = 0; i < r.size(); ++i)
         r[i] = static_cast<std::int16_t>(le::u16(rb.data() + 2 * i));
+    // The served readout A (docs/engine.md §2, §8); a file without it loads with A = R * 256.
+    std::vector<std::int32_t> a;
+    if (header.contains("served_readout")) {
+        auto ab = tensor("served_readout", "I32", 4, p.labels, p.hidden);
+        a.resize(ab.size() / 4);
+        for (std::size_t i = 0; i < a.size(); ++i)
+            a[i] = static_cast<std::int32_t>(le::u32(ab.data() + 4 * i));
+    }
+    // The bounds, in the loader's order: R within +-32767 (rule 8), then A (rule 9).
+    for (auto v : r)
+        if (v == std::numeric_limits<std::int16_t>::min())
+            model_file(path, "readout weights must lie within +-32767");
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (a[i] < -SERVED_LIMIT || a[i] > SERVED_LIMIT) {
+            model_file(path, "served readout value " + std::to_string(a[i]) + " at [" +
+                                 std::to_string(i / p.hidden) + ", " +
+                                 std::to_string(i % p.hidden) +
+                                 "] lies outside ±8388352 (32767 · 256)");
+        }
+    }
     return from_parts(fieldv("name"), p, std::move(w), std::move(r),
-                      static_cast<std::uint64_t>(version));
+                      version, std::move(a));
 }
 
 Model Model::open(const std::string& spec) {

@@ -241,6 +241,14 @@ void put_json(std::vector<std::uint8_t>& out, const ojson& j) {
     std::string s = dump(j);
     out.insert(out.end(), s.begin(), s.end());
 }
+// One field of a JSON body: its key and its value.
+using Field = std::pair<const char*, ojson>;
+// A JSON body's object: its fields in the order given, which is the order on the wire.
+ojson object_of(std::initializer_list<Field> fields) {
+    ojson j = ojson::object();
+    for (const auto& f : fields) j[f.first] = f.second;
+    return j;
+}
 
 json parse_json(Kind kind, const std::uint8_t* p, std::size_t len) {
     json j = json::parse(p, p + len, nullptr, false);
@@ -386,62 +394,49 @@ void encode_body(const Message& m, std::vector<std::uint8_t>& out) {
     std::visit(
         overload{
             [&](const Hello& b) {
-                ojson j;
-                j["protocol"] = b.protocol;
-                j["role"] = b.role;
-                j["name"] = b.name;
+                ojson j = object_of({{"protocol", b.protocol}, {"role", b.role}, {"name", b.name}});
                 if (b.token) j["token"] = *b.token;
                 put_json(out, j);
             },
             [&](const Welcome& b) {
-                ojson j;
-                j["session"] = b.session;
-                j["server"] = b.server;
-                j["max_frame_bytes"] = b.max_frame_bytes;
-                j["heartbeat_interval_ms"] = b.heartbeat_interval_ms;
-                put_json(out, j);
+                put_json(out, object_of({{"session", b.session},
+                                         {"server", b.server},
+                                         {"max_frame_bytes", b.max_frame_bytes},
+                                         {"heartbeat_interval_ms", b.heartbeat_interval_ms}}));
             },
             [&](const Ping&) {}, [&](const Pong&) {}, [&](const Cancel&) {},
             [&](const ModelQuery&) {}, [&](const CacheQuery&) {}, [&](const CacheClear&) {},
             [&](const MetricsQuery&) {},
-            [&](const Goodbye& b) { put_json(out, ojson{{"reason", b.reason}}); },
-            [&](const Unregister& b) { put_json(out, ojson{{"reason", b.reason}}); },
+            [&](const Goodbye& b) { put_json(out, object_of({{"reason", b.reason}})); },
+            [&](const Unregister& b) { put_json(out, object_of({{"reason", b.reason}})); },
             [&](const WireError& b) {
                 le::put_u16(out, b.code);
                 out.insert(out.end(), b.message.begin(), b.message.end());
             },
             [&](const Register& b) {
-                ojson j;
-                j["name"] = b.name;
-                j["model_digest"] = b.model_digest;
-                j["model_version"] = b.model_version;
-                j["input_size"] = b.input_size;
-                j["labels"] = b.labels;
-                j["max_in_flight"] = b.max_in_flight;
+                ojson j = object_of({{"name", b.name},
+                                     {"model_digest", b.model_digest},
+                                     {"model_version", b.model_version},
+                                     {"input_size", b.input_size},
+                                     {"labels", b.labels},
+                                     {"max_in_flight", b.max_in_flight}});
                 if (b.teacher) j["role"] = "teacher";
                 put_json(out, j);
             },
             [&](const Registered& b) {
-                ojson j;
-                j["engine_id"] = b.engine_id;
-                j["heartbeat_interval_ms"] = b.heartbeat_interval_ms;
-                put_json(out, j);
+                put_json(out, object_of({{"engine_id", b.engine_id},
+                                         {"heartbeat_interval_ms", b.heartbeat_interval_ms}}));
             },
             [&](const Heartbeat& b) {
-                ojson j;
-                j["in_flight"] = b.in_flight;
-                j["served"] = b.served;
-                put_json(out, j);
+                put_json(out, object_of({{"in_flight", b.in_flight}, {"served", b.served}}));
             },
-            [&](const Drain& b) { put_json(out, ojson{{"grace_ms", b.grace_ms}}); },
-            [&](const Shutdown& b) { put_json(out, ojson{{"grace_ms", b.grace_ms}}); },
+            [&](const Drain& b) { put_json(out, object_of({{"grace_ms", b.grace_ms}})); },
+            [&](const Shutdown& b) { put_json(out, object_of({{"grace_ms", b.grace_ms}})); },
             [&](const Status& b) {
-                ojson j;
-                j["state"] = b.state;
-                j["in_flight"] = b.in_flight;
-                j["served"] = b.served;
-                j["model_version"] = b.model_version;
-                put_json(out, j);
+                put_json(out, object_of({{"state", b.state},
+                                         {"in_flight", b.in_flight},
+                                         {"served", b.served},
+                                         {"model_version", b.model_version}}));
             },
             [&](const Reason& b) { put_floats(out, b.values.data(), b.values.size()); },
             [&](const ResultBody& b) { write_result(b, out); },
@@ -469,21 +464,17 @@ void encode_body(const Message& m, std::vector<std::uint8_t>& out) {
                 put_floats(out, b.values.data(), b.values.size());
             },
             [&](const CoordinationResult& b) {
-                ojson j;
-                j["consensus"] = b.consensus;
-                j["agreement"] = b.agreement;
-                j["learned"] = b.learned;
                 ojson teachers = ojson::array();
                 for (const auto& t : b.teachers) {
-                    ojson v;
-                    v["engine"] = t.engine;
-                    v["label"] = t.label;
-                    v["confidence"] = t.confidence;
-                    v["reliability"] = t.reliability;
-                    teachers.push_back(v);
+                    teachers.push_back(object_of({{"engine", t.engine},
+                                                  {"label", t.label},
+                                                  {"confidence", t.confidence},
+                                                  {"reliability", t.reliability}}));
                 }
-                j["teachers"] = teachers;
-                put_json(out, j);
+                put_json(out, object_of({{"consensus", b.consensus},
+                                         {"agreement", b.agreement},
+                                         {"learned", b.learned},
+                                         {"teachers", std::move(teachers)}}));
             },
             [&](const Learn& b) {
                 le::put_u32(out, b.label);
@@ -495,33 +486,26 @@ void encode_body(const Message& m, std::vector<std::uint8_t>& out) {
                 out.insert(out.end(), b.model_digest.begin(), b.model_digest.end());
             },
             [&](const ModelInfo& b) {
-                ojson j;
-                j["name"] = b.name;
-                j["input_size"] = b.input_size;
-                j["hidden"] = b.hidden;
-                j["steps"] = b.steps;
-                j["labels"] = b.labels;
-                j["model_version"] = b.model_version;
-                j["model_digest"] = b.model_digest;
-                put_json(out, j);
+                put_json(out, object_of({{"name", b.name},
+                                         {"input_size", b.input_size},
+                                         {"hidden", b.hidden},
+                                         {"steps", b.steps},
+                                         {"labels", b.labels},
+                                         {"model_version", b.model_version},
+                                         {"model_digest", b.model_digest}}));
             },
             [&](const CacheStats& b) {
-                ojson j;
-                j["entries"] = b.entries;
-                j["capacity"] = b.capacity;
-                j["hits"] = b.hits;
-                j["misses"] = b.misses;
-                j["evictions"] = b.evictions;
-                put_json(out, j);
+                put_json(out, object_of({{"entries", b.entries},
+                                         {"capacity", b.capacity},
+                                         {"hits", b.hits},
+                                         {"misses", b.misses},
+                                         {"evictions", b.evictions}}));
             },
             [&](const Metrics& b) { put_json(out, ojson::parse(b.value.dump())); },
             [&](const Config& b) { put_json(out, ojson::parse(b.value.dump())); },
-            [&](const Subscribe& b) { put_json(out, ojson{{"topics", b.topics}}); },
+            [&](const Subscribe& b) { put_json(out, object_of({{"topics", b.topics}})); },
             [&](const Event& b) {
-                ojson j;
-                j["topic"] = b.topic;
-                j["data"] = ojson::parse(b.data.dump());
-                put_json(out, j);
+                put_json(out, object_of({{"topic", b.topic}, {"data", ojson::parse(b.data.dump())}}));
             },
             [&](const Call& b) {
                 put_short_text(out, b.handler);

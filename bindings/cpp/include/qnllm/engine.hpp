@@ -117,22 +117,28 @@ public:
     static Model load(const std::string& path);
     /// `seed:N` or a file path.
     static Model open(const std::string& spec);
-    /// From parts; throws EngineError if they do not fit together.
+    /// From parts; throws EngineError if they do not fit together. `served` is the served
+    /// readout A (labels x hidden, within +-32767 * 256); empty means A = R * 256.
     static Model from_parts(std::string name, const Params& params, std::vector<std::int8_t> w,
-                            std::vector<std::int16_t> r, std::uint64_t version);
+                            std::vector<std::int16_t> r, std::uint64_t version,
+                            std::vector<std::int32_t> served = {});
 
     const Params& params() const { return p_; }
     const std::string& name() const { return name_; }
     std::uint64_t version() const { return version_; }
     const Digest& digest() const { return digest_; }
     const std::vector<std::int8_t>& input_weights() const { return w_; }
+    /// The readout R, the weights learning changes (docs/engine.md §2, §7).
     const std::vector<std::int16_t>& readout() const { return r_; }
+    /// The served readout A (docs/engine.md §7): reasoning uses A >> 8 in place of R.
+    const std::vector<std::int32_t>& served_readout() const { return a_; }
 
     /// Refuses an encoding of the wrong length or with a non-finite value (InvalidInput).
     void validate(span<const float> x) const;
     /// The reasoning for one encoding (model fields filled, compute_ns 0, engine empty).
     Reasoning reason(span<const float> x) const;
-    /// One learning step; returns the label the model predicted before learning.
+    /// One learning step (docs/engine.md §7: the margin update of R against the rival, then
+    /// the moving average A); returns the label the model predicted before learning.
     std::uint32_t learn(span<const float> x, std::uint32_t label);
 
 private:
@@ -152,8 +158,10 @@ private:
     Params p_;
     std::vector<std::int8_t> w_;
     std::vector<std::int16_t> r_;
-    std::vector<std::int16_t> rt_;  // R transposed (hidden x labels), for the scalar readout
-    std::vector<std::int16_t> rp_;  // R with rows padded with zeros to a multiple of 16 (AVX2)
+    std::vector<std::int32_t> a_;   // the served readout A, labels x hidden
+    // S = A >> 8, the readout reasoning uses, in the two layouts the kernels read:
+    std::vector<std::int16_t> rt_;  // S transposed (hidden x labels), for the scalar readout
+    std::vector<std::int16_t> rp_;  // S with rows padded with zeros to a multiple of 16 (AVX2)
     std::uint64_t version_ = 0;
     Kernel kernel_ = best_kernel();
     Digest input_digest_{};
