@@ -13,6 +13,8 @@ use qnllm::{Mode, NormalInputs, Params, SpikingEngine, UnifiedEngine};
 use qnllm_engine::Engine;
 use qnllm_router::strategy::{Performance, Preferred, RoundRobin, Strategy};
 
+use crate::learn::TeacherKind;
+
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Requests per strategy in the performance comparison.
@@ -354,21 +356,48 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
     bar.inc(1);
 
     // 4. Multi-teacher coordination with a learning student: `qnllm learn` on the digits,
-    // with its own hub and worker processes (the student takes 64 inputs).
+    // with its own hub and worker processes (the student takes 64 inputs), and teachers in
+    // Rust, Python and C++ when those can be found.
     bar.set_message("4/7 multi-teacher learning on the digits");
     let t = Instant::now();
+    let mut lines = Vec::new();
+    let python = crate::learn::discover_python();
+    let cpp = crate::learn::discover_cpp_worker();
+    let mut kinds = vec![TeacherKind::Rust];
+    for (found, kind, language) in [
+        (&python, TeacherKind::Python, "Python"),
+        (&cpp, TeacherKind::Cpp, "C++"),
+    ] {
+        match found {
+            Ok(_) => kinds.push(kind),
+            Err(why) => {
+                kinds.push(TeacherKind::RustWorker);
+                lines.push(format!(
+                    "no {language} teacher (a Rust worker instead): {why}"
+                ));
+            }
+        }
+    }
     let learn_args = crate::learn::LearnArgs {
         unlabelled: args.steps,
         passes: 2,
         json: true,
+        teacher_kinds: kinds,
+        python: python.ok(),
+        cpp_worker: cpp.ok(),
         ..crate::learn::LearnArgs::default()
     };
     let story = crate::learn::story(&learn_args, &indicatif::ProgressBar::hidden()).await?;
-    let mut lines = Vec::new();
+    let kinds: Vec<String> = story
+        .teachers
+        .iter()
+        .map(|t| format!("{} {} ({})", t.name, t.language, t.process))
+        .collect();
+    lines.insert(0, format!("teachers: {}", kinds.join(", ")));
     let teachers: Vec<String> = story
         .teachers
         .iter()
-        .map(|t| format!("{} ({}) {:.1} %", t.name, t.kind, t.accuracy * 100.0))
+        .map(|t| format!("{} {:.1} %", t.name, t.accuracy * 100.0))
         .collect();
     lines.push(format!(
         "teachers trained on {} labelled digits, held-out accuracy: {}; majority vote {:.1} %",
@@ -395,6 +424,17 @@ async fn demo(args: &DemoArgs) -> Result<Vec<Scenario>> {
         ));
     }
     let mut ok = check(
+        &mut lines,
+        story
+            .teachers
+            .iter()
+            .all(|t| t.same_as_rust == story.held_out),
+        format!(
+            "every teacher answered the {} held-out digits as a Rust engine loading its model file does (labels and confidences, bit for bit)",
+            story.held_out
+        ),
+    );
+    ok &= check(
         &mut lines,
         story.replicas_identical(),
         format!(

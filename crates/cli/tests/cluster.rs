@@ -218,8 +218,11 @@ fn serving_beyond_loopback_without_a_token_is_refused_with_the_fix() {
 
 #[test]
 fn the_demo_runs_all_seven_scenarios_and_passes_them() {
+    // As on a machine without the Python bindings or the C++ worker: Rust teachers only.
     let out = Command::new(env!("CARGO_BIN_EXE_qnllm"))
         .args(["demo", "--requests", "100", "--steps", "200", "--json"])
+        .env("QNLLM_PYTHON", "/nonexistent/python")
+        .env("QNLLM_CPP_WORKER", "/nonexistent/qnllm-cpp-worker")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -250,6 +253,25 @@ fn the_demo_runs_all_seven_scenarios_and_passes_them() {
         assert_eq!(s["passed"], true, "{s}");
         assert!(!s["lines"].as_array().unwrap().is_empty());
     }
+    // Scenario 4 says which teachers it ran and why not the others.
+    let lines: Vec<&str> = scenarios[3]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"teachers: teacher-0 Rust (the hub's process), teacher-1 Rust (qnllm worker --teacher), teacher-2 Rust (qnllm worker --teacher)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("no Python teacher (a Rust worker instead): --python /nonexistent/python: cannot run it")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("no C++ teacher (a Rust worker instead): --cpp-worker /nonexistent/qnllm-cpp-worker: no such file")),
+        "{lines:?}"
+    );
 }
 
 #[test]

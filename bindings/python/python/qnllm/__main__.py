@@ -1,5 +1,7 @@
 """``python -m qnllm worker --engine mypkg.mod:MyEngine --connect 127.0.0.1:9999``: serve a
-Python engine to a hub as a worker process."""
+Python engine to a hub as a worker process. ``--model FILE`` (or ``seed:N``) makes the engine
+with ``model=FILE``: ``--engine qnllm.engines:ReferenceEngine --model teacher.safetensors``
+serves a trained model file."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from typing import Any, List, Optional
 from . import QnllmError, serve_worker
 
 
-def load_engine(spec: str) -> Any:
-    """``module:Name``: an instance, a class (made with no arguments) or a factory."""
+def load_engine(spec: str, model: Optional[str] = None) -> Any:
+    """``module:Name``: an instance, a class (made with no arguments, or with ``model=``
+    when ``model`` is given) or a factory."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SystemExit(f"--engine must be module:Name, got {spec!r}")
@@ -26,7 +29,9 @@ def load_engine(spec: str) -> Any:
         except AttributeError:
             raise SystemExit(f"{module_name!r} has no {attr!r}") from None
     if callable(target) and not hasattr(target, "reason") or isinstance(target, type):
-        target = target()
+        target = target() if model is None else target(model=model)
+    elif model is not None:
+        raise SystemExit(f"--model needs --engine to name a class or factory; {spec!r} is an instance")
     return target
 
 
@@ -41,12 +46,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     worker.add_argument("--max-in-flight", type=int, default=64, help="requests handled at once")
     worker.add_argument("--max-retries", type=int, default=None, help="give up after this many failed connects")
     worker.add_argument("--teacher", action="store_true", help="register as a teacher of the hub's coordinator")
+    worker.add_argument("--model", default=None,
+                        help="make the engine with model=MODEL (a safetensors file or seed:N)")
     args = parser.parse_args(argv)
     if args.command == "worker":
         if "" not in sys.path:
             sys.path.insert(0, "")
-        engine = load_engine(args.engine)
         try:
+            engine = load_engine(args.engine, args.model)
             serve_worker(
                 engine,
                 args.connect,
