@@ -37,7 +37,7 @@ impl SpikingEngine {
 pub(crate) struct Learned {
     /// The label the model predicted before the update.
     predicted: u32,
-    /// Whether the weights changed (only when the prediction was wrong).
+    /// Whether the margin update moved the readout (docs/engine.md §7, step 2).
     changed: bool,
     /// The model version after the update.
     model_version: u64,

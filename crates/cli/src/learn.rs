@@ -48,8 +48,8 @@ pub(crate) struct LearnArgs {
     /// target/cpp/build && cmake --build target/cpp/build --target qnllm-cpp-worker`).
     #[arg(long, value_name = "PATH", env = "QNLLM_CPP_WORKER")]
     pub(crate) cpp_worker: Option<PathBuf>,
-    /// Passes of each teacher over its labelled images (10: each ≥ 85 % held out at 300
-    /// labels; 3 left them at 75–81 %).
+    /// Passes of each teacher over its labelled images (10: each 93.8–96.0 % held out at 300
+    /// labels; 3: 92.3–93.6 %, split seed 14).
     #[arg(long, default_value_t = 10)]
     pub(crate) teacher_passes: usize,
     /// Passes of the student over the unlabelled images.
