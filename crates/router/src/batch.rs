@@ -234,6 +234,10 @@ impl Backend for DynamicBatcher {
         self.inner.max_in_flight()
     }
 
+    fn in_flight(&self) -> Option<u64> {
+        self.inner.in_flight()
+    }
+
     fn follows_update_log(&self) -> bool {
         self.inner.follows_update_log()
     }

@@ -70,6 +70,9 @@ impl Backend for Echo {
     fn follows_update_log(&self) -> bool {
         true
     }
+    fn in_flight(&self) -> Option<u64> {
+        Some(ECHO_ACTIVITY.in_flight)
+    }
     fn reason<'a>(
         &'a self,
         x: &'a [f32],
@@ -223,6 +226,7 @@ async fn the_batcher_passes_on_what_its_engine_reports_of_itself() {
     let batcher = Arc::new(DynamicBatcher::new(Arc::new(Echo::default()), policy));
     assert_eq!(batcher.activity(), Some(ECHO_ACTIVITY));
     assert!(batcher.follows_update_log());
+    assert_eq!(batcher.in_flight(), Some(ECHO_ACTIVITY.in_flight));
     // A listing shows the worker's figures, batched or not.
     let router = Router::new();
     router.add(batcher);

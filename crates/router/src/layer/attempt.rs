@@ -26,9 +26,14 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Whether it may take one more try: below its in-flight limit.
+    /// Whether it may take one more try: below its in-flight limit, counting the router's
+    /// own tries and what the engine says it holds ([`Backend::in_flight`]), whichever is
+    /// more (requests can reach it around this router).
     pub(crate) fn has_room(&self) -> bool {
-        self.health.has_room(self.limit)
+        self.limit.is_none_or(|limit| {
+            let ours = self.health.in_flight.load(Ordering::Relaxed);
+            ours.max(self.backend.in_flight().unwrap_or(0)) < limit
+        })
     }
 }
 
