@@ -216,6 +216,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Requests it holds now, as it counts them itself (a worker's table of requests sent
+    /// and not yet answered), when it keeps such a count; `None` otherwise. With
+    /// [`Backend::max_in_flight`] this is its readiness: the router sends no try to an
+    /// engine that holds its limit while another has room, counting requests that reached
+    /// it around this router (another router, a coordinator's learning calls) as well as
+    /// its own. Read on every request for every engine with a limit: keep it cheap (an
+    /// atomic load).
+    fn in_flight(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether it applies learning updates in an order kept outside any one coordinator: a
     /// shared update log that it follows by itself, as a worker on NATS does. A coordinator
     /// neither replays updates to such a replica nor reads its described version as the

@@ -14,7 +14,9 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
+use crate::backend::{
+    Activity, Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState,
+};
 
 /// When to flush a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +232,18 @@ impl Backend for DynamicBatcher {
 
     fn max_in_flight(&self) -> Option<u32> {
         self.inner.max_in_flight()
+    }
+
+    fn in_flight(&self) -> Option<u64> {
+        self.inner.in_flight()
+    }
+
+    fn follows_update_log(&self) -> bool {
+        self.inner.follows_update_log()
+    }
+
+    fn activity(&self) -> Option<Activity> {
+        self.inner.activity()
     }
 
     fn reason<'a>(

@@ -183,11 +183,6 @@ impl Health {
         self.is_ejected_at(Instant::now())
     }
 
-    /// Whether it may take one more try: below its in-flight limit.
-    pub(crate) fn has_room(&self, limit: Option<u64>) -> bool {
-        limit.is_none_or(|limit| self.in_flight.load(Ordering::Relaxed) < limit)
-    }
-
     /// Expected cost of one more request: peak-EWMA latency × (in flight + 1). The latency
     /// estimate decays while the engine is not used, so an engine that was slow gets tried
     /// again after a while and can show it has recovered.

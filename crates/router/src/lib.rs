@@ -10,6 +10,7 @@ mod cache;
 mod consensus;
 mod coordinate;
 mod health;
+mod layer;
 mod local;
 mod router;
 pub mod strategy;

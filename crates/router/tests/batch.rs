@@ -10,7 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use qnllm_engine::{Digest, Reasoning};
 use qnllm_router::{
-    Answer, Backend, BackendError, BackendFuture, BatchPolicy, DynamicBatcher, EngineInfo,
+    Activity, Answer, Backend, BackendError, BackendFuture, BatchPolicy, DynamicBatcher,
+    EngineInfo, Router,
 };
 
 /// Answers with label = first value of the encoding; records batch sizes.
@@ -20,6 +21,13 @@ struct Echo {
     batches: Mutex<Vec<usize>>,
     describes: AtomicU64,
 }
+
+/// What `Echo` says it has done, as a worker reached over NATS would.
+const ECHO_ACTIVITY: Activity = Activity {
+    in_flight: 3,
+    served: 7,
+    last_heard_ms: 11,
+};
 
 fn answer(x: &[f32]) -> Result<Answer, BackendError> {
     if x.iter().any(|v| v.is_nan()) {
@@ -55,6 +63,15 @@ impl Backend for Echo {
             model_version: 0,
             model_digest: Digest::default(),
         }
+    }
+    fn activity(&self) -> Option<Activity> {
+        Some(ECHO_ACTIVITY)
+    }
+    fn follows_update_log(&self) -> bool {
+        true
+    }
+    fn in_flight(&self) -> Option<u64> {
+        Some(ECHO_ACTIVITY.in_flight)
     }
     fn reason<'a>(
         &'a self,
@@ -198,4 +215,20 @@ async fn a_request_whose_deadline_passes_in_the_queue_is_answered_and_never_comp
     let computed: usize = echo.batches.lock().unwrap().iter().sum::<usize>()
         + echo.singles.load(Ordering::Relaxed) as usize;
     assert_eq!(computed, 4, "the expired request was computed");
+}
+
+#[tokio::test]
+async fn the_batcher_passes_on_what_its_engine_reports_of_itself() {
+    let policy = Arc::new(ArcSwapOption::from_pointee(BatchPolicy {
+        max_batch: 8,
+        max_delay: Duration::ZERO,
+    }));
+    let batcher = Arc::new(DynamicBatcher::new(Arc::new(Echo::default()), policy));
+    assert_eq!(batcher.activity(), Some(ECHO_ACTIVITY));
+    assert!(batcher.follows_update_log());
+    assert_eq!(batcher.in_flight(), Some(ECHO_ACTIVITY.in_flight));
+    // A listing shows the worker's figures, batched or not.
+    let router = Router::new();
+    router.add(batcher);
+    assert_eq!(router.metrics().engines[0].activity, Some(ECHO_ACTIVITY));
 }

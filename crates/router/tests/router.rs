@@ -1170,3 +1170,63 @@ async fn an_engine_at_its_limit_is_still_where_a_vanished_engines_request_goes()
     assert_eq!(answer.engine, "busy");
     assert_eq!(first.await.unwrap().unwrap().engine, "busy");
 }
+
+/// A mock that also counts requests it holds from elsewhere (another router, a
+/// coordinator's learning calls), as a worker's table of waiting requests does.
+#[derive(Debug)]
+struct Loaded {
+    inner: Arc<Mock>,
+    held: AtomicU64,
+}
+
+impl Backend for Loaded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> EngineInfo {
+        self.inner.describe()
+    }
+    fn max_in_flight(&self) -> Option<u32> {
+        self.inner.max_in_flight()
+    }
+    fn in_flight(&self) -> Option<u64> {
+        Some(self.held.load(Ordering::Relaxed))
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Answer, BackendError>> {
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> BackendFuture<'a, Result<Vec<Answer>, BackendError>> {
+        self.inner.reason_batch(values, dim, budget)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_full_with_requests_from_elsewhere_gets_no_tries_while_another_has_room() {
+    let (full, free) = (
+        Mock::build("full", false, MODEL, Some(2)),
+        Mock::new("free", false),
+    );
+    let loaded = Arc::new(Loaded {
+        inner: full.clone(),
+        held: AtomicU64::new(2),
+    });
+    let router = Router::new();
+    router.add(loaded.clone());
+    router.add(free);
+    let counts = engines_answering(&router, 10).await;
+    assert_eq!(counts.get("free"), Some(&10), "{counts:?}");
+    assert_eq!(full.calls(), 0, "it said it holds its limit");
+    // With room again it gets its share.
+    loaded.held.store(0, Ordering::Relaxed);
+    let counts = engines_answering(&router, 10).await;
+    assert_eq!(counts.get("full"), Some(&5), "{counts:?}");
+}
