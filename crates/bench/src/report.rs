@@ -1,6 +1,7 @@
 //! What a run reports: a row per path with its figures and its ratios over the baselines
 //! measured in the same run, the rows that were skipped and why, hub memory.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -47,6 +48,9 @@ pub struct Row {
     pub past_deadline: Option<u64>,
     /// Saturated-deadline row only: results that came within their deadline.
     pub on_time: Option<u64>,
+    /// Saturated-deadline row only: the `DeadlineExceeded` answers by who gave them (the
+    /// hub on arrival, the hub's alarm, the router...), from their messages.
+    pub deadline_exceeded_by: BTreeMap<String, u64>,
     /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
     /// spaced quantiles from 0 to 1, in µs; empty without latency.
     pub distribution: Vec<f64>,
@@ -188,6 +192,7 @@ pub(crate) fn row(
         loaded_cpu_us_per_request: None,
         past_deadline: None,
         on_time: None,
+        deadline_exceeded_by: BTreeMap::new(),
         distribution,
     }
 }

@@ -298,6 +298,14 @@ fn print_table(report: &Report) {
             row.past_deadline.unwrap_or(0),
             row.on_time.unwrap_or(0),
         );
+        let by: Vec<String> = row
+            .deadline_exceeded_by
+            .iter()
+            .map(|(who, n)| format!("{n} by {who}"))
+            .collect();
+        if !by.is_empty() {
+            println!("  DeadlineExceeded given: {}", by.join(", "));
+        }
     }
     if let Some(m) = report.memory {
         println!(

@@ -34,6 +34,9 @@ pub enum HubError {
     /// The async runtime could not be built.
     #[error("cannot build the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The thread that answers requests at their deadlines could not be started.
+    #[error("cannot start the deadline thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -156,6 +159,7 @@ impl Hub {
             ),
             coordinator,
             fair,
+            alarms: crate::alarm::Alarms::start().map_err(HubError::Thread)?,
             batching,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             handshakes: Handshakes::new(config.max_handshakes, config.handshake_floor()),

@@ -4,6 +4,7 @@
 //! crate holds the worker side (serve an engine, reconnect) and the client side.
 
 mod accept;
+mod alarm;
 mod config;
 mod connection;
 pub mod convert;

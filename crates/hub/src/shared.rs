@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alarm::Alarms;
 use crate::config::HubConfig;
 use crate::fair::Fair;
 use crate::handshakes::Handshakes;
@@ -22,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// The router's request slots, shared among client connections in turn.
     pub(crate) fair: Arc<Fair>,
+    /// Answers client requests at their deadlines.
+    pub(crate) alarms: Alarms,
     /// Dynamic batching toward workers; `None` is off.
     pub(crate) batching: SharedBatchPolicy,
     /// Teachers for `coordinate`; the engines in rotation are the students. The one

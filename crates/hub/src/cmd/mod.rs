@@ -73,6 +73,7 @@ pub(crate) async fn dispatch(
     let routing = reason::Routing {
         router: &shared.router,
         fair: &shared.fair,
+        alarms: &shared.alarms,
     };
     match message {
         Message::Ping => {

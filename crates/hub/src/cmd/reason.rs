@@ -2,23 +2,26 @@
 //! with `result` or `batch_result`.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qnllm_protocol::{BatchResult, Deadline, ErrorCode, Message};
 use qnllm_router::{RequestOptions, Router, RouterError};
 
+use crate::alarm::Alarms;
 use crate::cmd::requests::ClientSession;
-use crate::connection::FrameSender;
 use crate::convert::{error_code, result_body};
-use crate::fair::{Fair, Slot};
+use crate::fair::Fair;
 use crate::stats::Counters;
 
-/// What `reason` and `batch` need of the hub: the router, and the turns at it.
+/// What `reason` and `batch` need of the hub: the router, the turns at it, and the alarms
+/// that answer at the deadline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Routing<'a> {
     pub(crate) router: &'a Arc<Router>,
     pub(crate) fair: &'a Arc<Fair>,
+    pub(crate) alarms: &'a Alarms,
 }
 
 /// One `reason` request as read.
@@ -98,55 +101,69 @@ impl Batch {
 
 /// Counts the request and runs it in a task of its own: waits for the connection's turn at
 /// the router, then `route` with what is left of the deadline, and answers with its reply
-/// or its error.
+/// or its error. The deadline counts from now, as the frame is read, not from when the
+/// task first runs; at the deadline the request is answered `DeadlineExceeded` by the
+/// hub's alarm (to within tens of µs, where the router's timers round up to a whole
+/// millisecond), and an answer that comes after it is not forwarded.
 fn spawn_routed<F, Fut>(
     routing: Routing<'_>,
     session: &ClientSession,
     id: u64,
     cost: usize,
-    deadline: Duration,
+    budget: Duration,
     route: F,
 ) where
     F: FnOnce(Arc<Router>, Duration) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Message, RouterError>> + Send,
 {
     Counters::add(&session.counters().requests, 1);
+    let now = Instant::now();
+    // A budget too large to add is as good as none: a year.
+    let expires = now
+        .checked_add(budget)
+        .unwrap_or(now + Duration::from_secs(365 * 86_400));
+    let alarm = routing.alarms.at(expires);
     let (router, fair) = (routing.router.clone(), routing.fair.clone());
     let (sender, counters) = (session.sender.clone(), session.counters_handle());
     let connection = session.connection();
     session.spawn_costing(id, cost, async move {
-        let Some((_slot, deadline)) = routed(&fair, connection, deadline).await else {
-            return expired(&counters, &sender, id, deadline).await;
+        let routing = AtomicBool::new(false);
+        let work = async {
+            let slot = fair.acquire(connection).await;
+            routing.store(true, Ordering::Relaxed);
+            let left = expires.saturating_duration_since(Instant::now());
+            // The router's future is about 3 KB: boxed, it is written once, where the
+            // task would otherwise copy it on every move into place.
+            let outcome = Box::pin(route(router, left)).await;
+            drop(slot);
+            outcome
         };
-        // The router's future is about 3 KB: boxed, it is written once, where the task
-        // would otherwise copy it on every move into place.
-        match Box::pin(route(router, deadline)).await {
-            Ok(reply) => {
-                sender.send(&reply, id, Deadline::NONE).await;
+        let outcome = tokio::select! {
+            biased;
+            () = alarm => None,
+            outcome = work => Some(outcome),
+        };
+        let late = Instant::now().saturating_duration_since(expires);
+        let message = match outcome {
+            None if !routing.load(Ordering::Relaxed) => format!(
+                "the deadline of {budget:?} passed while the request waited for its turn in \
+                 the router"
+            ),
+            None => format!("the deadline of {budget:?} passed before an engine answered"),
+            Some(Ok(_)) if !late.is_zero() => {
+                format!("the answer came {late:?} after the deadline of {budget:?}; not forwarded")
             }
-            Err(err) => {
+            Some(Ok(reply)) => {
+                sender.send(&reply, id, Deadline::NONE).await;
+                return;
+            }
+            Some(Err(err)) => {
                 Counters::add(&counters.errors, 1);
                 sender.fail(id, error_code(&err), err.to_string()).await;
+                return;
             }
-        }
+        };
+        Counters::add(&counters.errors, 1);
+        sender.fail(id, ErrorCode::DeadlineExceeded, message).await;
     });
-}
-
-/// Waits for this connection's turn at a slot in the router, within `deadline`; the slot
-/// and what is left of the deadline, or `None` if it passed while waiting.
-async fn routed(fair: &Arc<Fair>, connection: u64, deadline: Duration) -> Option<(Slot, Duration)> {
-    let started = tokio::time::Instant::now();
-    let slot = tokio::time::timeout(deadline, fair.acquire(connection))
-        .await
-        .ok()?;
-    Some((slot, deadline.saturating_sub(started.elapsed())))
-}
-
-/// Answers a request whose deadline passed while it waited for its turn.
-async fn expired(counters: &Counters, sender: &FrameSender, id: u64, deadline: Duration) {
-    Counters::add(&counters.errors, 1);
-    let message = format!(
-        "the deadline of {deadline:?} passed while the request waited for its turn in the router"
-    );
-    sender.fail(id, ErrorCode::DeadlineExceeded, message).await;
 }

@@ -1,0 +1,192 @@
+//! `Alarms`: wakes a task at an instant to within the scheduler's slack (tens of µs), for
+//! request deadlines; tokio's timer rounds every sleep up to a whole millisecond.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+/// The alarms of one hub and the thread that rings them; the thread ends when this is
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Alarms {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the thread: an alarm sooner than the one it sleeps for, or the end.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The tasks to wake, soonest first; the key tells apart alarms of one instant.
+    due: BTreeMap<(Instant, u64), Waker>,
+    next_key: u64,
+    stopped: bool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Single inserts and removes: a poisoned map is still whole.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sleeps until the soonest alarm, wakes every task that is due, until stopped.
+    fn run(&self) {
+        let mut state = self.lock();
+        while !state.stopped {
+            let now = Instant::now();
+            while let Some(entry) = state.due.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                entry.remove().wake();
+            }
+            state = match state.due.first_key_value().map(|(&(at, _), _)| at) {
+                // A condvar's timed wait is a futex with a nanosecond timeout.
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.changed
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            };
+        }
+    }
+}
+
+impl Alarms {
+    /// Starts the thread that rings the alarms.
+    pub(crate) fn start() -> std::io::Result<Alarms> {
+        let inner = Arc::new(Inner::default());
+        let ringer = inner.clone();
+        std::thread::Builder::new()
+            .name("qnllm-alarms".into())
+            .spawn(move || ringer.run())?;
+        Ok(Alarms { inner })
+    }
+
+    /// A future that is ready at `at` (at once if `at` has passed).
+    pub(crate) fn at(&self, at: Instant) -> Alarm {
+        Alarm {
+            inner: self.inner.clone(),
+            at,
+            key: None,
+        }
+    }
+}
+
+impl Drop for Alarms {
+    fn drop(&mut self) {
+        self.inner.lock().stopped = true;
+        self.inner.changed.notify_one();
+    }
+}
+
+/// Ready at its instant; see [`Alarms::at`]. Dropping it cancels it.
+#[derive(Debug)]
+pub(crate) struct Alarm {
+    inner: Arc<Inner>,
+    at: Instant,
+    /// Set while it is registered with the thread.
+    key: Option<u64>,
+}
+
+impl Future for Alarm {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut state = this.inner.lock();
+        if Instant::now() >= this.at {
+            if let Some(key) = this.key.take() {
+                state.due.remove(&(this.at, key));
+            }
+            return Poll::Ready(());
+        }
+        let key = match this.key {
+            Some(key) => key,
+            None => {
+                let key = state.next_key;
+                state.next_key += 1;
+                this.key = Some(key);
+                key
+            }
+        };
+        let soonest = state
+            .due
+            .first_key_value()
+            .is_none_or(|(&(at, _), _)| this.at < at);
+        state.due.insert((this.at, key), cx.waker().clone());
+        drop(state);
+        if soonest {
+            this.inner.changed.notify_one();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.inner.lock().due.remove(&(self.at, key));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn alarms_ring_in_the_order_of_their_instants_and_a_dropped_one_never() {
+        let alarms = Alarms::start().unwrap();
+        let t0 = Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut dropped = Box::pin(alarms.at(t0 + Duration::from_millis(2)));
+        assert!(futures::poll!(dropped.as_mut()).is_pending());
+        for (name, ms) in [("c", 9), ("a", 3), ("b", 6)] {
+            let (alarm, tx) = (alarms.at(t0 + Duration::from_millis(ms)), tx.clone());
+            tokio::spawn(async move {
+                alarm.await;
+                tx.send(name).unwrap();
+            });
+        }
+        drop(dropped);
+        drop(tx);
+        let mut rang = Vec::new();
+        while let Some(name) = rx.recv().await {
+            rang.push(name);
+        }
+        assert_eq!(rang, ["a", "b", "c"]);
+        assert!(
+            alarms.inner.lock().due.is_empty(),
+            "an alarm was left behind"
+        );
+        assert!(
+            Instant::now() >= t0 + Duration::from_millis(9),
+            "rang early"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_alarm_whose_instant_has_passed_is_ready_at_once() {
+        let alarms = Alarms::start().unwrap();
+        let mut alarm = Box::pin(alarms.at(Instant::now()));
+        assert!(futures::poll!(alarm.as_mut()).is_ready());
+    }
+}
