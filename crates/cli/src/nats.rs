@@ -42,6 +42,46 @@ pub(crate) struct NatsArgs {
     nats_log_replicas: usize,
 }
 
+/// What only a worker on NATS takes: its model snapshots and the log trimming behind them.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct NatsWorkerArgs {
+    /// Offer a snapshot of the model to the lineage's snapshot stream after every N update
+    /// log entries; a late or cut-off replica starts from the newest [default: 1000; 0: never
+    /// offer one].
+    #[arg(long, value_name = "N", requires = "nats")]
+    nats_snapshot_every: Option<u64>,
+    /// After storing a snapshot at entry n, purge the update log below n - N, so it holds
+    /// about snapshot-every + N entries; a replica less than N entries behind still catches
+    /// up from the log, one further behind loads the snapshot. `off` keeps every entry (an
+    /// engine that cannot load snapshots needs the whole log) [default: 1000].
+    #[arg(long, value_name = "N|off", requires = "nats", value_parser = margin)]
+    nats_log_margin: Option<Margin>,
+}
+
+/// `--nats-log-margin`: a count, or `off` (no trimming).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Margin(Option<u64>);
+
+fn margin(text: &str) -> Result<Margin, String> {
+    if text == "off" {
+        return Ok(Margin(None));
+    }
+    text.parse()
+        .map(|n| Margin(Some(n)))
+        .map_err(|_| format!("`{text}` is neither a number of entries nor `off`"))
+}
+
+impl NatsWorkerArgs {
+    fn apply(&self, config: &mut WorkerConfig) {
+        if let Some(every) = self.nats_snapshot_every {
+            config.snapshot_every = every;
+        }
+        if let Some(Margin(margin)) = self.nats_log_margin {
+            config.trim_margin = margin;
+        }
+    }
+}
+
 impl NatsArgs {
     /// The cluster URL, when `--nats` was given.
     pub(crate) fn url(&self) -> Option<&str> {
@@ -85,6 +125,7 @@ fn cluster_name(name: String) -> String {
 /// `qnllm worker --nats`: serves `engine` on the cluster until SIGINT or SIGTERM.
 pub(crate) fn worker(
     args: &NatsArgs,
+    log_args: &NatsWorkerArgs,
     engine: LocalBackend,
     name: String,
     max_in_flight: u32,
@@ -98,6 +139,7 @@ pub(crate) fn worker(
     config.max_in_flight = max_in_flight;
     config.heartbeat = args.heartbeat();
     config.log_replicas = args.nats_log_replicas;
+    log_args.apply(&mut config);
     runtime.block_on(async move {
         let shutdown = on_signal();
         let client = qnllm_nats::connect(&options)

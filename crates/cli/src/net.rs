@@ -71,6 +71,10 @@ pub(crate) struct ServeArgs {
     /// Dynamic batching: longest wait after a batch's first encoding, in microseconds.
     #[arg(long)]
     batch_delay_us: Option<u64>,
+    /// When the student learns a `coordinate` consensus: majority (every one), unanimous,
+    /// reliable[:SHARE], peer:SHARE or margin:M (docs/learning.md) [default: majority].
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<String>,
     /// A teacher model for `coordinate` requests (`seed:N` or a file); repeat for more.
     #[arg(long = "teacher", value_name = "seed:N|FILE")]
     teachers: Vec<String>,
@@ -123,6 +127,8 @@ pub(crate) struct WorkerArgs {
     teacher: bool,
     #[command(flatten)]
     nats: crate::nats::NatsArgs,
+    #[command(flatten)]
+    nats_log: crate::nats::NatsWorkerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +259,7 @@ fn hub_config(args: ServeArgs) -> Result<HubConfig> {
     config.batch_max = args.batch_max.unwrap_or(config.batch_max);
     config.batch_delay_us = args.batch_delay_us.unwrap_or(config.batch_delay_us);
     config.busy_poll_us = args.busy_poll_us.unwrap_or(config.busy_poll_us);
+    config.policy = args.policy.unwrap_or(config.policy);
     if !args.teachers.is_empty() {
         config.teachers = args.teachers;
     }
@@ -288,6 +295,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
         let (name, runtime) = (config.name, runtime_with(args.threads)?);
         return crate::nats::worker(
             &args.nats,
+            &args.nats_log,
             engine,
             name,
             args.max_in_flight,

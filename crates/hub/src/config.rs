@@ -106,6 +106,9 @@ pub struct HubConfig {
     pub batch_delay_us: u64,
     /// Teacher models for `coordinate` requests: `seed:N` or a safetensors path each.
     pub teachers: Vec<String>,
+    /// When the student learns a `coordinate` consensus: `majority`, `unanimous`,
+    /// `reliable`, `reliable:SHARE`, `peer:SHARE` or `margin:M` (`docs/learning.md`).
+    pub policy: String,
     /// Busy polling: how long a connection's reader polls for the next frame before its
     /// thread sleeps, in microseconds; 0 (the default) never polls. Saves the wake-up of a
     /// sleeping core per hop at the price of CPU spent waiting (`docs/hub.md`).
@@ -143,6 +146,7 @@ impl Default for HubConfig {
             batch_max: 0,
             batch_delay_us: 200,
             teachers: Vec::new(),
+            policy: "majority".into(),
             busy_poll_us: 0,
         }
     }
@@ -198,6 +202,7 @@ impl HubConfig {
             ));
         }
         self.router_config()?;
+        self.consensus_policy()?;
         if let Some(listen) = &self.listen {
             let loopback = match listen.parse::<SocketAddr>() {
                 Ok(addr) => addr.ip().is_loopback(),
@@ -259,6 +264,15 @@ impl HubConfig {
                 .then(|| Duration::from_millis(self.per_try_timeout_ms)),
             ..RouterConfig::default()
         })
+    }
+
+    /// The coordinator's consensus policy `policy` names.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the accepted forms.
+    pub fn consensus_policy(&self) -> Result<qnllm_router::ConsensusPolicy, ConfigError> {
+        qnllm_router::ConsensusPolicy::parse(&self.policy).map_err(ConfigError::Invalid)
     }
 
     /// The dynamic batching these name, if on.

@@ -148,6 +148,7 @@ impl Hub {
             teachers,
             router.clone(),
         ));
+        coordinator.set_policy(config.consensus_policy()?);
         let shared = Shared {
             registry: Registry::new(
                 router.clone(),

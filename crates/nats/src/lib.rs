@@ -21,5 +21,5 @@ pub use connect::{connect, NatsOptions};
 pub use discovery::{Discovery, DiscoveryConfig};
 pub use error::NatsError;
 pub use frame::{decode_one, FrameOfOne};
-pub use log::{LearnLog, LogEntry, Snapshot};
+pub use log::{Fetched, LearnLog, LogEntry, Snapshot};
 pub use worker::WorkerConfig;

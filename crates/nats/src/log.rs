@@ -28,6 +28,21 @@ pub struct LogEntry {
     pub encoding: Vec<f32>,
 }
 
+/// What the log holds at one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// The entry.
+    Entry(LogEntry),
+    /// Nothing yet: the log is not that long.
+    NotWritten,
+    /// Trimmed after a snapshot: the log now starts at `first`, and a replica that has not
+    /// applied the entry must load a snapshot instead.
+    Trimmed {
+        /// The first sequence the log still holds.
+        first: u64,
+    },
+}
+
 /// A model as every replica holds it after one log entry: a late replica loads it and
 /// follows the log from the entry after.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,12 +203,26 @@ impl LearnLog {
         Ok(ack.sequence)
     }
 
-    /// The entry at `seq`, or `None` when the log is not that long yet.
+    /// The entry at `seq`, or `None` when there is none: not written yet, or trimmed
+    /// ([`LearnLog::fetch`] tells which).
     ///
     /// # Errors
     ///
     /// [`NatsError::Log`] when JetStream fails or the entry is not a `learn` frame.
     pub async fn read(&self, lineage: &str, seq: u64) -> Result<Option<LogEntry>, NatsError> {
+        Ok(match self.fetch(lineage, seq).await? {
+            Fetched::Entry(entry) => Some(entry),
+            Fetched::NotWritten | Fetched::Trimmed { .. } => None,
+        })
+    }
+
+    /// The entry at `seq`; or, when the log holds none there, whether it was trimmed (below
+    /// the first sequence the stream still holds) or is not written yet.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream fails or the entry is not a `learn` frame.
+    pub async fn fetch(&self, lineage: &str, seq: u64) -> Result<Fetched, NatsError> {
         let stream = self.stream(lineage).await?;
         let fail = |reason: String| NatsError::Log {
             stream: subject::log_stream(lineage),
@@ -202,14 +231,21 @@ impl LearnLog {
         let message = match stream.get_raw_message(seq).await {
             Ok(message) => message,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None)
+                // Only the stream's state tells a purged entry from one not written yet:
+                // a purge moves its first sequence past the entries it removed.
+                let (first, _) = self.bounds(lineage).await?;
+                return Ok(if seq < first {
+                    Fetched::Trimmed { first }
+                } else {
+                    Fetched::NotWritten
+                });
             }
             Err(e) => return Err(fail(e.to_string())),
         };
         let frame = decode_one(&message.payload, DEFAULT_MAX_FRAME_BYTES)
             .map_err(|e| fail(format!("entry {seq}: {e}")))?;
         match frame.message() {
-            Ok(Message::Learn(learn)) => Ok(Some(LogEntry {
+            Ok(Message::Learn(learn)) => Ok(Fetched::Entry(LogEntry {
                 seq,
                 label: learn.label,
                 encoding: learn.encoding.0,
@@ -225,12 +261,44 @@ impl LearnLog {
     ///
     /// [`NatsError::Log`] when JetStream fails.
     pub async fn last_entry(&self, lineage: &str) -> Result<u64, NatsError> {
+        Ok(self.bounds(lineage).await?.1)
+    }
+
+    /// The first sequence the lineage's log still holds and its last: `(1, 0)` for a log
+    /// never written, `(n + 1, n)` for one trimmed of all its `n` entries.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream fails.
+    pub async fn bounds(&self, lineage: &str) -> Result<(u64, u64), NatsError> {
         let mut stream = self.stream(lineage).await?;
         let info = stream.info().await.map_err(|e| NatsError::Log {
             stream: subject::log_stream(lineage),
             reason: e.to_string(),
         })?;
-        Ok(info.state.last_sequence)
+        // An empty stream reports first 0; its first entry will be 1.
+        let first = info.state.first_sequence.max(1);
+        Ok((first, info.state.last_sequence))
+    }
+
+    /// Removes the lineage's entries below `below` (JetStream purge up to a sequence), and
+    /// returns how many went. Idempotent: entries already gone are not counted, and a
+    /// `below` under the first entry held removes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream refuses.
+    pub async fn trim(&self, lineage: &str, below: u64) -> Result<u64, NatsError> {
+        let stream = self.stream(lineage).await?;
+        let purged = stream
+            .purge()
+            .sequence(below)
+            .await
+            .map_err(|e| NatsError::Log {
+                stream: subject::log_stream(lineage),
+                reason: format!("purge below {below}: {e}"),
+            })?;
+        Ok(purged.purged)
     }
 
     /// Stores `snapshot` as the lineage's newest. Every replica offers the same bits for one
@@ -268,6 +336,15 @@ impl LearnLog {
     ///
     /// [`NatsError::Log`] when JetStream fails, or a stored snapshot lacks its headers.
     pub async fn latest_snapshot(&self, lineage: &str) -> Result<Option<Snapshot>, NatsError> {
+        Ok(self.snapshots(lineage).await?.into_iter().next())
+    }
+
+    /// The lineage's kept snapshots, newest (by log entry) first; none when none was taken.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Log`] when JetStream fails, or a stored snapshot lacks its headers.
+    pub async fn snapshots(&self, lineage: &str) -> Result<Vec<Snapshot>, NatsError> {
         let name = subject::snapshot_stream(lineage);
         let fail = |reason: String| NatsError::Log {
             stream: name.clone(),
@@ -282,13 +359,13 @@ impl LearnLog {
                         if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
                 ) =>
             {
-                return Ok(None)
+                return Ok(Vec::new())
             }
             Err(e) => return Err(fail(e.to_string())),
         };
         let info = stream.info().await.map_err(|e| fail(e.to_string()))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let mut newest: Option<Snapshot> = None;
+        let mut kept = Vec::new();
         for seq in first..=last {
             let message = match stream.get_raw_message(seq).await {
                 Ok(message) => message,
@@ -298,11 +375,10 @@ impl LearnLog {
             };
             let snapshot =
                 snapshot_of(&message).map_err(|reason| fail(format!("message {seq}: {reason}")))?;
-            if newest.as_ref().is_none_or(|n| snapshot.seq > n.seq) {
-                newest = Some(snapshot);
-            }
+            kept.push(snapshot);
         }
-        Ok(newest)
+        kept.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        Ok(kept)
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::announce::Announce;
 use crate::error::NatsError;
 use crate::frame::decode_one;
-use crate::log::{LearnLog, Snapshot};
+use crate::log::{Fetched, LearnLog, Snapshot};
 use crate::subject;
 use qnllm_hub::convert::result_body;
 
@@ -47,11 +47,18 @@ pub struct WorkerConfig {
     /// whose sequence is a multiple of this; 0: never. A worker starts from the newest
     /// snapshot whatever this says.
     pub snapshot_every: u64,
+    /// Trim the update log after storing a snapshot at entry `n`: entries below
+    /// `n − margin` are purged, so the log holds about `snapshot_every + margin` entries. A
+    /// replica less than `margin` entries behind still catches up from the log (and keeps
+    /// every entry's state for the hubs' `applied` questions); one further behind loads the
+    /// snapshot. `None`: keep every entry.
+    pub trim_margin: Option<u64>,
 }
 
 impl WorkerConfig {
     /// Defaults for `name`: 64 in flight, heartbeat 1 s, follow the log (one copy), 5 s
-    /// grace, a snapshot every 1 000 updates.
+    /// grace, a snapshot every 1 000 updates, and the log trimmed to 1 000 entries before
+    /// the newest snapshot.
     pub fn new(name: impl Into<String>) -> WorkerConfig {
         WorkerConfig {
             name: name.into(),
@@ -62,9 +69,14 @@ impl WorkerConfig {
             log_replicas: 1,
             grace: Duration::from_secs(5),
             snapshot_every: 1_000,
+            trim_margin: Some(DEFAULT_TRIM_MARGIN),
         }
     }
 }
+
+/// Entries kept below the newest snapshot when trimming: as many as a snapshot interval,
+/// so the older of the two kept snapshots can still be followed from the log.
+pub const DEFAULT_TRIM_MARGIN: u64 = 1_000;
 
 /// States reached by applying log entries, remembered so a hub can ask for the state after
 /// exactly its entry, even when later entries were applied since.
@@ -380,7 +392,10 @@ async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
                 Some(Err(reason)) => error_frame(ErrorCode::EngineFailed, reason.clone(), 0),
                 None => error_frame(
                     ErrorCode::EngineFailed,
-                    format!("update {seq} was applied too long ago to report its state"),
+                    format!(
+                        "the state after update {seq} is not kept here: applied too long \
+                         ago, or passed over by loading a later snapshot"
+                    ),
                     0,
                 ),
             },
@@ -397,53 +412,71 @@ async fn answer_applied(shared: Arc<Shared>, message: async_nats::Message) {
     let _ = shared.client.publish(reply, answer).await;
 }
 
-/// Loads the lineage's newest snapshot, if there is one this engine can take and it is what
-/// it says it is (its model's digest is the one recorded); returns the log entry it holds,
-/// or 0 when the log must be replayed from the start.
-async fn start_from_snapshot(shared: &Shared, log: &LearnLog) -> u64 {
-    let snapshot = match log.latest_snapshot(&shared.lineage).await {
-        Ok(Some(snapshot)) => snapshot,
-        Ok(None) => return 0,
+/// Loads the newest of the lineage's kept snapshots that this engine can take, that is what
+/// it says it is (its model's digest is the one recorded), that is past entry `past`, and
+/// from which the log can still be followed (the log holds the entry after it, or has not
+/// reached it yet). Returns the log entry it holds, or `None` when there is no such
+/// snapshot (the model is then unchanged).
+async fn load_snapshot(shared: &Shared, log: &LearnLog, past: u64) -> Option<u64> {
+    let kept = match log.snapshots(&shared.lineage).await {
+        Ok(kept) => kept,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the snapshots; replaying the whole log");
-            return 0;
+            tracing::warn!(error = %e, "cannot read the snapshots");
+            return None;
         }
     };
-    // What to go back to if the snapshot is not what it claims.
-    let Some((_, original)) = shared.engine.export_model() else {
-        tracing::info!("this engine cannot load snapshots; replaying the whole log");
-        return 0;
-    };
-    let refuse = |reason: String| {
-        tracing::warn!(seq = snapshot.seq, %reason, "snapshot refused; replaying the whole log");
-        0
-    };
-    match shared.engine.import_model(&snapshot.model) {
-        Ok(state) if state == snapshot.state => {
-            shared.states().insert(snapshot.seq, Ok(state));
-            shared.snapshot.store(snapshot.seq, Ordering::Relaxed);
-            tracing::info!(
-                seq = snapshot.seq,
-                version = state.version,
-                "started from a snapshot"
-            );
-            snapshot.seq
-        }
-        Ok(state) => {
-            let restored = shared.engine.import_model(&original);
-            if let Err(e) = restored {
-                tracing::error!(error = %e, "cannot restore the model after a bad snapshot");
-            }
-            refuse(format!(
-                "its model is at version {} digest {}, the snapshot says version {} digest {}",
-                state.version,
-                state.digest.to_hex(),
-                snapshot.state.version,
-                snapshot.state.digest.to_hex()
-            ))
-        }
-        Err(e) => refuse(e.to_string()),
+    if kept.iter().all(|s| s.seq <= past) {
+        return None;
     }
+    let first = match log.bounds(&shared.lineage).await {
+        Ok((first, _)) => first,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the update log's bounds");
+            return None;
+        }
+    };
+    // What to go back to if a snapshot is not what it claims.
+    let Some((_, original)) = shared.engine.export_model() else {
+        tracing::info!("this engine cannot load snapshots");
+        return None;
+    };
+    for snapshot in kept.into_iter().filter(|s| s.seq > past) {
+        if snapshot.seq + 1 < first {
+            tracing::warn!(
+                seq = snapshot.seq,
+                first,
+                "snapshot passed over: the log was trimmed past it"
+            );
+            continue;
+        }
+        let refused = match shared.engine.import_model(&snapshot.model) {
+            Ok(state) if state == snapshot.state => {
+                shared.states().insert(snapshot.seq, Ok(state));
+                shared.snapshot.fetch_max(snapshot.seq, Ordering::Relaxed);
+                tracing::info!(
+                    seq = snapshot.seq,
+                    version = state.version,
+                    "loaded a snapshot"
+                );
+                return Some(snapshot.seq);
+            }
+            Ok(state) => {
+                if let Err(e) = shared.engine.import_model(&original) {
+                    tracing::error!(error = %e, "cannot restore the model after a bad snapshot");
+                }
+                format!(
+                    "its model is at version {} digest {}, the snapshot says version {} digest {}",
+                    state.version,
+                    state.digest.to_hex(),
+                    snapshot.state.version,
+                    snapshot.state.digest.to_hex()
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(seq = snapshot.seq, reason = %refused, "snapshot refused");
+    }
+    None
 }
 
 /// Offers the model as it is after log entry `seq` to the lineage's snapshot stream, in the
@@ -469,8 +502,20 @@ fn offer_snapshot(shared: &Arc<Shared>, log: &Arc<LearnLog>, seq: u64) {
         }
         match log.put_snapshot(&shared.lineage, &snapshot).await {
             Ok(()) => {
-                shared.snapshot.fetch_max(seq, Ordering::Relaxed);
                 tracing::debug!(seq, "snapshot stored");
+                // Every replica whose offer was acknowledged trims: the purges are the same
+                // and idempotent, and the log is trimmed even if the one that stored the
+                // snapshot dies before it could.
+                if let Some(margin) = shared.config.trim_margin {
+                    let below = seq.saturating_sub(margin);
+                    if below > 1 {
+                        match log.trim(&shared.lineage, below).await {
+                            Ok(purged) => tracing::debug!(below, purged, "update log trimmed"),
+                            Err(e) => tracing::warn!(error = %e, "update log not trimmed"),
+                        }
+                    }
+                }
+                shared.snapshot.fetch_max(seq, Ordering::Relaxed);
                 shared.announce(false).await;
             }
             Err(e) => tracing::warn!(error = %e, seq, "snapshot not stored"),
@@ -500,15 +545,49 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
         }
     };
     let served = AtomicU64::new(0);
-    let start = start_from_snapshot(&shared, &log).await;
+    let start = match load_snapshot(&shared, &log, 0).await {
+        Some(seq) => seq,
+        None => {
+            tracing::info!("no snapshot loaded; following the update log from its first entry");
+            0
+        }
+    };
     shared.applied.send_replace(start);
     let mut next = start + 1;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The log's first entry when it was last found trimmed past `next` and no snapshot
+    // could be loaded: tried again once a tick, not on every update.
+    let mut stuck: Option<u64> = None;
     loop {
         // Catch up as far as the log goes.
         loop {
-            match log.read(&shared.lineage, next).await {
-                Ok(Some(entry)) => {
+            match log.fetch(&shared.lineage, next).await {
+                Ok(Fetched::Trimmed { first }) => {
+                    if stuck.is_some() {
+                        break;
+                    }
+                    // Cut off (or started) while the log was trimmed past this replica:
+                    // the entries it lacks are only in a snapshot now.
+                    match load_snapshot(&shared, &log, next - 1).await {
+                        Some(seq) => {
+                            shared.applied.send_replace(seq);
+                            served.fetch_add(1, Ordering::Relaxed);
+                            next = seq + 1;
+                        }
+                        None => {
+                            tracing::error!(
+                                next,
+                                first,
+                                "the update log was trimmed past this replica and no snapshot \
+                                 it can load reaches it: it cannot follow the lineage (trying \
+                                 again each second)"
+                            );
+                            stuck = Some(first);
+                            break;
+                        }
+                    }
+                }
+                Ok(Fetched::Entry(entry)) => {
                     // Counted first: an announcement at this entry's version says how many
                     // entries it took.
                     shared.replayed.fetch_add(1, Ordering::Relaxed);
@@ -533,7 +612,7 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
                     }
                     next += 1;
                 }
-                Ok(None) => break,
+                Ok(Fetched::NotWritten) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, seq = next, "cannot read the update log yet");
                     break;
@@ -548,7 +627,7 @@ async fn follow_log(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = kicks.next() => {}
             () = shared.behind.notified() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => stuck = None,
         }
     }
 }

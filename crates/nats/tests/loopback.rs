@@ -491,8 +491,8 @@ async fn a_late_worker_starts_from_the_snapshot_and_replays_only_the_entries_aft
     }
 
     // A snapshot that is not what it says (its model is entry 5's, its headers claim entry
-    // 6 and another digest) is refused: the next worker replays the whole log, and still
-    // reaches the same model.
+    // 6 and another digest) is refused: the next worker falls back to the older snapshot
+    // kept, the true one at entry 5, and still reaches the same model.
     let log = qnllm_nats::LearnLog::new(client.clone(), 1);
     let lineage = engine(1).digest().short();
     let real = log.latest_snapshot(&lineage).await.unwrap().unwrap();
@@ -517,7 +517,7 @@ async fn a_late_worker_starts_from_the_snapshot_and_replays_only_the_entries_aft
     .await;
     assert_eq!(
         (joined.snapshot, joined.replayed),
-        (0, UPDATES),
+        (EVERY, UPDATES - EVERY),
         "{joined:?}"
     );
     assert_eq!(joined.model_digest, replay.digest().to_hex(), "{joined:?}");
@@ -731,4 +731,318 @@ async fn a_hub_lists_nats_workers_with_their_kind_transport_and_figures() {
     let listed: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(row(&listed, "w1")["served"], 4, "{listed}");
     worker.stop().await;
+}
+
+/// A TCP relay on a loopback port in front of the server: a worker connected through it is
+/// cut off (its connections dropped, new ones refused) and let back at the test's word.
+struct Relay {
+    url: String,
+    up: tokio::sync::watch::Sender<bool>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Relay {
+    async fn start(server_url: &str) -> Relay {
+        let target = server_url.trim_start_matches("nats://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                };
+                if !*watch.borrow() {
+                    continue; // cut off: the connection is dropped at once
+                }
+                let mut watch = watch.clone();
+                let target = target.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                        () = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            url,
+            up,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+/// The `learned` state (version, digest) `name` reports after log entry `seq`, or the
+/// message of the error it answers.
+async fn applied_state(
+    client: &async_nats::Client,
+    name: &str,
+    seq: u64,
+) -> Result<(u64, [u8; 32]), String> {
+    let mut ask = Vec::new();
+    ask.extend_from_slice(&seq.to_le_bytes());
+    ask.extend_from_slice(&5_000u32.to_le_bytes());
+    let reply = within(
+        "an applied answer",
+        client.request(subject::applied(name), ask.into()),
+    )
+    .await
+    .unwrap();
+    match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
+        .unwrap()
+        .message()
+        .unwrap()
+    {
+        Message::Learned(l) => Ok((l.model_version, l.model_digest)),
+        Message::Error(e) => Err(e.message),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The result digest `name` answers for `x`.
+async fn answer_of(client: &async_nats::Client, name: &str, x: &[f32]) -> [u8; 32] {
+    let mut out = BytesMut::new();
+    encode_reason_frame(x, 1, Deadline::NONE, &mut out);
+    let reply = within(
+        "an answer",
+        client.request(subject::engine(name), out.freeze()),
+    )
+    .await
+    .unwrap();
+    match decode_one(&reply.payload, DEFAULT_MAX_FRAME_BYTES)
+        .unwrap()
+        .message()
+        .unwrap()
+    {
+        Message::Result(r) => r.result_digest,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// A local engine that learned `samples` in turn (labels as [`teach`] gives them from 0),
+/// and its state after each: what every replica must hold after each log entry.
+fn replayed(samples: &[Vec<f32>]) -> (SpikingEngine, Vec<qnllm_router::ModelState>) {
+    let mut replay = engine(1);
+    let mut states = Vec::new();
+    for (i, x) in samples.iter().enumerate() {
+        replay.learn(x, i as u32 % 10).unwrap();
+        states.push(qnllm_router::ModelState {
+            version: replay.info().version,
+            digest: replay.digest(),
+        });
+    }
+    (replay, states)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_trimmed_after_each_snapshot_and_a_later_worker_loads_it() {
+    const EVERY: u64 = 4;
+    const MARGIN: u64 = 2;
+    let bin = require_server!();
+    let server = start_server(&bin).await;
+    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
+    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
+    client.flush().await.unwrap();
+    let trimming = |c: &mut WorkerConfig| {
+        c.snapshot_every = EVERY;
+        c.trim_margin = Some(MARGIN);
+    };
+    let w1 = Worker::start_with(&server.url, "w1", engine(1), trimming).await;
+    let w2 = Worker::start_with(&server.url, "w2", engine(1), trimming).await;
+    let router = Arc::new(Router::new());
+    let mut discovery = discovering(&server.url, &router).await;
+    within("discovery of 2 workers", discovery.wait_for(2)).await;
+    let coordinator = Coordinator::new(Vec::new(), router.backends());
+    let samples: Vec<Vec<f32>> = NormalInputs::new(41, 768).take(10).collect();
+    let (replay, _) = replayed(&samples);
+    let log = qnllm_nats::LearnLog::new(client.clone(), 1);
+    let lineage = engine(1).digest().short();
+
+    // Entries 1-5: the snapshot at 4 trims the log below 4 - 2.
+    teach(&coordinator, &samples[..5], 0).await;
+    // A replica announces a snapshot only once its trim is done.
+    within(
+        "a replica storing the snapshot at entry 4",
+        announced(&mut announcements, |a| a.snapshot == EVERY),
+    )
+    .await;
+    assert_eq!(log.bounds(&lineage).await.unwrap(), (EVERY - MARGIN, 5));
+    assert_eq!(log.read(&lineage, 1).await.unwrap(), None);
+    assert_eq!(
+        log.fetch(&lineage, 1).await.unwrap(),
+        qnllm_nats::Fetched::Trimmed { first: 2 }
+    );
+    assert_eq!(
+        log.fetch(&lineage, 6).await.unwrap(),
+        qnllm_nats::Fetched::NotWritten
+    );
+    // Entries 6-10: the snapshot at 8 trims it below 6.
+    let taught = teach(&coordinator, &samples[5..], 5).await;
+    assert_eq!(taught.digest, replay.digest());
+    within(
+        "a replica storing the snapshot at entry 8",
+        announced(&mut announcements, |a| a.snapshot == 2 * EVERY),
+    )
+    .await;
+    assert_eq!(
+        log.bounds(&lineage).await.unwrap(),
+        (2 * EVERY - MARGIN, 10)
+    );
+
+    // A worker started now cannot replay from entry 1: it loads the snapshot at 8 and
+    // applies 9 and 10, to the model of a replica that saw every entry.
+    let w3 = Worker::start_with(&server.url, "w3", engine(1), trimming).await;
+    let joined = within(
+        "w3 at the last update",
+        announced(&mut announcements, |a| {
+            a.name == "w3" && a.model_version == 10
+        }),
+    )
+    .await;
+    assert_eq!((joined.snapshot, joined.replayed), (8, 2), "{joined:?}");
+    assert_eq!(joined.model_digest, replay.digest().to_hex(), "{joined:?}");
+    let x = NormalInputs::new(42, 768).next().unwrap();
+    let want = replay.reason(&x).unwrap().result_digest.0;
+    for name in ["w1", "w3"] {
+        assert_eq!(answer_of(&client, name, &x).await, want, "{name}");
+    }
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_past_the_trim_loads_the_snapshot_and_one_a_little_behind_loses_nothing() {
+    const EVERY: u64 = 4;
+    const MARGIN: u64 = 2;
+    let bin = require_server!();
+    let server = start_server(&bin).await;
+    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
+    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
+    client.flush().await.unwrap();
+    let trimming = |c: &mut WorkerConfig| {
+        c.snapshot_every = EVERY;
+        c.trim_margin = Some(MARGIN);
+    };
+    let w1 = Worker::start_with(&server.url, "w1", engine(1), trimming).await;
+    // Two replicas behind relays the test can cut.
+    let (near_link, far_link) = (
+        Relay::start(&server.url).await,
+        Relay::start(&server.url).await,
+    );
+    let near = Worker::start_with(&near_link.url, "near", engine(1), trimming).await;
+    let far = Worker::start_with(&far_link.url, "far", engine(1), trimming).await;
+    let router = Arc::new(Router::new());
+    let mut discovery = discovering(&server.url, &router).await;
+    within("discovery of 3 workers", discovery.wait_for(3)).await;
+    // Updates go through w1 only: the cut replicas cannot answer for theirs.
+    let w1_backend = router.backends().into_iter().filter(|b| b.name() == "w1");
+    let coordinator = Coordinator::new(Vec::new(), w1_backend.collect());
+    let samples: Vec<Vec<f32>> = NormalInputs::new(43, 768).take(10).collect();
+    let (replay, states) = replayed(&samples);
+    let log = qnllm_nats::LearnLog::new(client.clone(), 1);
+    let lineage = engine(1).digest().short();
+
+    teach(&coordinator, &samples[..2], 0).await;
+    for name in ["near", "far"] {
+        within(
+            &format!("{name} at entry 2"),
+            announced(&mut announcements, |a| {
+                a.name == name && a.model_version == 2
+            }),
+        )
+        .await;
+    }
+    near_link.cut();
+    far_link.cut();
+
+    // Entries 3-5; the snapshot at 4 trims below 2: `near` (at 2) is only a little behind.
+    teach(&coordinator, &samples[2..5], 2).await;
+    within(
+        "w1 storing the snapshot at entry 4",
+        announced(&mut announcements, |a| {
+            a.name == "w1" && a.snapshot == EVERY
+        }),
+    )
+    .await;
+    assert_eq!(log.bounds(&lineage).await.unwrap().0, EVERY - MARGIN);
+    near_link.restore();
+    let back = within(
+        "near at entry 5",
+        announced(&mut announcements, |a| {
+            a.name == "near" && a.model_version == 5
+        }),
+    )
+    .await;
+    // It applied every entry itself, and can say what each left.
+    assert_eq!(back.replayed, 5, "{back:?}");
+    for seq in 3..=5 {
+        let want = &states[seq as usize - 1];
+        assert_eq!(
+            applied_state(&client, "near", seq).await,
+            Ok((want.version, want.digest.0)),
+            "near after entry {seq}"
+        );
+    }
+
+    // Entries 6-10; the snapshot at 8 trims below 6: `far` (at 2) needs entries gone.
+    teach(&coordinator, &samples[5..], 5).await;
+    within(
+        "w1 storing the snapshot at entry 8",
+        announced(&mut announcements, |a| {
+            a.name == "w1" && a.snapshot == 2 * EVERY
+        }),
+    )
+    .await;
+    assert_eq!(
+        log.bounds(&lineage).await.unwrap(),
+        (2 * EVERY - MARGIN, 10)
+    );
+    far_link.restore();
+    let back = within(
+        "far at entry 10",
+        announced(&mut announcements, |a| {
+            a.name == "far" && a.model_version == 10
+        }),
+    )
+    .await;
+    // It loaded the snapshot at 8 and applied 9 and 10 (after its 2 before the cut).
+    assert_eq!((back.snapshot, back.replayed), (8, 4), "{back:?}");
+    assert_eq!(back.model_digest, replay.digest().to_hex(), "{back:?}");
+    // The entries it passed over have no state to report; the ones it applied do.
+    let passed = applied_state(&client, "far", 5).await.unwrap_err();
+    assert!(passed.contains("later snapshot"), "{passed}");
+    let want = &states[9];
+    assert_eq!(
+        applied_state(&client, "far", 10).await,
+        Ok((want.version, want.digest.0))
+    );
+    let x = NormalInputs::new(44, 768).next().unwrap();
+    let want = replay.reason(&x).unwrap().result_digest.0;
+    for name in ["w1", "near", "far"] {
+        assert_eq!(answer_of(&client, name, &x).await, want, "{name}");
+    }
+    for w in [w1, near, far] {
+        w.stop().await;
+    }
 }
