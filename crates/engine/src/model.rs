@@ -322,7 +322,8 @@ impl Model {
             *a += ((i32::from(r) << SERVED_SHIFT) - *a) >> shift;
             *s = (*a >> SERVED_SHIFT) as i16;
         }
-        self.version += 1;
+        // §7 step 4: modulo 2⁶⁴, as a file may carry version 2⁶⁴ − 1.
+        self.version = self.version.wrapping_add(1);
         self.digest = self.compute_digest();
         moved
     }
@@ -481,6 +482,23 @@ mod tests {
         assert!(m.apply_update(&counts, total, 4));
         assert!(m.readout()[..hidden].iter().all(|&w| w == 4));
         assert!(m.readout()[hidden..4 * hidden].iter().all(|&w| w == 5));
+    }
+
+    #[test]
+    fn a_model_at_the_last_version_learns_and_wraps_to_version_zero() {
+        let p = Params::default();
+        let base = Model::from_seed(1, p).unwrap();
+        let mut model = Model::from_parts(
+            "x".into(),
+            p,
+            base.input_weights().to_vec(),
+            base.readout().to_vec(),
+            u64::MAX,
+        )
+        .unwrap();
+        let counts = vec![1; 512];
+        model.apply_update(&counts, 512, 3);
+        assert_eq!(model.version(), 0);
     }
 
     #[test]

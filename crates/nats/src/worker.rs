@@ -441,7 +441,7 @@ async fn load_snapshot(shared: &Shared, log: &LearnLog, past: u64) -> Option<u64
         return None;
     };
     for snapshot in kept.into_iter().filter(|s| s.seq > past) {
-        if snapshot.seq + 1 < first {
+        if snapshot.seq.saturating_add(1) < first {
             tracing::warn!(
                 seq = snapshot.seq,
                 first,
