@@ -28,6 +28,12 @@ struct State {
     due: BTreeMap<(Instant, u64), Waker>,
     next_key: u64,
     stopped: bool,
+    /// When the thread wakes by itself next (`None`: only when told). An alarm no sooner
+    /// than that needs no wake-up: with one request at a time every alarm is the soonest,
+    /// and telling the thread each time cost two context switches per request.
+    wakes_at: Option<Instant>,
+    /// How many times an alarm woke the thread (for the tests).
+    told: u64,
 }
 
 impl Inner {
@@ -49,19 +55,29 @@ impl Inner {
                 }
                 entry.remove().wake();
             }
-            state = match state.due.first_key_value().map(|(&(at, _), _)| at) {
+            // With none due, it still sleeps until the instant it was told last: the next
+            // request's alarm, as late or later, then needs no wake-up either.
+            let next = state
+                .due
+                .first_key_value()
+                .map(|(&(at, _), _)| at)
+                .or(state.wakes_at.filter(|&at| at > now));
+            state = match next {
                 // A condvar's timed wait is a futex with a nanosecond timeout.
                 Some(at) => {
+                    state.wakes_at = Some(at);
                     let wait = at.saturating_duration_since(Instant::now());
                     self.changed
                         .wait_timeout(state, wait)
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .0
                 }
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                None => {
+                    state.wakes_at = None;
+                    self.changed
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
             };
         }
     }
@@ -125,13 +141,16 @@ impl Future for Alarm {
                 key
             }
         };
-        let soonest = state
-            .due
-            .first_key_value()
-            .is_none_or(|(&(at, _), _)| this.at < at);
+        // The thread holds the lock except while it waits, so it is waiting now, to wake
+        // at `wakes_at`; only a sooner alarm has to wake it.
+        let sooner = state.wakes_at.is_none_or(|wakes| this.at < wakes);
+        if sooner {
+            state.wakes_at = Some(this.at);
+            state.told += 1;
+        }
         state.due.insert((this.at, key), cx.waker().clone());
         drop(state);
-        if soonest {
+        if sooner {
             this.inner.changed.notify_one();
         }
         Poll::Pending
@@ -181,6 +200,27 @@ mod tests {
             Instant::now() >= t0 + Duration::from_millis(9),
             "rang early"
         );
+    }
+
+    #[tokio::test]
+    async fn alarms_later_than_the_one_the_thread_waits_for_do_not_wake_it() {
+        let alarms = Alarms::start().unwrap();
+        let t0 = Instant::now() + Duration::from_secs(60);
+        // One request at a time, each with the same budget: every alarm is the only one
+        // and later than the last, and only the first has to wake the thread.
+        for ms in 0..50 {
+            let mut alarm = Box::pin(alarms.at(t0 + Duration::from_millis(ms)));
+            assert!(futures::poll!(alarm.as_mut()).is_pending());
+        }
+        assert_eq!(alarms.inner.lock().told, 1);
+        let mut sooner = Box::pin(alarms.at(Instant::now() + Duration::from_millis(1)));
+        assert!(futures::poll!(sooner.as_mut()).is_pending());
+        assert_eq!(
+            alarms.inner.lock().told,
+            2,
+            "a sooner alarm wakes the thread"
+        );
+        sooner.await;
     }
 
     #[tokio::test]
