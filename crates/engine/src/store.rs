@@ -184,21 +184,20 @@ impl Model {
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect();
         // A file written before the served readout existed serves its readout as is.
-        let served: Vec<i32> = match optional("served_readout", Dtype::I32, readout_shape)? {
-            Some(bytes) => bytes
+        let served = optional("served_readout", Dtype::I32, readout_shape)?.map(|bytes| {
+            bytes
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            None => readout.iter().map(|&r| i32::from(r) << 8).collect(),
-        };
-        Model::from_parts_served(
+                .collect::<Vec<i32>>()
+        });
+        let (name, input) = (
             field("name")?.clone(),
-            params,
             input.into_iter().map(|b| b as i8).collect(),
-            readout,
-            served,
-            version,
-        )
+        );
+        match served {
+            Some(served) => Model::from_parts_served(name, params, input, readout, served, version),
+            None => Model::from_parts(name, params, input, readout, version),
+        }
         .map_err(|e| match e {
             // Out-of-range weights are a fault of the file: name it.
             EngineError::InvalidParams(reason) => format_error(reason),
