@@ -127,10 +127,12 @@ fn spawn_routed<F, Fut>(
     let (sender, counters) = (session.sender.clone(), session.counters_handle());
     let connection = session.connection();
     session.spawn_costing(id, cost, async move {
-        let routing = AtomicBool::new(false);
+        // Set once the request has its turn at the router (an atomic, not a `Cell`, so the
+        // task stays `Send`).
+        let turn_taken = AtomicBool::new(false);
         let work = async {
             let slot = fair.acquire(connection).await;
-            routing.store(true, Ordering::Relaxed);
+            turn_taken.store(true, Ordering::Relaxed);
             let left = expires.saturating_duration_since(Instant::now());
             // The router's future is about 3 KB: boxed, it is written once, where the
             // task would otherwise copy it on every move into place.
@@ -145,7 +147,7 @@ fn spawn_routed<F, Fut>(
         };
         let late = Instant::now().saturating_duration_since(expires);
         let message = match outcome {
-            None if !routing.load(Ordering::Relaxed) => format!(
+            None if !turn_taken.load(Ordering::Relaxed) => format!(
                 "the deadline of {budget:?} passed while the request waited for its turn in \
                  the router"
             ),
