@@ -13,7 +13,7 @@ use qnllm_hub::{Client, ClientError, Endpoint};
 use qnllm_protocol::{ErrorCode, Message};
 
 use crate::error::BenchError;
-use crate::report::{row, Group, Row};
+use crate::report::{row, Group, HubDeadlines, Row};
 use crate::stats::Latency;
 
 /// Every request's deadline.
@@ -37,6 +37,7 @@ pub(crate) async fn saturated(
             .map_err(|e| BenchError::measure("saturated deadline", e))?;
         clients.push(Arc::new(client));
     }
+    let before = hub_deadlines(&clients[0]).await?;
     let left = Arc::new(AtomicUsize::new(requests));
     let (late, on_time) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let by: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -101,7 +102,30 @@ pub(crate) async fn saturated(
     row.on_time = Some(on_time);
     row.deadline_exceeded_by =
         std::mem::take(&mut *by.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let after = hub_deadlines(&clients[0]).await?;
+    row.hub_deadlines = Some(HubDeadlines {
+        exceeded: after.exceeded.saturating_sub(before.exceeded),
+        held_back: after.held_back.saturating_sub(before.held_back),
+        ..after
+    });
     Ok(row)
+}
+
+/// The hub's `deadlines` figures, from its metrics.
+async fn hub_deadlines(client: &Client) -> Result<HubDeadlines, BenchError> {
+    let metrics = client
+        .metrics(WAIT)
+        .await
+        .map_err(|e| BenchError::measure("saturated deadline: the hub's metrics", e))?;
+    let d = &metrics["deadlines"];
+    let figure = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    Ok(HubDeadlines {
+        exceeded: figure(&d["exceeded"]),
+        held_back: figure(&d["held_back"]),
+        p50_us: figure(&d["lateness_us"]["p50"]),
+        p99_us: figure(&d["lateness_us"]["p99"]),
+        max_us: figure(&d["lateness_us"]["max"]),
+    })
 }
 
 /// Who answered `DeadlineExceeded`, from the words of its message (the hub's, in

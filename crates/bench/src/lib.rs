@@ -24,7 +24,7 @@ mod stats;
 
 pub use error::BenchError;
 pub use plot::svg;
-pub use report::{Group, Memory, Report, Row, Skipped, DISTRIBUTION_POINTS};
+pub use report::{Group, HubDeadlines, Memory, Report, Row, Skipped, DISTRIBUTION_POINTS};
 pub use run::{default_cpp_worker, run, BenchConfig, CPP_BUILD};
 pub use server::{serve, SUBCOMMAND};
 pub use stats::Latency;

@@ -51,9 +51,28 @@ pub struct Row {
     /// Saturated-deadline row only: the `DeadlineExceeded` answers by who gave them (the
     /// hub on arrival, the hub's alarm, the router...), from their messages.
     pub deadline_exceeded_by: BTreeMap<String, u64>,
+    /// Saturated-deadline row only: the same answers as the hub counted them, on its clock.
+    pub hub_deadlines: Option<HubDeadlines>,
     /// The latency distribution: the round trip at each of `DISTRIBUTION_POINTS` evenly
     /// spaced quantiles from 0 to 1, in µs; empty without latency.
     pub distribution: Vec<f64>,
+}
+
+/// The hub's own figures for the deadlines that passed in it (`deadlines` in its metrics):
+/// how long after the deadline it handed `DeadlineExceeded` to the client's writer. The
+/// rest of what the client sees is the way back: the hub's writer, the socket, the client.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HubDeadlines {
+    /// `DeadlineExceeded` answers the hub gave at the deadline during the row.
+    pub exceeded: u64,
+    /// Engine answers that came after their deadline and that the hub did not forward.
+    pub held_back: u64,
+    /// Lateness p50, in µs, over the hub's life (the rows before this one give none).
+    pub p50_us: u64,
+    /// Lateness p99, in µs.
+    pub p99_us: u64,
+    /// Longest lateness, in µs.
+    pub max_us: u64,
 }
 
 /// The sections of the report, each with its own baselines.
@@ -193,6 +212,7 @@ pub(crate) fn row(
         past_deadline: None,
         on_time: None,
         deadline_exceeded_by: BTreeMap::new(),
+        hub_deadlines: None,
         distribution,
     }
 }

@@ -306,6 +306,13 @@ fn print_table(report: &Report) {
         if !by.is_empty() {
             println!("  DeadlineExceeded given: {}", by.join(", "));
         }
+        if let Some(hub) = row.hub_deadlines {
+            println!(
+                "  on the hub's clock, to the client's writer: {} DeadlineExceeded, p50 {} µs, \
+                 p99 {} µs, max {} µs after the deadline; {} late answers held back",
+                hub.exceeded, hub.p50_us, hub.p99_us, hub.max_us, hub.held_back
+            );
+        }
     }
     if let Some(m) = report.memory {
         println!(

@@ -388,6 +388,20 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     let answered =
         saturated["on_time"].as_u64().unwrap() + saturated["past_deadline"].as_u64().unwrap();
     assert_eq!(exceeded + answered, 200, "{saturated}");
+    // The hub counted, on its own clock, every DeadlineExceeded its alarm gave and every
+    // late answer it held back, as the client saw them.
+    let by = |who: &str| saturated["deadline_exceeded_by"][who].as_u64().unwrap_or(0);
+    let hub = &saturated["hub_deadlines"];
+    let alarms = by("hub alarm, routed") + by("hub alarm, waiting for a router slot");
+    assert!(hub["exceeded"].as_u64().unwrap() >= alarms, "{saturated}");
+    assert_eq!(
+        hub["held_back"].as_u64().unwrap(),
+        by("hub, a late answer held back"),
+        "{saturated}"
+    );
+    if hub["exceeded"].as_u64().unwrap() > 0 {
+        assert!(hub["p99_us"].as_u64().unwrap() >= hub["p50_us"].as_u64().unwrap());
+    }
     for row in rows.iter().copied() {
         let (p50, p99) = (
             row["latency"]["p50_us"].as_f64().unwrap(),

@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
 
 use serde_json::{json, Value};
 
@@ -26,11 +29,83 @@ pub(crate) struct Counters {
     pub(crate) broadcasts_dropped: AtomicU64,
     /// Requests answered `DeadlineExceeded` as they arrived, their deadline already past.
     pub(crate) expired_on_arrival: AtomicU64,
+    /// The hub's own `DeadlineExceeded` answers after it took a request: when they came.
+    pub(crate) deadlines: Deadlines,
 }
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The requests whose deadline passed in the hub, and how promptly the hub said so, on its
+/// own clock: from the deadline to the moment it hands `DeadlineExceeded` to the client's
+/// writer. Past that the frame waits on the hub's writer, the socket and the client, which
+/// a client sees as more lateness; this is the part the hub answers for.
+#[derive(Debug)]
+pub(crate) struct Deadlines {
+    /// Answered `DeadlineExceeded` at the deadline: waiting for the router, or for an engine.
+    exceeded: AtomicU64,
+    /// An engine's answer came after the deadline and was not forwarded.
+    held_back: AtomicU64,
+    /// Lateness of each of those answers, in µs (1 µs to an hour, 3 significant digits).
+    lateness_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            exceeded: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+            lateness_us: Mutex::new(lateness_histogram()),
+        }
+    }
+}
+
+/// 1 µs to 1 h at 3 significant digits, as the router's latency histograms.
+fn lateness_histogram() -> Histogram<u64> {
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant bounds: low ≥ 1, high ≥ 2 · low, 3 digits")
+}
+
+impl Deadlines {
+    /// Counts one `DeadlineExceeded` the hub gave `late` after the deadline; `held_back`:
+    /// because the engine's answer came after it.
+    pub(crate) fn record(&self, late: Duration, held_back: bool) {
+        let counter = if held_back {
+            &self.held_back
+        } else {
+            &self.exceeded
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(late.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.lateness_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(micros);
+    }
+
+    /// `{exceeded, held_back, lateness_us: {count, p50, p99, max}}`.
+    pub(crate) fn describe(&self) -> Value {
+        let h = self
+            .lateness_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lateness = (!h.is_empty()).then(|| {
+            json!({
+                "count": h.len(),
+                "p50": h.value_at_quantile(0.5),
+                "p99": h.value_at_quantile(0.99),
+                "max": h.max(),
+            })
+        });
+        json!({
+            "exceeded": self.exceeded.load(Ordering::Relaxed),
+            "held_back": self.held_back.load(Ordering::Relaxed),
+            "lateness_us": lateness,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Peers that misbehave, against a real hub on 127.0.0.1:0: silent sockets, clients that
 //! hog the connection cap, duplicate request ids, spent deadlines, stalled workers,
-//! malformed worker frames, too many subscriptions; and the order of `registered`.
+//! malformed worker frames, too many subscriptions; the hub's count of the deadlines it
+//! answers; and the order of `registered`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -178,6 +179,60 @@ async fn a_spent_deadline_is_answered_at_once_and_never_computed() {
     // Spent deadlines are the requester's doing: the healthy engine is not ejected.
     assert_eq!(metrics["router"]["ejections"], 0, "{metrics}");
     w.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_counts_each_deadline_it_answers_and_how_late_it_said_so() {
+    let (running, stop) = start(HubConfig {
+        heartbeat_timeout_ms: 600_000,
+        ..config()
+    })
+    .await;
+    // A worker that takes requests and never answers: every deadline passes in the hub.
+    let mut mute = Peer::worker(addr(&running), "mute").await;
+    assert!(matches!(
+        mute.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    let mut peer = Peer::hello(addr(&running), "client", "patient").await;
+    for id in 1..=20u64 {
+        let reason = Message::Reason(vec![0.3; 768].into());
+        peer.send_with(
+            &reason,
+            id,
+            Deadline::from_remaining(Duration::from_millis(20)),
+        )
+        .await;
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 20 {
+        match peer.recv().await.unwrap() {
+            (id, Message::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message);
+                assert!(answered.insert(id), "request {id} answered twice");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    peer.send(&Message::MetricsQuery, 99).await;
+    let metrics = match peer.recv().await {
+        Some((99, Message::Metrics(metrics))) => metrics,
+        other => panic!("{other:?}"),
+    };
+    let deadlines = &metrics["deadlines"];
+    assert_eq!(deadlines["exceeded"], 20, "{metrics}");
+    assert_eq!(deadlines["held_back"], 0, "{metrics}");
+    assert_eq!(metrics["expired_on_arrival"], 0, "{metrics}");
+    let lateness = &deadlines["lateness_us"];
+    assert_eq!(lateness["count"], 20, "{metrics}");
+    let (p50, p99, max) = (
+        lateness["p50"].as_u64().unwrap(),
+        lateness["p99"].as_u64().unwrap(),
+        lateness["max"].as_u64().unwrap(),
+    );
+    assert!(1 <= p50 && p50 <= p99 && p99 <= max, "{metrics}");
+    drop(mute);
     stop.cancel();
 }
 

@@ -32,6 +32,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
         "failed_over": load(&c.failed_over),
         "broadcasts_dropped": load(&c.broadcasts_dropped),
         "expired_on_arrival": load(&c.expired_on_arrival),
+        "deadlines": c.deadlines.describe(),
         "requests_in_flight": shared.requests.len(),
         "routed": {
             "in_router": in_router,

@@ -146,6 +146,7 @@ fn spawn_routed<F, Fut>(
             outcome = work => Some(outcome),
         };
         let late = Instant::now().saturating_duration_since(expires);
+        let held_back = matches!(outcome, Some(Ok(_)));
         let message = match outcome {
             None if !turn_taken.load(Ordering::Relaxed) => format!(
                 "the deadline of {budget:?} passed while the request waited for its turn in \
@@ -161,11 +162,20 @@ fn spawn_routed<F, Fut>(
             }
             Some(Err(err)) => {
                 Counters::add(&counters.errors, 1);
+                if matches!(err, RouterError::DeadlineExceeded { .. }) {
+                    let late = Instant::now().saturating_duration_since(expires);
+                    counters.deadlines.record(late, false);
+                }
                 sender.fail(id, error_code(&err), err.to_string()).await;
                 return;
             }
         };
         Counters::add(&counters.errors, 1);
+        // Counted before it is sent: a client that reads the error and then asks for the
+        // metrics finds it there.
+        counters
+            .deadlines
+            .record(Instant::now().saturating_duration_since(expires), held_back);
         sender.fail(id, ErrorCode::DeadlineExceeded, message).await;
     });
 }
