@@ -193,7 +193,9 @@ impl RemoteBackend {
                 Refused::Draining => "draining".into(),
             },
         })?;
-        // Forget the request however this future ends: answered, timed out or dropped.
+        // Forget the request however this future ends: answered, timed out or dropped (the
+        // hub's alarm at the client's deadline, a hedge that lost); unanswered, the worker is
+        // told to drop it.
         let _forget = Forget { engine: self, id };
         let exchange = async {
             let mut frame = BytesMut::new();
@@ -208,17 +210,9 @@ impl RemoteBackend {
                 Err(_) => Err(self.gone()),
             }
         };
-        match tokio::time::timeout(budget, exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                // Best effort, and never a wait: a stalled worker's full queue must not hold
-                // the caller past its deadline. A request already answered needs none.
-                if self.pending().forget(id) {
-                    let _ = self.sender.try_send(&Message::Cancel, id, Deadline::NONE);
-                }
-                Err(self.timeout(budget))
-            }
-        }
+        tokio::time::timeout(budget, exchange)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout(budget)))
     }
 
     /// The answer a result carries, named as the hub names this engine (what a worker
@@ -254,7 +248,8 @@ impl RemoteBackend {
     }
 }
 
-/// Removes a request from the pending map when its caller stops waiting.
+/// Removes a request from the pending map when its caller stops waiting, and cancels it at
+/// the worker if no answer came.
 struct Forget<'a> {
     engine: &'a RemoteBackend,
     id: u64,
@@ -262,7 +257,14 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.engine.pending().forget(self.id);
+        // A request already answered needs no cancel. The cancel is best effort, and never a
+        // wait: a stalled worker's full queue must not hold the caller past its deadline.
+        if self.engine.pending().forget(self.id) {
+            let _ = self
+                .engine
+                .sender
+                .try_send(&Message::Cancel, self.id, Deadline::NONE);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Peers that misbehave, against a real hub on 127.0.0.1:0: silent sockets, clients that
 //! hog the connection cap, duplicate request ids, spent deadlines, stalled workers,
 //! malformed worker frames, too many subscriptions; the hub's count of the deadlines it
-//! answers; and the order of `registered`.
+//! answers, and the cancel its worker gets; and the order of `registered`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -234,6 +234,64 @@ async fn the_hub_counts_each_deadline_it_answers_and_how_late_it_said_so() {
     assert!(1 <= p50 && p50 <= p99 && p99 <= max, "{metrics}");
     drop(mute);
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_hub_answers_at_its_deadline_is_cancelled_at_the_worker() {
+    let (running, stop) = start(HubConfig {
+        heartbeat_timeout_ms: 600_000,
+        ..config()
+    })
+    .await;
+    let mut slow = Peer::worker(addr(&running), "slow").await;
+    assert!(matches!(
+        slow.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    let mut client = Peer::hello(addr(&running), "client", "hasty").await;
+    let reason = Message::Reason(vec![0.3; 768].into());
+    // A deadline far shorter than the router's own timers, so the hub's alarm answers it.
+    client
+        .send_with(
+            &reason,
+            1,
+            Deadline::from_remaining(Duration::from_millis(5)),
+        )
+        .await;
+    let first = next_request(&mut slow).await;
+    match client.recv().await {
+        Some((1, Message::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The worker is told to drop the first request before it gets the second: the cancel
+    // went into its queue before the client's error did.
+    client
+        .send_with(&reason, 2, Deadline::from_remaining(Duration::from_secs(5)))
+        .await;
+    let (id, kind) = loop {
+        match slow.recv().await {
+            Some((id, Message::Cancel)) => break (id, "cancel"),
+            Some((id, Message::Reason(_))) => break (id, "reason"),
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    };
+    assert_eq!((id, kind), (first, "cancel"));
+    drop(slow);
+    stop.cancel();
+}
+
+/// The id of the next `reason` the hub sends this worker.
+async fn next_request(worker: &mut Peer) -> u64 {
+    loop {
+        match worker.recv().await {
+            Some((id, Message::Reason(_))) => return id,
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
