@@ -31,13 +31,22 @@ impl Failover {
         request: Request<'_>,
         prior: BackendError,
     ) -> Result<Answer, RouterError> {
+        self.reason(request, Some(prior)).await
+    }
+
+    /// One encoding along its plan; `prior` as for `run`.
+    async fn reason(
+        &self,
+        request: Request<'_>,
+        prior: Option<BackendError>,
+    ) -> Result<Answer, RouterError> {
         let encoding = request.encoding;
         self.run(
             request.plan,
             request.budget,
             request.started,
             1,
-            Some(prior),
+            prior,
             |slot, left| slot.backend.reason(encoding, left),
         )
         .await
@@ -101,15 +110,6 @@ impl Failover {
 
 impl Route for Failover {
     async fn route<'a>(&'a self, request: Request<'a>) -> Result<Answer, RouterError> {
-        let encoding = request.encoding;
-        self.run(
-            request.plan,
-            request.budget,
-            request.started,
-            1,
-            None,
-            |slot, left| slot.backend.reason(encoding, left),
-        )
-        .await
+        self.reason(request, None).await
     }
 }
