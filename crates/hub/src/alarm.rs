@@ -8,11 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-/// The alarms of one hub and the thread that rings them; the thread ends when this is
-/// dropped.
+/// The alarms of one hub and the thread that rings them; dropping this ends the thread and
+/// waits for it.
 #[derive(Debug)]
 pub(crate) struct Alarms {
     inner: Arc<Inner>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -88,10 +89,13 @@ impl Alarms {
     pub(crate) fn start() -> std::io::Result<Alarms> {
         let inner = Arc::new(Inner::default());
         let ringer = inner.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("qnllm-alarms".into())
             .spawn(move || ringer.run())?;
-        Ok(Alarms { inner })
+        Ok(Alarms {
+            inner,
+            thread: Some(thread),
+        })
     }
 
     /// A future that is ready at `at` (at once if `at` has passed).
@@ -108,6 +112,11 @@ impl Drop for Alarms {
     fn drop(&mut self) {
         self.inner.lock().stopped = true;
         self.inner.changed.notify_one();
+        // The thread only wakes tasks (it never runs them), so it ends at once: a hub that
+        // stopped leaves no thread behind.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -131,6 +140,16 @@ impl Future for Alarm {
                 state.due.remove(&(this.at, key));
             }
             return Poll::Ready(());
+        }
+        if let Some(key) = this.key {
+            // Polled again (its task woke for something else): the thread still holds it,
+            // and only a waker for another task needs storing.
+            if let Some(waker) = state.due.get_mut(&(this.at, key)) {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+                return Poll::Pending;
+            }
         }
         let key = match this.key {
             Some(key) => key,
@@ -221,6 +240,33 @@ mod tests {
             "a sooner alarm wakes the thread"
         );
         sooner.await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_alarms_ends_their_thread_before_it_returns() {
+        let alarms = Alarms::start().unwrap();
+        let mut alarm = Box::pin(alarms.at(Instant::now() + Duration::from_secs(60)));
+        assert!(futures::poll!(alarm.as_mut()).is_pending());
+        drop(alarm);
+        let inner = Arc::downgrade(&alarms.inner);
+        drop(alarms);
+        // The thread's own reference went with it.
+        assert!(
+            inner.upgrade().is_none(),
+            "the alarm thread outlived its alarms"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_alarm_polled_again_keeps_its_place_and_rings_once() {
+        let alarms = Alarms::start().unwrap();
+        let mut alarm = Box::pin(alarms.at(Instant::now() + Duration::from_millis(3)));
+        for _ in 0..5 {
+            assert!(futures::poll!(alarm.as_mut()).is_pending());
+        }
+        assert_eq!(alarms.inner.lock().due.len(), 1);
+        alarm.await;
+        assert!(alarms.inner.lock().due.is_empty());
     }
 
     #[tokio::test]
