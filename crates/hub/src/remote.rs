@@ -178,11 +178,13 @@ impl RemoteBackend {
     }
 
     /// Sends the frame `encode` writes for a request id and deadline, and waits for its
-    /// reply within `budget`.
+    /// reply within `budget`; `give_up` says what the worker is told if no reply is awaited
+    /// any more.
     async fn call(
         &self,
         encode: impl FnOnce(u64, Deadline, &mut BytesMut),
         budget: Duration,
+        give_up: GiveUp,
     ) -> Result<Frame, BackendError> {
         let (tx, reply) = oneshot::channel();
         let started = self.pending().start(Instant::now(), budget, tx);
@@ -194,9 +196,12 @@ impl RemoteBackend {
             },
         })?;
         // Forget the request however this future ends: answered, timed out or dropped (the
-        // hub's alarm at the client's deadline, a hedge that lost); unanswered, the worker is
-        // told to drop it.
-        let _forget = Forget { engine: self, id };
+        // hub's alarm at the client's deadline, a hedge that lost).
+        let _forget = Forget {
+            engine: self,
+            id,
+            give_up,
+        };
         let exchange = async {
             let mut frame = BytesMut::new();
             encode(id, Deadline::from_remaining(budget), &mut frame);
@@ -248,18 +253,31 @@ impl RemoteBackend {
     }
 }
 
+/// What a worker is told of a request whose reply nobody awaits any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// `cancel`: a `reason` or `batch` that nobody waits for is work thrown away.
+    Cancel,
+    /// Nothing: a `learn` is not cancellable. Rust and Python workers apply it as they read
+    /// it, and an update applied by one replica and skipped by another would split the
+    /// student.
+    Forget,
+}
+
 /// Removes a request from the pending map when its caller stops waiting, and cancels it at
-/// the worker if no answer came.
+/// the worker if no answer came and it is cancellable.
 struct Forget<'a> {
     engine: &'a RemoteBackend,
     id: u64,
+    give_up: GiveUp,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         // A request already answered needs no cancel. The cancel is best effort, and never a
         // wait: a stalled worker's full queue must not hold the caller past its deadline.
-        if self.engine.pending().forget(self.id) {
+        let unanswered = self.engine.pending().forget(self.id);
+        if unanswered && self.give_up == GiveUp::Cancel {
             let _ = self
                 .engine
                 .sender
@@ -287,6 +305,7 @@ impl Backend for RemoteBackend {
                 .call(
                     |id, deadline, out| encode_frame(&message, id, deadline, out),
                     budget,
+                    GiveUp::Forget,
                 )
                 .await?;
             match frame.message() {
@@ -347,6 +366,7 @@ impl Backend for RemoteBackend {
                 .call(
                     |id, deadline, out| encode_reason_frame(encoding, id, deadline, out),
                     budget,
+                    GiveUp::Cancel,
                 )
                 .await?;
             match frame.message() {
@@ -382,6 +402,7 @@ impl Backend for RemoteBackend {
                         encode_batch_frame(dim, values, id, deadline, out);
                     },
                     budget,
+                    GiveUp::Cancel,
                 )
                 .await?;
             match frame.message() {
