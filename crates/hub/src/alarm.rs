@@ -145,9 +145,8 @@ impl Future for Alarm {
             // Polled again (its task woke for something else): the thread still holds it,
             // and only a waker for another task needs storing.
             if let Some(waker) = state.due.get_mut(&(this.at, key)) {
-                if !waker.will_wake(cx.waker()) {
-                    waker.clone_from(cx.waker());
-                }
+                // A no-op when it is the same task's (`clone_from` checks `will_wake`).
+                waker.clone_from(cx.waker());
                 return Poll::Pending;
             }
         }
@@ -257,16 +256,43 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_alarm_polled_again_keeps_its_place_and_rings_once() {
-        let alarms = Alarms::start().unwrap();
-        let mut alarm = Box::pin(alarms.at(Instant::now() + Duration::from_millis(3)));
-        for _ in 0..5 {
-            assert!(futures::poll!(alarm.as_mut()).is_pending());
+    /// A waker that sends its name when woken.
+    struct Named(&'static str, std::sync::mpsc::Sender<&'static str>);
+
+    impl std::task::Wake for Named {
+        fn wake(self: Arc<Self>) {
+            let _ = self.1.send(self.0);
         }
-        assert_eq!(alarms.inner.lock().due.len(), 1);
-        alarm.await;
-        assert!(alarms.inner.lock().due.is_empty());
+    }
+
+    #[test]
+    fn an_alarm_polled_again_by_another_task_wakes_that_one_once() {
+        let alarms = Alarms::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first = Waker::from(Arc::new(Named("first", tx.clone())));
+        let second = Waker::from(Arc::new(Named("second", tx)));
+        // Far enough off that the three polls come before it, even on a loaded machine.
+        let mut alarm = Box::pin(alarms.at(Instant::now() + Duration::from_secs(1)));
+        for waker in [&first, &first, &second] {
+            let poll = alarm.as_mut().poll(&mut Context::from_waker(waker));
+            assert!(poll.is_pending());
+        }
+        assert_eq!(
+            alarms.inner.lock().due.len(),
+            1,
+            "one entry, polled three times"
+        );
+        assert_eq!(rx.recv().unwrap(), "second");
+        assert!(
+            matches!(
+                alarm.as_mut().poll(&mut Context::from_waker(&second)),
+                Poll::Ready(())
+            ),
+            "woken, it is ready"
+        );
+        drop((first, second));
+        // Both wakers are gone and the thread rang once: nothing else was sent.
+        assert_eq!(rx.iter().collect::<Vec<_>>(), Vec::<&str>::new());
     }
 
     #[tokio::test]
