@@ -308,9 +308,10 @@ fn print_table(report: &Report) {
         }
         if let Some(hub) = row.hub_deadlines {
             println!(
-                "  on the hub's clock, to the client's writer: {} DeadlineExceeded, p50 {} µs, \
-                 p99 {} µs, max {} µs after the deadline; {} late answers held back",
-                hub.exceeded, hub.p50_us, hub.p99_us, hub.max_us, hub.held_back
+                "  on the hub's clock, to the client's writer: {} DeadlineExceeded and {} late \
+                 answers held back in this row; p50 {} µs, p99 {} µs, max {} µs after the \
+                 deadline over the hub's life",
+                hub.exceeded, hub.held_back, hub.p50_us, hub.p99_us, hub.max_us
             );
         }
     }

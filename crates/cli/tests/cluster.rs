@@ -392,15 +392,21 @@ fn bench_smoke_run_reports_every_path_with_ratios() {
     // late answer it held back, as the client saw them.
     let by = |who: &str| saturated["deadline_exceeded_by"][who].as_u64().unwrap_or(0);
     let hub = &saturated["hub_deadlines"];
-    let alarms = by("hub alarm, routed") + by("hub alarm, waiting for a router slot");
-    assert!(hub["exceeded"].as_u64().unwrap() >= alarms, "{saturated}");
+    let counted =
+        by("hub alarm, routed") + by("hub alarm, waiting for a router slot") + by("router");
+    let hub_exceeded = hub["exceeded"].as_u64().unwrap();
+    assert!(
+        (counted..=counted + by("other")).contains(&hub_exceeded),
+        "{saturated}"
+    );
     assert_eq!(
         hub["held_back"].as_u64().unwrap(),
         by("hub, a late answer held back"),
         "{saturated}"
     );
-    if hub["exceeded"].as_u64().unwrap() > 0 {
-        assert!(hub["p99_us"].as_u64().unwrap() >= hub["p50_us"].as_u64().unwrap());
+    if hub_exceeded > 0 {
+        // Recorded lateness is at least 1 µs.
+        assert!(hub["p50_us"].as_u64().unwrap() >= 1, "{saturated}");
     }
     for row in rows.iter().copied() {
         let (p50, p99) = (

@@ -45,11 +45,12 @@ impl Counters {
 /// a client sees as more lateness; this is the part the hub answers for.
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    /// Answered `DeadlineExceeded` at the deadline: waiting for the router, or for an engine.
+    /// Answered `DeadlineExceeded` at the deadline by the hub's alarm (the request waited for
+    /// its turn at the router, or for an engine) or by the router.
     exceeded: AtomicU64,
     /// An engine's answer came after the deadline and was not forwarded.
     held_back: AtomicU64,
-    /// Lateness of each of those answers, in µs (1 µs to an hour, 3 significant digits).
+    /// Lateness of both kinds of answer, in µs (1 µs to an hour, 3 significant digits).
     lateness_us: Mutex<Histogram<u64>>,
 }
 
@@ -87,7 +88,8 @@ impl Deadlines {
             .saturating_record(micros);
     }
 
-    /// `{exceeded, held_back, lateness_us: {count, p50, p99, max}}`.
+    /// `{exceeded, held_back, lateness_us: {count, p50, p99, max}}`, `lateness_us` null until
+    /// the first.
     pub(crate) fn describe(&self) -> Value {
         let h = self
             .lateness_us

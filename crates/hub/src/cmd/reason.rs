@@ -163,8 +163,8 @@ fn spawn_routed<F, Fut>(
             Some(Err(err)) => {
                 Counters::add(&counters.errors, 1);
                 if matches!(err, RouterError::DeadlineExceeded { .. }) {
-                    let late = Instant::now().saturating_duration_since(expires);
-                    counters.deadlines.record(late, false);
+                    let lateness = Instant::now().saturating_duration_since(expires);
+                    counters.deadlines.record(lateness, false);
                 }
                 sender.fail(id, error_code(&err), err.to_string()).await;
                 return;
