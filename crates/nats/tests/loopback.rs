@@ -413,6 +413,27 @@ async fn replicas_learn_in_the_log_order_and_a_late_worker_replays_it() {
     w3.stop().await;
 }
 
+/// A server, a client of it, and the client's subscription to every worker's announcements
+/// (flushed: none is missed from here on).
+async fn listening(bin: &std::path::Path) -> (Server, async_nats::Client, async_nats::Subscriber) {
+    let server = start_server(bin).await;
+    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
+    let announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
+    client.flush().await.unwrap();
+    (server, client, announcements)
+}
+
+/// The trim tests' snapshot interval and trim margin (see `trimming`).
+const TRIM_EVERY: u64 = 4;
+const TRIM_MARGIN: u64 = 2;
+
+/// A worker that offers a snapshot every `TRIM_EVERY` entries and trims the log
+/// `TRIM_MARGIN` below it.
+fn trimming(c: &mut WorkerConfig) {
+    c.snapshot_every = TRIM_EVERY;
+    c.trim_margin = Some(TRIM_MARGIN);
+}
+
 /// The first announcement on `announcements` that `ok` accepts.
 async fn announced(
     announcements: &mut async_nats::Subscriber,
@@ -432,10 +453,7 @@ async fn a_late_worker_starts_from_the_snapshot_and_replays_only_the_entries_aft
     const EVERY: u64 = 5;
     const UPDATES: u64 = 8;
     let bin = require_server!();
-    let server = start_server(&bin).await;
-    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
-    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
-    client.flush().await.unwrap();
+    let (server, client, mut announcements) = listening(&bin).await;
     let every = |c: &mut WorkerConfig| c.snapshot_every = EVERY;
     let w1 = Worker::start_with(&server.url, "w1", engine(1), every).await;
     let w2 = Worker::start_with(&server.url, "w2", engine(1), every).await;
@@ -856,17 +874,8 @@ fn replayed(samples: &[Vec<f32>]) -> (SpikingEngine, Vec<qnllm_router::ModelStat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_trimmed_after_each_snapshot_and_a_later_worker_loads_it() {
-    const EVERY: u64 = 4;
-    const MARGIN: u64 = 2;
     let bin = require_server!();
-    let server = start_server(&bin).await;
-    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
-    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
-    client.flush().await.unwrap();
-    let trimming = |c: &mut WorkerConfig| {
-        c.snapshot_every = EVERY;
-        c.trim_margin = Some(MARGIN);
-    };
+    let (server, client, mut announcements) = listening(&bin).await;
     let w1 = Worker::start_with(&server.url, "w1", engine(1), trimming).await;
     let w2 = Worker::start_with(&server.url, "w2", engine(1), trimming).await;
     let router = Arc::new(Router::new());
@@ -883,10 +892,13 @@ async fn the_log_is_trimmed_after_each_snapshot_and_a_later_worker_loads_it() {
     // A replica announces a snapshot only once its trim is done.
     within(
         "a replica storing the snapshot at entry 4",
-        announced(&mut announcements, |a| a.snapshot == EVERY),
+        announced(&mut announcements, |a| a.snapshot == TRIM_EVERY),
     )
     .await;
-    assert_eq!(log.bounds(&lineage).await.unwrap(), (EVERY - MARGIN, 5));
+    assert_eq!(
+        log.bounds(&lineage).await.unwrap(),
+        (TRIM_EVERY - TRIM_MARGIN, 5)
+    );
     assert_eq!(log.read(&lineage, 1).await.unwrap(), None);
     assert_eq!(
         log.fetch(&lineage, 1).await.unwrap(),
@@ -901,12 +913,12 @@ async fn the_log_is_trimmed_after_each_snapshot_and_a_later_worker_loads_it() {
     assert_eq!(taught.digest, replay.digest());
     within(
         "a replica storing the snapshot at entry 8",
-        announced(&mut announcements, |a| a.snapshot == 2 * EVERY),
+        announced(&mut announcements, |a| a.snapshot == 2 * TRIM_EVERY),
     )
     .await;
     assert_eq!(
         log.bounds(&lineage).await.unwrap(),
-        (2 * EVERY - MARGIN, 10)
+        (2 * TRIM_EVERY - TRIM_MARGIN, 10)
     );
 
     // A worker started now cannot replay from entry 1: it loads the snapshot at 8 and
@@ -933,17 +945,8 @@ async fn the_log_is_trimmed_after_each_snapshot_and_a_later_worker_loads_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_past_the_trim_loads_the_snapshot_and_one_a_little_behind_loses_nothing() {
-    const EVERY: u64 = 4;
-    const MARGIN: u64 = 2;
     let bin = require_server!();
-    let server = start_server(&bin).await;
-    let client = connect(&NatsOptions::new(&server.url)).await.unwrap();
-    let mut announcements = client.subscribe(subject::ANNOUNCE).await.unwrap();
-    client.flush().await.unwrap();
-    let trimming = |c: &mut WorkerConfig| {
-        c.snapshot_every = EVERY;
-        c.trim_margin = Some(MARGIN);
-    };
+    let (server, client, mut announcements) = listening(&bin).await;
     let w1 = Worker::start_with(&server.url, "w1", engine(1), trimming).await;
     // Two replicas behind relays the test can cut.
     let (near_link, far_link) = (
@@ -981,11 +984,14 @@ async fn a_worker_cut_off_past_the_trim_loads_the_snapshot_and_one_a_little_behi
     within(
         "w1 storing the snapshot at entry 4",
         announced(&mut announcements, |a| {
-            a.name == "w1" && a.snapshot == EVERY
+            a.name == "w1" && a.snapshot == TRIM_EVERY
         }),
     )
     .await;
-    assert_eq!(log.bounds(&lineage).await.unwrap().0, EVERY - MARGIN);
+    assert_eq!(
+        log.bounds(&lineage).await.unwrap().0,
+        TRIM_EVERY - TRIM_MARGIN
+    );
     near_link.restore();
     let back = within(
         "near at entry 5",
@@ -1010,13 +1016,13 @@ async fn a_worker_cut_off_past_the_trim_loads_the_snapshot_and_one_a_little_behi
     within(
         "w1 storing the snapshot at entry 8",
         announced(&mut announcements, |a| {
-            a.name == "w1" && a.snapshot == 2 * EVERY
+            a.name == "w1" && a.snapshot == 2 * TRIM_EVERY
         }),
     )
     .await;
     assert_eq!(
         log.bounds(&lineage).await.unwrap(),
-        (2 * EVERY - MARGIN, 10)
+        (2 * TRIM_EVERY - TRIM_MARGIN, 10)
     );
     far_link.restore();
     let back = within(
