@@ -59,16 +59,9 @@ impl Default for Deadlines {
         Deadlines {
             exceeded: AtomicU64::new(0),
             held_back: AtomicU64::new(0),
-            lateness_us: Mutex::new(lateness_histogram()),
+            lateness_us: Mutex::new(qnllm_router::latency_histogram()),
         }
     }
-}
-
-/// 1 µs to 1 h at 3 significant digits, as the router's latency histograms.
-fn lateness_histogram() -> Histogram<u64> {
-    #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .expect("constant bounds: low ≥ 1, high ≥ 2 · low, 3 digits")
 }
 
 impl Deadlines {

@@ -76,8 +76,9 @@ pub struct HealthSnapshot {
     pub ejections: u32,
 }
 
-/// 1 µs to 1 h at 3 significant digits: a few tens of KiB per engine.
-fn latency_histogram() -> Histogram<u64> {
+/// A histogram of durations in µs, 1 µs to 1 h at 3 significant digits (a few tens of KiB):
+/// the router's per-engine latencies, and the hub's deadline lateness.
+pub fn latency_histogram() -> Histogram<u64> {
     #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .expect("constant bounds: low ≥ 1, high ≥ 2 · low, 3 digits")

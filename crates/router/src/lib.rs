@@ -27,7 +27,7 @@ pub use coordinate::{
     Coordination, CoordinationMetrics, Coordinator, LearnError, TeacherVote, AGREEMENT_WINDOW,
     MAX_REPLAY_UPDATES,
 };
-pub use health::HealthSnapshot;
+pub use health::{latency_histogram, HealthSnapshot};
 pub use local::LocalBackend;
 pub use router::{
     Admission, EngineMetrics, Mode, Pool, RequestOptions, Router, RouterConfig, RouterError,
