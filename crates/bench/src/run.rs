@@ -231,6 +231,15 @@ impl Servers {
     }
 }
 
+/// The run's folder of sockets, removed when the run ends however it ends.
+struct Scratch<'a>(&'a std::path::Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 /// Runs every measurement; `progress` hears what is being measured and the fraction done.
 ///
 /// # Errors
@@ -246,6 +255,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         what: format!("cannot make {}", config.dir.display()),
         source: e,
     })?;
+    // Declared before the servers, so it is dropped after them: their sockets go too, on
+    // success and on every error.
+    let _scratch = Scratch(&config.dir);
     let dir = |name: &str| config.dir.join(name);
     let exe = config.exe.as_path();
     let mut skipped = Vec::new();
@@ -560,7 +572,6 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str, f64)) -> Result<R
         .map(|(hub, local)| hub / local);
     drop(paths);
     drop(servers);
-    let _ = std::fs::remove_dir_all(&config.dir);
     Ok(Report {
         request_bytes: request,
         reply_bytes: reply,

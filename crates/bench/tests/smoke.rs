@@ -281,4 +281,9 @@ fn a_missing_executable_is_a_clear_error() {
     let err = run(&config).expect_err("no servers can start");
     assert!(matches!(err, BenchError::Start { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/qnllm"), "{err}");
+    assert!(
+        !config.dir.exists(),
+        "a failed run leaves its folder behind: {}",
+        config.dir.display()
+    );
 }
