@@ -202,8 +202,11 @@ void Worker::finish_result(Reasoning& r, std::uint64_t ns) {
 void Worker::execute(Job& job) {
     Session& s = *job.session;
     if (!s.alive.load()) return;
-    if (s.take_cancel(job.id)) return;  // cancelled before it started: no answer at all
-    if (job.expires && Clock::now() > *job.expires) {
+    // A learn is applied whatever was said of it after it was read, as the Rust and Python
+    // workers do: every replica must apply the same updates (docs/protocol.md, `cancel`).
+    const bool learn = job.kind == Kind::Learn;
+    if (!learn && s.take_cancel(job.id)) return;  // cancelled before it started: no answer
+    if (!learn && job.expires && Clock::now() > *job.expires) {
         fail(s, job.id, ErrorCode::DeadlineExceeded, "the deadline passed before the engine started");
         return;
     }

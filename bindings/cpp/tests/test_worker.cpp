@@ -24,6 +24,7 @@ struct GatedEngine : Engine {
     std::condition_variable cv;
     bool open = false;
     int started = 0;
+    int learned = 0;
     bool short_batches = false;
 
     Reasoning reason(span<const float> x) override {
@@ -37,6 +38,11 @@ struct GatedEngine : Engine {
         auto out = Engine::reason_batch(values, dim);
         if (short_batches && !out.empty()) out.pop_back();
         return out;
+    }
+    Learned learn(span<const float>, std::uint32_t, std::uint64_t base_version) override {
+        std::lock_guard<std::mutex> lock(mu);
+        ++learned;
+        return Learned{base_version + 1, model.digest()};
     }
     EngineInfo info() override {
         EngineInfo i;
@@ -84,9 +90,12 @@ struct FakeHub {
     }
 };
 
-/// Reads frames, skipping heartbeats (counted), until one of another kind arrives.
+/// Reads frames, skipping heartbeats (counted), until one of another kind arrives; fails the
+/// test after 10 s of heartbeats alone (the worker sends them forever).
 Frame next(Connection& c, int* heartbeats = nullptr) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     for (;;) {
+        REQUIRE(std::chrono::steady_clock::now() < give_up);
         auto f = c.read_frame();
         REQUIRE(f.has_value());
         if (f->kind() == Kind::Heartbeat) {
@@ -210,6 +219,39 @@ TEST_CASE("worker: cancel drops a queued request, deadlines, heartbeats, batch c
     CHECK(u.kind() == Kind::Unregister);
     Frame g = next(*c);
     CHECK(g.kind() == Kind::Goodbye);
+    CHECK(worker.stop() == 0);
+}
+
+TEST_CASE("worker: a learn is applied even when cancelled or past its deadline in the queue") {
+    // Every replica must apply the same updates in the same order: the Rust and Python workers
+    // apply a learn as they read it, so one queued here must not be dropped either.
+    FakeHub hub;
+    GatedEngine engine;
+    Running worker(engine, hub.addr);
+    auto c = hub.accept();
+    handshake(*c);
+    auto x = reference_inputs(6, 1, 768);
+    c->send(Reason{x}, 200);  // blocks the only engine thread
+    REQUIRE(engine.wait_started(1));
+    c->send(Learn{3, 41, x}, 201, /*deadline_us*/ 1);
+    c->send(Cancel{}, 201);
+    c->send(Ping{}, 202);
+    CHECK(next(*c).kind() == Kind::Pong);  // the cancel has been read
+    engine.release();
+    Frame r = next(*c);
+    CHECK(r.header.request_id == 200);
+    CHECK(r.kind() == Kind::Result);
+    Frame l = next(*c);
+    CHECK(l.header.request_id == 201);
+    REQUIRE(l.kind() == Kind::Learned);
+    CHECK(std::get<Learned>(l.message()).model_version == 42);
+    {
+        std::lock_guard<std::mutex> lock(engine.mu);
+        CHECK(engine.learned == 1);
+    }
+    request_worker_stop();
+    CHECK(next(*c).kind() == Kind::Unregister);
+    CHECK(next(*c).kind() == Kind::Goodbye);
     CHECK(worker.stop() == 0);
 }
 
