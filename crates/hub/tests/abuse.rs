@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use qnllm_engine::NormalInputs;
 use qnllm_hub::{Client, ClientError, HubConfig};
-use qnllm_protocol::{Deadline, ErrorCode, Message, MessageKind, Topic};
+use qnllm_protocol::{Deadline, ErrorCode, Learn, Message, MessageKind, Topic};
 
 /// Makes sure this process may open `n` more files (sockets), raising its soft limit with
 /// `prlimit` if needed.
@@ -280,6 +280,73 @@ async fn a_request_the_hub_answers_at_its_deadline_is_cancelled_at_the_worker() 
         }
     };
     assert_eq!((id, kind), (first, "cancel"));
+    drop(slow);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
+    let (running, stop) = start(HubConfig {
+        heartbeat_timeout_ms: 600_000,
+        ..config()
+    })
+    .await;
+    let mut slow = Peer::worker(addr(&running), "slow").await;
+    assert!(matches!(
+        slow.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    let mut client = Peer::hello(addr(&running), "client", "teacher").await;
+    let learn = Message::Learn(Learn {
+        label: 1,
+        base_version: 0,
+        encoding: vec![0.3; 768].into(),
+    });
+    client
+        .send_with(
+            &learn,
+            1,
+            Deadline::from_remaining(Duration::from_millis(300)),
+        )
+        .await;
+    // The coordinator asks the student for its prediction first (the margin rule): that is
+    // answered, as the model would; the update itself never is.
+    let first = loop {
+        match within(slow.recv()).await {
+            Some((id, Message::Reason(encoding))) => {
+                let answer = engine("slow").reason_now(encoding.as_slice()).unwrap();
+                let reply = Message::Result(qnllm_hub::convert::result_body(&answer));
+                slow.send(&reply, id).await;
+            }
+            Some((id, Message::Learn(_))) => break id,
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    };
+    match within(client.recv()).await {
+        Some((1, Message::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message)
+        }
+        other => panic!("{other:?}"),
+    }
+    // Replicas must apply the same updates: the one the worker has is not taken back. A
+    // ping after the error is the marker: every frame the hub sent before it has arrived.
+    client.send(&Message::Ping, 2).await;
+    assert!(matches!(
+        within(client.recv()).await,
+        Some((2, Message::Pong))
+    ));
+    slow.send(&Message::Ping, 3).await;
+    loop {
+        match within(slow.recv()).await {
+            Some((id, Message::Cancel)) => {
+                panic!("the hub cancelled request {id} (the learn was {first})")
+            }
+            Some((3, Message::Pong)) => break,
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    }
     drop(slow);
     stop.cancel();
 }

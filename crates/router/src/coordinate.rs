@@ -549,6 +549,7 @@ impl Coordinator {
         let before_state = first.model_state();
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+            BackendError::Timeout { .. } => RouterError::DeadlineExceeded { budget, tried: 1 },
             other => RouterError::NoEngineAvailable {
                 reason: other.to_string(),
             },
@@ -568,6 +569,11 @@ impl Coordinator {
         for (student, state) in students.iter().zip(states) {
             let state = state.map_err(|e| match e {
                 BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                // A replica that did not answer in time has not disagreed with anyone.
+                BackendError::Timeout { .. } => RouterError::DeadlineExceeded {
+                    budget,
+                    tried: students.len(),
+                },
                 other => RouterError::Disagreement {
                     detail: format!("student {}: {other}", student.name()),
                 },
