@@ -16,7 +16,8 @@ struct Live {
     client: qnllm_hub::Client,
 }
 
-/// A client of a running hub: `reason`, `reason_batch`, `metrics`, `close`.
+/// A client of a running hub: `reason`, `reason_batch`, `learn`, `coordinate`, `metrics`,
+/// `close`.
 #[pyclass(module = "qnllm._native", subclass, frozen, name = "Client")]
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -116,6 +117,48 @@ impl Client {
                 .block_on(live.client.reason_batch(&rows, self.timeout))
                 .map(|answers| answers.into_iter().map(Reasoning::from_answer).collect())
                 .map_err(error::from_client)
+        })
+    }
+
+    /// Teaches `label` for `encoding` to the hub's student replicas, as an update to the
+    /// model at `base_version`; the new model state as JSON text (`Client.learn` parses it).
+    #[pyo3(signature = (encoding, label, base_version))]
+    fn learn_json(
+        &self,
+        py: Python<'_>,
+        encoding: &Bound<'_, PyAny>,
+        label: u32,
+        base_version: u64,
+    ) -> PyResult<String> {
+        let x = convert::encoding(encoding)?;
+        convert::validate(&x, x.len(), None)?;
+        self.with(py, |live| {
+            let state = live
+                .runtime
+                .block_on(live.client.learn(&x, label, base_version, self.timeout))
+                .map_err(error::from_client)?;
+            serde_json::to_string(&state).map_err(|e| error::QnllmError::new_err(e.to_string()))
+        })
+    }
+
+    /// Asks `teachers` of the hub's teachers (0: all) for their label of `encoding`, the
+    /// student learning the consensus when `learn`; the outcome as JSON text.
+    #[pyo3(signature = (encoding, teachers, learn))]
+    fn coordinate_json(
+        &self,
+        py: Python<'_>,
+        encoding: &Bound<'_, PyAny>,
+        teachers: u8,
+        learn: bool,
+    ) -> PyResult<String> {
+        let x = convert::encoding(encoding)?;
+        convert::validate(&x, x.len(), None)?;
+        self.with(py, |live| {
+            let outcome = live
+                .runtime
+                .block_on(live.client.coordinate(&x, teachers, learn, self.timeout))
+                .map_err(error::from_client)?;
+            serde_json::to_string(&outcome).map_err(|e| error::QnllmError::new_err(e.to_string()))
         })
     }
 

@@ -50,6 +50,42 @@ def test_client_reasons_through_another_process_hub(cli_hub, procs):
         client.reason(x[0])
 
 
+def test_client_learns_and_coordinates_through_another_process_hub(procs):
+    import subprocess
+
+    serve = procs.start(
+        [qnllm_bin(), "serve", "--listen", "127.0.0.1:0", "--local", "1",
+         "--teacher", "seed:2", "--teacher", "seed:3"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    address = next(
+        (line.rsplit(" ", 1)[1].strip() for line in serve.stdout if "listening on tcp" in line),
+        None,
+    )
+    assert address, "qnllm serve did not say where it listens"
+    reference = qnllm.SpikingEngine("seed:1")
+    x = qnllm.normal_inputs(80, 4)
+    with qnllm.connect(address) as client:
+        state = client.learn(x[0], 3, base_version=0)
+        want = reference.learn(x[0], 3)
+        assert state["version"] == want.model_version == 1
+        assert state["digest"] == want.model_digest
+        # An update for a version the student has left is refused, naming both.
+        with pytest.raises(qnllm.QnllmError, match="version") as e:
+            client.learn(x[1], 3, base_version=0)
+        assert "1" in str(e.value)
+        with pytest.raises(qnllm.InvalidInput, match="label 10"):
+            client.learn(x[1], 10, base_version=1)
+        outcome = client.coordinate(x[2], learn=True)
+        assert {t["engine"] for t in outcome["teachers"]} == {"teacher-0", "teacher-1"}
+        assert 0 <= outcome["consensus"] < 10 and 0.0 <= outcome["agreement"] <= 1.0
+        if outcome["learned"]:
+            reference.learn(x[2], outcome["consensus"])
+        # The hub's student answers from the model the client taught, bit for bit.
+        assert client.reason(x[3]).result_digest == reference.reason(x[3]).result_digest
+        assert client.reason(x[3]).model_version == reference.model_version
+
+
 def test_connect_to_nothing_is_connection_lost():
     with pytest.raises(qnllm.ConnectionLost, match="cannot connect"):
         qnllm.connect("127.0.0.1:1")

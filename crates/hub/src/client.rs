@@ -4,11 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use qnllm_engine::Digest;
 use qnllm_protocol::{
-    Batch, BatchResult, Call, Deadline, ErrorCode, Event, Frame, Message, Welcome,
-    DEFAULT_MAX_FRAME_BYTES,
+    Batch, BatchResult, Call, Coordinate, CoordinationResult, Deadline, ErrorCode, Event, Frame,
+    Learn, Message, Welcome, DEFAULT_MAX_FRAME_BYTES,
 };
-use qnllm_router::Answer;
+use qnllm_router::{Answer, ModelState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{spawn_writer, Closer, Elapsed, FrameReader, FrameSender, ReadError};
@@ -245,6 +246,67 @@ impl Client {
             }
             other => Err(ClientError::Unexpected(format!(
                 "{} instead of batch_result",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Teaches `label` for `encoding` to the hub's student replicas, as an update to the
+    /// model at `base_version`; the model's state after it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]; `VersionConflict` when the student is at another version,
+    /// `InvalidInput` for a bad encoding or label.
+    pub async fn learn(
+        &self,
+        encoding: &[f32],
+        label: u32,
+        base_version: u64,
+        timeout: Duration,
+    ) -> Result<ModelState, ClientError> {
+        let learn = Learn {
+            label,
+            base_version,
+            encoding: encoding.to_vec().into(),
+        };
+        match self.request(&Message::Learn(learn), timeout).await? {
+            Message::Learned(learned) => Ok(ModelState {
+                version: learned.model_version,
+                digest: Digest(learned.model_digest),
+            }),
+            other => Err(ClientError::Unexpected(format!(
+                "{} instead of learned",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Asks `teachers` of the hub's teachers (0: all) for their label of `encoding`; with
+    /// `learn`, the student learns the consensus.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]; `NoEngineAvailable` when the hub has no teachers.
+    pub async fn coordinate(
+        &self,
+        encoding: &[f32],
+        teachers: u8,
+        learn: bool,
+        timeout: Duration,
+    ) -> Result<CoordinationResult, ClientError> {
+        let coordinate = Coordinate {
+            teachers,
+            learn,
+            encoding: encoding.to_vec().into(),
+        };
+        match self
+            .request(&Message::Coordinate(coordinate), timeout)
+            .await?
+        {
+            Message::CoordinationResult(result) => Ok(result),
+            other => Err(ClientError::Unexpected(format!(
+                "{} instead of coordination_result",
                 other.kind()
             ))),
         }
