@@ -119,6 +119,7 @@ private:
     void handle(const std::shared_ptr<Session>& s, const Frame& f, bool draining);
     void run_pool();
     void execute(Job& job);
+    void learn(Session& s, std::uint64_t id, const Learn& l);
     void finish_result(Reasoning& r, std::uint64_t ns);
     void fail(Session& s, std::uint64_t id, ErrorCode code, const std::string& msg) {
         s.send(WireError{static_cast<std::uint16_t>(code), msg}, id);
@@ -202,11 +203,8 @@ void Worker::finish_result(Reasoning& r, std::uint64_t ns) {
 void Worker::execute(Job& job) {
     Session& s = *job.session;
     if (!s.alive.load()) return;
-    // A learn is applied whatever was said of it after it was read, as the Rust and Python
-    // workers do: every replica must apply the same updates (docs/protocol.md, `cancel`).
-    const bool learn = job.kind == Kind::Learn;
-    if (!learn && s.take_cancel(job.id)) return;  // cancelled before it started: no answer
-    if (!learn && job.expires && Clock::now() > *job.expires) {
+    if (s.take_cancel(job.id)) return;  // cancelled before it started: no answer at all
+    if (job.expires && Clock::now() > *job.expires) {
         fail(s, job.id, ErrorCode::DeadlineExceeded, "the deadline passed before the engine started");
         return;
     }
@@ -230,14 +228,6 @@ void Worker::execute(Job& job) {
                 std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
             for (auto& o : outs) finish_result(o, ns / (b->count ? b->count : 1));
             if (!s.take_cancel(job.id)) s.send(BatchResult{std::move(outs)}, job.id);
-        } else if (auto* l = std::get_if<Learn>(&job.message)) {
-            Learned done = engine_.learn(span<const float>(l->values.data(), l->values.size()),
-                                         l->label, l->base_version);
-            {
-                std::lock_guard<std::mutex> lock(info_mu_);
-                info_ = engine_.info();
-            }
-            s.send(done, job.id);
         }
     } catch (const EngineError& e) {
         fail(s, job.id, e.code(), e.what());
@@ -248,13 +238,44 @@ void Worker::execute(Job& job) {
     }
 }
 
+void Worker::learn(Session& s, std::uint64_t id, const Learn& l) {
+    std::optional<Learned> done;
+    try {
+        done = engine_.learn(span<const float>(l.values.data(), l.values.size()), l.label,
+                             l.base_version);
+    } catch (const EngineError& e) {
+        fail(s, id, e.code(), e.what());
+    } catch (const std::exception& e) {
+        fail(s, id, ErrorCode::EngineFailed, std::string("the engine failed: ") + e.what());
+    } catch (...) {
+        fail(s, id, ErrorCode::EngineFailed, "the engine failed with an unknown exception");
+    }
+    if (!done) return;
+    // The update is applied: a failure to describe the engine afterwards must not say it
+    // was not. The registration keeps the last description that worked.
+    try {
+        EngineInfo now = engine_.info();
+        std::lock_guard<std::mutex> lock(info_mu_);
+        info_ = std::move(now);
+    } catch (const std::exception& e) {
+        log(std::string("cannot describe the engine after learning: ") + e.what());
+    }
+    s.send(*done, id);
+}
+
 void Worker::handle(const std::shared_ptr<Session>& s, const Frame& f, bool draining) {
     Message m = f.message();  // throws ProtocolError: the caller answers and closes
     const std::uint64_t id = f.header.request_id;
     switch (f.kind()) {
+        case Kind::Learn:
+            // Applied here, on the session's thread, in the order read: updates must not
+            // overtake each other (the pool's threads could), and none is dropped for a
+            // `cancel` or a deadline. Every replica applies the same updates, as the Rust and
+            // Python workers do (docs/protocol.md, `cancel`).
+            learn(*s, id, std::get<Learn>(m));
+            return;
         case Kind::Reason:
-        case Kind::Batch:
-        case Kind::Learn: {
+        case Kind::Batch: {
             Job job{s, f.kind(), id, std::nullopt, std::move(m)};
             if (f.header.deadline_us > 0)
                 job.expires = Clock::now() + std::chrono::microseconds(f.header.deadline_us);

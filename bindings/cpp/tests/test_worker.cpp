@@ -222,9 +222,10 @@ TEST_CASE("worker: cancel drops a queued request, deadlines, heartbeats, batch c
     CHECK(worker.stop() == 0);
 }
 
-TEST_CASE("worker: a learn is applied even when cancelled or past its deadline in the queue") {
-    // Every replica must apply the same updates in the same order: the Rust and Python workers
-    // apply a learn as they read it, so one queued here must not be dropped either.
+TEST_CASE("worker: a learn is applied in the order read, never queued behind reasons or dropped") {
+    // Every replica must apply the same updates in the same order, as the Rust and Python
+    // workers do: a learn is not queued on the pool (whose threads could reorder two), and a
+    // cancel or a spent deadline does not drop it.
     FakeHub hub;
     GatedEngine engine;
     Running worker(engine, hub.addr);
@@ -236,19 +237,25 @@ TEST_CASE("worker: a learn is applied even when cancelled or past its deadline i
     c->send(Learn{3, 41, x}, 201, /*deadline_us*/ 1);
     c->send(Cancel{}, 201);
     c->send(Ping{}, 202);
-    CHECK(next(*c).kind() == Kind::Pong);  // the cancel has been read
-    engine.release();
-    Frame r = next(*c);
-    CHECK(r.header.request_id == 200);
-    CHECK(r.kind() == Kind::Result);
+    // Both come while the reason read before them still runs: the learn did not wait for it.
     Frame l = next(*c);
     CHECK(l.header.request_id == 201);
     REQUIRE(l.kind() == Kind::Learned);
     CHECK(std::get<Learned>(l.message()).model_version == 42);
+    CHECK(next(*c).kind() == Kind::Pong);
     {
         std::lock_guard<std::mutex> lock(engine.mu);
         CHECK(engine.learned == 1);
     }
+    engine.release();
+    Frame r = next(*c);
+    CHECK(r.header.request_id == 200);
+    CHECK(r.kind() == Kind::Result);
+    // The late cancel for the learn is forgotten: it cancels nothing read after it.
+    c->send(Reason{x}, 201);
+    Frame again = next(*c);
+    CHECK(again.header.request_id == 201);
+    CHECK(again.kind() == Kind::Result);
     request_worker_stop();
     CHECK(next(*c).kind() == Kind::Unregister);
     CHECK(next(*c).kind() == Kind::Goodbye);
