@@ -296,6 +296,7 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
         slow.recv().await,
         Some((_, Message::Registered(_)))
     ));
+    let model = engine("slow");
     let mut client = Peer::hello(addr(&running), "client", "teacher").await;
     let learn = Message::Learn(Learn {
         label: 1,
@@ -303,18 +304,14 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
         encoding: vec![0.3; 768].into(),
     });
     client
-        .send_with(
-            &learn,
-            1,
-            Deadline::from_remaining(Duration::from_millis(300)),
-        )
+        .send_with(&learn, 1, Deadline::from_remaining(Duration::from_secs(1)))
         .await;
     // The coordinator asks the student for its prediction first (the margin rule): that is
     // answered, as the model would; the update itself never is.
     let first = loop {
         match within(slow.recv()).await {
             Some((id, Message::Reason(encoding))) => {
-                let answer = engine("slow").reason_now(encoding.as_slice()).unwrap();
+                let answer = model.reason_now(encoding.as_slice()).unwrap();
                 let reply = Message::Result(qnllm_hub::convert::result_body(&answer));
                 slow.send(&reply, id).await;
             }
@@ -330,12 +327,8 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
         other => panic!("{other:?}"),
     }
     // Replicas must apply the same updates: the one the worker has is not taken back. A
-    // ping after the error is the marker: every frame the hub sent before it has arrived.
-    client.send(&Message::Ping, 2).await;
-    assert!(matches!(
-        within(client.recv()).await,
-        Some((2, Message::Pong))
-    ));
+    // cancel would have been queued for the worker before the client's error; the pong to
+    // a ping the worker sends now comes behind it on the same connection.
     slow.send(&Message::Ping, 3).await;
     loop {
         match within(slow.recv()).await {

@@ -344,7 +344,8 @@ impl Coordinator {
     ///
     /// [`RouterError::NoEngineAvailable`] without teachers or when none answers;
     /// [`RouterError::InvalidInput`] for a bad encoding; [`RouterError::Disagreement`] when
-    /// student replicas end up in different states.
+    /// student replicas end up in different states; [`RouterError::DeadlineExceeded`] when
+    /// one does not answer within `budget`.
     pub async fn coordinate(
         &self,
         encoding: &[f32],
@@ -549,10 +550,9 @@ impl Coordinator {
         let before_state = first.model_state();
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-            BackendError::Timeout { .. } => RouterError::DeadlineExceeded { budget, tried: 1 },
-            other => RouterError::NoEngineAvailable {
-                reason: other.to_string(),
-            },
+            other => replica_error(other, budget, |e| RouterError::NoEngineAvailable {
+                reason: e.to_string(),
+            }),
         })?;
         // The answer comes from the replica itself: fresher than a description that may lag.
         let version = log.version.unwrap_or(before.reasoning.model_version);
@@ -569,14 +569,9 @@ impl Coordinator {
         for (student, state) in students.iter().zip(states) {
             let state = state.map_err(|e| match e {
                 BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-                // A replica that did not answer in time has not disagreed with anyone.
-                BackendError::Timeout { .. } => RouterError::DeadlineExceeded {
-                    budget,
-                    tried: students.len(),
-                },
-                other => RouterError::Disagreement {
-                    detail: format!("student {}: {other}", student.name()),
-                },
+                other => replica_error(other, budget, |e| RouterError::Disagreement {
+                    detail: format!("student {}: {e}", student.name()),
+                }),
             })?;
             match agreed_state {
                 None => agreed_state = Some(state),
@@ -636,6 +631,20 @@ impl Coordinator {
     }
 }
 
+/// A student replica's failure: one that did not answer within the budget has not
+/// disagreed with anyone, so that is `DeadlineExceeded`; any other failure is what
+/// `otherwise` makes of it.
+fn replica_error(
+    err: BackendError,
+    budget: Duration,
+    otherwise: impl FnOnce(BackendError) -> RouterError,
+) -> RouterError {
+    match err {
+        BackendError::Timeout { .. } => RouterError::DeadlineExceeded { budget, tried: 1 },
+        other => otherwise(other),
+    }
+}
+
 /// Brings `student` from the model it reports to the current one by replaying, in order, the
 /// updates it missed: a worker that joins after learning started, or one that fell behind.
 async fn catch_up(
@@ -665,8 +674,10 @@ async fn catch_up(
         let state = student
             .learn(&update.encoding, update.label, base, budget)
             .await
-            .map_err(|e| RouterError::Disagreement {
-                detail: format!("student {} catching up: {e}", student.name()),
+            .map_err(|e| {
+                replica_error(e, budget, |e| RouterError::Disagreement {
+                    detail: format!("student {} catching up: {e}", student.name()),
+                })
             })?;
         if state != update.after {
             return Err(RouterError::Disagreement {

@@ -524,3 +524,106 @@ async fn replicas_that_follow_a_shared_log_are_not_replayed_to_when_their_descri
     // Their descriptions still lag by one: the order was never read from them.
     assert_eq!(a.describe().model_version, 5);
 }
+
+/// A student replica that does not answer one step in time (as a remote one whose budget ran
+/// out), or fails it.
+#[derive(Debug)]
+struct Late {
+    inner: LocalBackend,
+    /// `reason` (the prediction) or `learn` (the update).
+    step: &'static str,
+    timeout: bool,
+}
+
+impl Late {
+    fn fault(&self, budget: Duration) -> qnllm_router::BackendError {
+        let engine = self.inner.name().to_string();
+        if self.timeout {
+            qnllm_router::BackendError::Timeout { engine, budget }
+        } else {
+            let reason = "out of memory".into();
+            qnllm_router::BackendError::Failed { engine, reason }
+        }
+    }
+}
+
+impl Backend for Late {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.inner.describe()
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        if self.step == "reason" {
+            let fault = self.fault(budget);
+            return Box::pin(async move { Err(fault) });
+        }
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        if self.step == "learn" {
+            let fault = self.fault(budget);
+            return Box::pin(async move { Err(fault) });
+        }
+        Backend::learn(&self.inner, encoding, label, base_version, budget)
+    }
+}
+
+#[tokio::test]
+async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fails_is_not() {
+    let x = NormalInputs::new(6, 768).next().unwrap();
+    for (step, timeout, want) in [
+        ("reason", true, "DeadlineExceeded"),
+        ("learn", true, "DeadlineExceeded"),
+        ("reason", false, "NoEngineAvailable"),
+        ("learn", false, "Disagreement"),
+    ] {
+        let late = Late {
+            inner: LocalBackend::new(
+                "late",
+                SpikingEngine::from_seed(1, Params::default()).unwrap(),
+            ),
+            step,
+            timeout,
+        };
+        let students = vec![local("on-time", 1), Arc::new(late) as Arc<dyn Backend>];
+        // The late one second: the prediction is asked of the first student only.
+        let students = if step == "reason" {
+            students.into_iter().rev().collect()
+        } else {
+            students
+        };
+        let coordinator = Coordinator::new(vec![], students);
+        let err = coordinator.learn(&x, 1, BUDGET).await.unwrap_err();
+        let got = format!("{err:?}");
+        assert!(
+            got.starts_with(want),
+            "{step} {}: {got}",
+            if timeout { "timed out" } else { "failed" }
+        );
+    }
+}
