@@ -74,6 +74,12 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     qnllm,
+    VersionConflict,
+    QnllmError,
+    "A learning update named a model version other than the student's; the message names both."
+);
+pyo3::create_exception!(
+    qnllm,
     ShuttingDown,
     QnllmError,
     "The hub is shutting down and takes no new requests."
@@ -93,6 +99,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineFailed", py.get_type::<EngineFailed>())?;
     m.add("EngineStopped", py.get_type::<EngineStopped>())?;
     m.add("ShuttingDown", py.get_type::<ShuttingDown>())?;
+    m.add("VersionConflict", py.get_type::<VersionConflict>())?;
     Ok(())
 }
 
@@ -154,6 +161,7 @@ pub(crate) fn from_client(err: ClientError) -> PyErr {
             ErrorCode::Disagreement => Disagreement::new_err(message),
             ErrorCode::EngineFailed => EngineFailed::new_err(message),
             ErrorCode::ShuttingDown => ShuttingDown::new_err(message),
+            ErrorCode::VersionConflict => VersionConflict::new_err(message),
             _ => QnllmError::new_err(text),
         },
         ClientError::Timeout(_) => DeadlineExceeded::new_err(text),

@@ -3,6 +3,7 @@ from ._native import (
     ConnectionLost as ConnectionLost,
     DeadlineExceeded as DeadlineExceeded,
     Disagreement as Disagreement,
+    VersionConflict as VersionConflict,
     EngineFailed as EngineFailed,
     EngineStopped as EngineStopped,
     HubError as HubError,

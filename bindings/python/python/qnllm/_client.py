@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from . import _native
 
@@ -13,22 +13,25 @@ class Client(_native.Client):
     UnifiedNeuralEngine): ``reason``, ``reason_batch``, ``learn``, ``coordinate``,
     ``metrics``, ``close``; usable in ``with``."""
 
-    def learn(self, encoding, label: int, *, base_version: int) -> dict:
+    def learn(self, encoding: Any, label: int, *, base_version: int) -> Dict[str, Any]:
         """Teaches ``label`` for ``encoding`` to the hub's student replicas, as an update
         to the model at ``base_version``; returns the new state, ``{"version", "digest"}``.
 
-        Raises InvalidInput for a bad encoding or label, and QnllmError naming both
-        versions when the student is at another one than ``base_version``.
+        Raises InvalidInput for a bad encoding or label, VersionConflict (naming both
+        versions) when the student is at another one. DeadlineExceeded does not mean that
+        nothing was applied: send the update again with the same ``base_version``, and a
+        VersionConflict says it was.
         """
-        return json.loads(self.learn_json(encoding, label, base_version))
+        return json.loads(self.learn_json(encoding, int(label), int(base_version)))
 
-    def coordinate(self, encoding, *, teachers: int = 0, learn: bool = False) -> dict:
-        """Asks ``teachers`` of the hub's teachers (0: all) for their label of
-        ``encoding``; with ``learn``, the student learns the consensus. Returns
+    def coordinate(self, encoding: Any, *, teachers: int = 0, learn: bool = True) -> Dict[str, Any]:
+        """Multi-teacher coordination on the hub: ``teachers`` of its teachers (0: all) vote
+        on ``encoding``; with ``learn`` the student learns the consensus. Returns
         ``{"consensus", "agreement", "learned", "teachers": [{"engine", "label",
-        "confidence", "reliability"}]}``, ``learned`` a bool.
+        "confidence", "reliability"}]}``: what the hub's reply carries, so ``learned`` is a
+        bool here, where ``UnifiedNeuralEngine.coordinate`` returns the new state.
         """
-        return json.loads(self.coordinate_json(encoding, teachers, learn))
+        return json.loads(self.coordinate_json(encoding, int(teachers), bool(learn)))
 
     def metrics(self) -> dict:
         """The hub's figures: engines, router decisions, cache, connections."""
