@@ -41,7 +41,8 @@ pub struct BenchConfig {
     pub duration: Option<Duration>,
     /// Busy-poll time for the path that measures busy polling (hub, worker and client).
     pub busy_poll: Duration,
-    /// Where the Unix sockets go.
+    /// Where the Unix sockets go: a folder the run creates and removes, with everything in
+    /// it, however the run ends. Name one of its own, not a folder that holds anything else.
     pub dir: PathBuf,
     /// Idle connections for the memory figure.
     pub idle_connections: usize,

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-const TESTS: [(&str, fn()); 4] = [
+const TESTS: [(&str, fn()); 5] = [
     (
         "a_short_run_reports_every_row_or_says_why_not",
         a_short_run_reports_every_row_or_says_why_not,
@@ -72,6 +72,10 @@ const TESTS: [(&str, fn()); 4] = [
     (
         "a_missing_executable_is_a_clear_error",
         a_missing_executable_is_a_clear_error,
+    ),
+    (
+        "a_failed_run_removes_its_folder",
+        a_failed_run_removes_its_folder,
     ),
 ];
 
@@ -281,6 +285,12 @@ fn a_missing_executable_is_a_clear_error() {
     let err = run(&config).expect_err("no servers can start");
     assert!(matches!(err, BenchError::Start { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/qnllm"), "{err}");
+}
+
+fn a_failed_run_removes_its_folder() {
+    let mut config = short("failed");
+    config.exe = PathBuf::from("/nonexistent/qnllm");
+    run(&config).expect_err("no servers can start");
     assert!(
         !config.dir.exists(),
         "a failed run leaves its folder behind: {}",

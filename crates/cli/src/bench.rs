@@ -155,7 +155,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         .await
     });
     bar.finish_and_clear();
-    let _ = std::fs::remove_dir_all(&config.dir);
     let report = report?;
     if let Some(path) = &args.plot {
         std::fs::write(path, qnllm_bench::svg(&report))
