@@ -184,17 +184,9 @@ async fn a_spent_deadline_is_answered_at_once_and_never_computed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_counts_each_deadline_it_answers_and_how_late_it_said_so() {
-    let (running, stop) = start(HubConfig {
-        heartbeat_timeout_ms: 600_000,
-        ..config()
-    })
-    .await;
+    let (running, stop) = start_without_heartbeats().await;
     // A worker that takes requests and never answers: every deadline passes in the hub.
-    let mut mute = Peer::worker(addr(&running), "mute").await;
-    assert!(matches!(
-        mute.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let mute = registered_worker(addr(&running), "mute").await;
     let mut peer = Peer::hello(addr(&running), "client", "patient").await;
     for id in 1..=20u64 {
         let reason = Message::Reason(vec![0.3; 768].into());
@@ -238,16 +230,8 @@ async fn the_hub_counts_each_deadline_it_answers_and_how_late_it_said_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_hub_answers_at_its_deadline_is_cancelled_at_the_worker() {
-    let (running, stop) = start(HubConfig {
-        heartbeat_timeout_ms: 600_000,
-        ..config()
-    })
-    .await;
-    let mut slow = Peer::worker(addr(&running), "slow").await;
-    assert!(matches!(
-        slow.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let (running, stop) = start_without_heartbeats().await;
+    let mut slow = registered_worker(addr(&running), "slow").await;
     let mut client = Peer::hello(addr(&running), "client", "hasty").await;
     let reason = Message::Reason(vec![0.3; 768].into());
     // The hub's alarm answers at the deadline, to the µs, before the router's own timer for
@@ -286,16 +270,8 @@ async fn a_request_the_hub_answers_at_its_deadline_is_cancelled_at_the_worker() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
-    let (running, stop) = start(HubConfig {
-        heartbeat_timeout_ms: 600_000,
-        ..config()
-    })
-    .await;
-    let mut slow = Peer::worker(addr(&running), "slow").await;
-    assert!(matches!(
-        slow.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let (running, stop) = start_without_heartbeats().await;
+    let mut slow = registered_worker(addr(&running), "slow").await;
     let model = engine("slow");
     let mut client = Peer::hello(addr(&running), "client", "teacher").await;
     let learn = Message::Learn(Learn {
@@ -344,6 +320,27 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
     stop.cancel();
 }
 
+/// A hub whose workers need send no heartbeats: a scripted worker stays listed for the
+/// whole test.
+async fn start_without_heartbeats() -> (qnllm_hub::RunningHub, tokio_util::sync::CancellationToken)
+{
+    start(HubConfig {
+        heartbeat_timeout_ms: 600_000,
+        ..config()
+    })
+    .await
+}
+
+/// A scripted worker, once the hub has said `registered`.
+async fn registered_worker(addr: std::net::SocketAddr, name: &str) -> Peer {
+    let mut worker = Peer::worker(addr, name).await;
+    assert!(matches!(
+        worker.recv().await,
+        Some((_, Message::Registered(_)))
+    ));
+    worker
+}
+
 /// `step`'s output, or a failed test if it takes longer than `WAIT`.
 async fn within<T>(step: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, step)
@@ -365,22 +362,10 @@ async fn next_request(worker: &mut Peer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_holds_up_no_broadcast() {
     // Heartbeats are not needed to keep the stalled worker listed for the whole test.
-    let (running, stop) = start(HubConfig {
-        heartbeat_timeout_ms: 600_000,
-        ..config()
-    })
-    .await;
+    let (running, stop) = start_without_heartbeats().await;
     let addr = addr(&running);
-    let mut stalled = Peer::worker(addr, "stalled").await;
-    assert!(matches!(
-        stalled.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
-    let mut listening = Peer::worker(addr, "listening").await;
-    assert!(matches!(
-        listening.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let _stalled = registered_worker(addr, "stalled").await;
+    let mut listening = registered_worker(addr, "listening").await;
     // `stalled` never reads again. 64 broadcasts of 512 KiB (32 MiB) overfill its socket
     // buffers and its queue; `listening` reads each before the next is sent.
     let mut sender = Peer::hello(addr, "client", "announcer").await;
@@ -417,11 +402,7 @@ async fn a_stalled_worker_holds_up_no_broadcast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_sends_a_malformed_heartbeat_is_closed() {
     let (running, stop) = start(config()).await;
-    let mut peer = Peer::worker(addr(&running), "sloppy").await;
-    assert!(matches!(
-        peer.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let mut peer = registered_worker(addr(&running), "sloppy").await;
     // A heartbeat header with a body that is not its JSON.
     let mut frame = bytes::BytesMut::new();
     qnllm_protocol::encode_frame(&Message::Ping, 0, Deadline::NONE, &mut frame);
@@ -446,11 +427,7 @@ async fn a_worker_that_sends_a_malformed_heartbeat_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_sends_what_only_clients_send_is_closed() {
     let (running, stop) = start(config()).await;
-    let mut peer = Peer::worker(addr(&running), "confused").await;
-    assert!(matches!(
-        peer.recv().await,
-        Some((_, Message::Registered(_)))
-    ));
+    let mut peer = registered_worker(addr(&running), "confused").await;
     peer.send(&Message::MetricsQuery, 3).await;
     let mut saw = None;
     while let Some((_, message)) = peer.recv().await {
