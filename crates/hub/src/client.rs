@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use qnllm_engine::Digest;
 use qnllm_protocol::{
     Batch, BatchResult, Call, Coordinate, CoordinationResult, Deadline, ErrorCode, Event, Frame,
-    Learn, Message, Welcome, DEFAULT_MAX_FRAME_BYTES,
+    Learn, Message, MessageKind, Welcome, DEFAULT_MAX_FRAME_BYTES,
 };
 use qnllm_router::{Answer, ModelState};
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +18,11 @@ use crate::endpoint::Endpoint;
 use crate::peer::{
     lock, Greeted, Handshake, HandshakeError, Progress, Refused, Reply, Requests, HANDSHAKE_TIMEOUT,
 };
+
+/// A reply of another kind than the request asks for.
+fn unexpected(got: &Message, wanted: MessageKind) -> ClientError {
+    ClientError::Unexpected(format!("{} instead of {wanted}", got.kind()))
+}
 
 /// Why a client request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,10 +220,7 @@ impl Client {
             .await?
         {
             Message::Result(result) => Ok(convert::answer(result)),
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of result",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::Result)),
         }
     }
 
@@ -244,10 +246,7 @@ impl Client {
             Message::BatchResult(BatchResult { results }) => {
                 Ok(results.into_iter().map(convert::answer).collect())
             }
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of batch_result",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::BatchResult)),
         }
     }
 
@@ -275,10 +274,7 @@ impl Client {
                 version: learned.model_version,
                 digest: Digest(learned.model_digest),
             }),
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of learned",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::Learned)),
         }
     }
 
@@ -305,10 +301,7 @@ impl Client {
             .await?
         {
             Message::CoordinationResult(result) => Ok(result),
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of coordination_result",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::CoordinationResult)),
         }
     }
 
@@ -329,10 +322,7 @@ impl Client {
         });
         match self.request(&call, timeout).await? {
             Message::Reply(bytes) => Ok(bytes),
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of reply",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::Reply)),
         }
     }
 
@@ -392,10 +382,7 @@ impl Client {
     pub async fn metrics(&self, timeout: Duration) -> Result<serde_json::Value, ClientError> {
         match self.request(&Message::MetricsQuery, timeout).await? {
             Message::Metrics(value) => Ok(value),
-            other => Err(ClientError::Unexpected(format!(
-                "{} instead of metrics",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other, MessageKind::Metrics)),
         }
     }
 }
