@@ -530,9 +530,17 @@ async fn replicas_that_follow_a_shared_log_are_not_replayed_to_when_their_descri
 #[derive(Debug)]
 struct Late {
     inner: LocalBackend,
-    /// `reason` (the prediction) or `learn` (the update).
-    step: &'static str,
+    step: Step,
     timeout: bool,
+}
+
+/// The step of a `learn` that a [`Late`] replica does not do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The coordinator's `reason` for the student's prediction.
+    Predict,
+    /// The update itself.
+    Update,
 }
 
 impl Late {
@@ -560,7 +568,7 @@ impl Backend for Late {
         budget: Duration,
     ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
     {
-        if self.step == "reason" {
+        if self.step == Step::Predict {
             let fault = self.fault(budget);
             return Box::pin(async move { Err(fault) });
         }
@@ -585,7 +593,7 @@ impl Backend for Late {
         budget: Duration,
     ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
     {
-        if self.step == "learn" {
+        if self.step == Step::Update {
             let fault = self.fault(budget);
             return Box::pin(async move { Err(fault) });
         }
@@ -597,10 +605,10 @@ impl Backend for Late {
 async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fails_is_not() {
     let x = NormalInputs::new(6, 768).next().unwrap();
     for (step, timeout, want) in [
-        ("reason", true, "DeadlineExceeded"),
-        ("learn", true, "DeadlineExceeded"),
-        ("reason", false, "NoEngineAvailable"),
-        ("learn", false, "Disagreement"),
+        (Step::Predict, true, "DeadlineExceeded"),
+        (Step::Update, true, "DeadlineExceeded"),
+        (Step::Predict, false, "NoEngineAvailable"),
+        (Step::Update, false, "Disagreement"),
     ] {
         let late = Late {
             inner: LocalBackend::new(
@@ -610,19 +618,19 @@ async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fa
             step,
             timeout,
         };
-        let students = vec![local("on-time", 1), Arc::new(late) as Arc<dyn Backend>];
-        // The late one second: the prediction is asked of the first student only.
-        let students = if step == "reason" {
-            students.into_iter().rev().collect()
-        } else {
-            students
+        let (late, on_time) = (Arc::new(late) as Arc<dyn Backend>, local("on-time", 1));
+        // The prediction is asked of the first student only, so the late one goes first; the
+        // update goes to every student, so it comes after one that answers.
+        let students = match step {
+            Step::Predict => vec![late, on_time],
+            Step::Update => vec![on_time, late],
         };
         let coordinator = Coordinator::new(vec![], students);
         let err = coordinator.learn(&x, 1, BUDGET).await.unwrap_err();
         let got = format!("{err:?}");
         assert!(
             got.starts_with(want),
-            "{step} {}: {got}",
+            "{step:?} {}: {got}",
             if timeout { "timed out" } else { "failed" }
         );
     }
