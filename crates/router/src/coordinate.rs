@@ -141,6 +141,18 @@ struct StudentLog {
     updates: std::collections::VecDeque<Update>,
     window_agreed: u64,
     window_steps: u64,
+    /// The last update no replica answered in time. Replicas never take a `learn` back, so
+    /// they may apply it yet: the first replica seen one version on from its base says what
+    /// it made of the model, and it is recorded then.
+    unanswered: Option<Unanswered>,
+}
+
+/// An update sent to every replica that none answered within the budget.
+#[derive(Debug)]
+struct Unanswered {
+    before: ModelState,
+    encoding: Vec<f32>,
+    label: u32,
 }
 
 impl StudentLog {
@@ -165,6 +177,27 @@ impl StudentLog {
         self.version = None;
         self.base = None;
         self.updates.clear();
+        self.unanswered = None;
+    }
+
+    /// Records the unanswered update once a replica shows it applied.
+    fn settle(&mut self, students: &[Arc<dyn Backend>]) {
+        let Some(next) = self
+            .unanswered
+            .as_ref()
+            .and_then(|u| u.before.version.checked_add(1))
+        else {
+            return;
+        };
+        let applied = students
+            .iter()
+            .map(|s| s.model_state())
+            .find(|s| s.version == next);
+        if let Some(after) = applied {
+            if let Some(u) = self.unanswered.take() {
+                self.record(u.before, &u.encoding, u.label, after);
+            }
+        }
     }
 
     fn record(&mut self, before: ModelState, encoding: &[f32], label: u32, after: ModelState) {
@@ -180,6 +213,7 @@ impl StudentLog {
             self.base = self.updates.pop_front().map(|u| u.after);
         }
         self.version = Some(after.version);
+        self.unanswered = None;
     }
 }
 
@@ -344,8 +378,10 @@ impl Coordinator {
     ///
     /// [`RouterError::NoEngineAvailable`] without teachers or when none answers;
     /// [`RouterError::InvalidInput`] for a bad encoding; [`RouterError::Disagreement`] when
-    /// student replicas end up in different states; [`RouterError::DeadlineExceeded`] when
-    /// one does not answer within `budget`.
+    /// student replicas refuse the update or end up in different states;
+    /// [`RouterError::DeadlineExceeded`] when one does not answer within `budget`. With
+    /// either of the last two, the replicas that did apply the update keep it (an update is
+    /// never taken back), it is recorded, and the others catch up at the next update.
     pub async fn coordinate(
         &self,
         encoding: &[f32],
@@ -540,6 +576,7 @@ impl Coordinator {
         if ordered_elsewhere {
             log.forget();
         }
+        log.settle(&students);
         if let Some(version) = log.version {
             for student in &students {
                 if student.describe().model_version != version {
@@ -547,13 +584,16 @@ impl Coordinator {
                 }
             }
         }
-        let before_state = first.model_state();
         let before = first.reason(encoding, budget).await.map_err(|e| match e {
             BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
             other => replica_error(other, budget, |e| RouterError::NoEngineAvailable {
                 reason: e.to_string(),
             }),
         })?;
+        // A replica answers in the order it reads, so an update it had not answered is
+        // applied by now if it ever will be before this one.
+        log.settle(&students);
+        let before_state = first.model_state();
         // The answer comes from the replica itself: fresher than a description that may lag.
         let version = log.version.unwrap_or(before.reasoning.model_version);
         if base.is_some_and(|b| b != version) {
@@ -565,30 +605,52 @@ impl Coordinator {
                 .map(|s| s.learn(encoding, label, version, budget)),
         )
         .await;
-        let mut agreed_state: Option<ModelState> = None;
+        // Replicas that applied the update must agree. Those that did not are reported, but
+        // what the others applied is recorded all the same: a replica never takes an update
+        // back, and one left behind catches up from the record at the next update.
+        let mut agreed: Option<ModelState> = None;
+        let mut failed: Option<RouterError> = None;
+        let mut timed_out = false;
         for (student, state) in students.iter().zip(states) {
-            let state = state.map_err(|e| match e {
-                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-                other => replica_error(other, budget, |e| RouterError::Disagreement {
-                    detail: format!("student {}: {e}", student.name()),
-                }),
-            })?;
-            match agreed_state {
-                None => agreed_state = Some(state),
-                Some(s) if s == state => {}
-                Some(s) => {
-                    let detail = format!(
-                        "student replicas diverged: {} at {} vs {}",
-                        student.name(),
-                        state.digest.short(),
-                        s.digest.short()
-                    );
-                    return Err(RouterError::Disagreement { detail });
+            match state {
+                Ok(state) => match agreed {
+                    None => agreed = Some(state),
+                    Some(s) if s == state => {}
+                    Some(s) => {
+                        let detail = format!(
+                            "student replicas diverged: {} at {} vs {}",
+                            student.name(),
+                            state.digest.short(),
+                            s.digest.short()
+                        );
+                        return Err(RouterError::Disagreement { detail });
+                    }
+                },
+                // A replica that left is no student any more; if none is left, say so.
+                Err(BackendError::Gone { .. }) => {}
+                Err(e) => {
+                    timed_out |= matches!(e, BackendError::Timeout { .. });
+                    let err = match e {
+                        BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                        other => replica_error(other, budget, |e| RouterError::Disagreement {
+                            detail: format!("student {}: {e}", student.name()),
+                        }),
+                    };
+                    failed.get_or_insert(err);
                 }
             }
         }
-        let Some(state) = agreed_state else {
-            return Ok(Taught::NoStudent);
+        let Some(state) = agreed else {
+            if timed_out && !ordered_elsewhere {
+                log.unanswered = Some(Unanswered {
+                    before: before_state,
+                    encoding: encoding.to_vec(),
+                    label,
+                });
+            }
+            return Err(failed.unwrap_or_else(|| RouterError::NoEngineAvailable {
+                reason: "every student engine left during the update".into(),
+            }));
         };
         if !ordered_elsewhere {
             log.record(before_state, encoding, label, state);
@@ -600,6 +662,9 @@ impl Coordinator {
             lock(&self.windows).push(share);
             log.window_steps = 0;
             log.window_agreed = 0;
+        }
+        if let Some(err) = failed {
+            return Err(err);
         }
         Ok(Taught::Applied(before.reasoning.label, state))
     }
@@ -671,14 +736,19 @@ async fn catch_up(
     };
     for update in missed {
         let base = update.after.version.saturating_sub(1);
-        let state = student
+        let state = match student
             .learn(&update.encoding, update.label, base, budget)
             .await
-            .map_err(|e| {
-                replica_error(e, budget, |e| RouterError::Disagreement {
+        {
+            Ok(state) => state,
+            // It had the update already: the one it did not answer in time, answered since.
+            Err(_) if student.model_state() == update.after => update.after,
+            Err(e) => {
+                return Err(replica_error(e, budget, |e| RouterError::Disagreement {
                     detail: format!("student {} catching up: {e}", student.name()),
-                })
-            })?;
+                }))
+            }
+        };
         if state != update.after {
             return Err(RouterError::Disagreement {
                 detail: format!(

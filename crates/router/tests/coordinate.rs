@@ -531,7 +531,18 @@ async fn replicas_that_follow_a_shared_log_are_not_replayed_to_when_their_descri
 struct Late {
     inner: LocalBackend,
     step: Step,
-    timeout: bool,
+    fault: Fault,
+}
+
+/// How a [`Late`] replica fails its step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// No answer within the budget.
+    Timeout,
+    /// An error of its own.
+    Failed,
+    /// Its process went away.
+    Gone,
 }
 
 /// The step of a `learn` that a [`Late`] replica does not do.
@@ -546,11 +557,16 @@ enum Step {
 impl Late {
     fn fault(&self, budget: Duration) -> qnllm_router::BackendError {
         let engine = self.inner.name().to_string();
-        if self.timeout {
-            qnllm_router::BackendError::Timeout { engine, budget }
-        } else {
-            let reason = "out of memory".into();
-            qnllm_router::BackendError::Failed { engine, reason }
+        match self.fault {
+            Fault::Timeout => qnllm_router::BackendError::Timeout { engine, budget },
+            Fault::Failed => {
+                let reason = "out of memory".into();
+                qnllm_router::BackendError::Failed { engine, reason }
+            }
+            Fault::Gone => {
+                let reason = "connection closed".into();
+                qnllm_router::BackendError::Gone { engine, reason }
+            }
         }
     }
 }
@@ -604,11 +620,11 @@ impl Backend for Late {
 #[tokio::test]
 async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fails_is_not() {
     let x = NormalInputs::new(6, 768).next().unwrap();
-    for (step, timeout, want) in [
-        (Step::Predict, true, "DeadlineExceeded"),
-        (Step::Update, true, "DeadlineExceeded"),
-        (Step::Predict, false, "NoEngineAvailable"),
-        (Step::Update, false, "Disagreement"),
+    for (step, fault, want) in [
+        (Step::Predict, Fault::Timeout, "DeadlineExceeded"),
+        (Step::Update, Fault::Timeout, "DeadlineExceeded"),
+        (Step::Predict, Fault::Failed, "NoEngineAvailable"),
+        (Step::Update, Fault::Failed, "Disagreement"),
     ] {
         let late = Late {
             inner: LocalBackend::new(
@@ -616,7 +632,7 @@ async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fa
                 SpikingEngine::from_seed(1, Params::default()).unwrap(),
             ),
             step,
-            timeout,
+            fault,
         };
         let (late, on_time) = (Arc::new(late) as Arc<dyn Backend>, local("on-time", 1));
         // The prediction is asked of the first student only, so the late one goes first; the
@@ -628,10 +644,177 @@ async fn a_student_that_misses_the_deadline_is_deadline_exceeded_and_one_that_fa
         let coordinator = Coordinator::new(vec![], students);
         let err = coordinator.learn(&x, 1, BUDGET).await.unwrap_err();
         let got = format!("{err:?}");
-        assert!(
-            got.starts_with(want),
-            "{step:?} {}: {got}",
-            if timeout { "timed out" } else { "failed" }
-        );
+        assert!(got.starts_with(want), "{step:?} {fault:?}: {got}");
+    }
+}
+
+#[tokio::test]
+async fn a_student_that_leaves_during_an_update_is_no_student_and_the_others_learn() {
+    let x = NormalInputs::new(6, 768).next().unwrap();
+    let gone = || {
+        Arc::new(Late {
+            inner: LocalBackend::new(
+                "gone",
+                SpikingEngine::from_seed(1, Params::default()).unwrap(),
+            ),
+            step: Step::Update,
+            fault: Fault::Gone,
+        }) as Arc<dyn Backend>
+    };
+    let coordinator = Coordinator::new(vec![], vec![local("stays", 1), gone()]);
+    let state = coordinator.learn(&x, 1, BUDGET).await.unwrap().unwrap();
+    assert_eq!(state.version, 1);
+    let alone = Coordinator::new(vec![], vec![gone()]);
+    let err = alone.learn(&x, 1, BUDGET).await.unwrap_err();
+    assert!(
+        format!("{err:?}").starts_with("NoEngineAvailable"),
+        "{err:?}"
+    );
+}
+
+/// A student replica that does not answer one update in time but applies it all the same, as
+/// a worker does (a `learn` is never cancelled): at once, so the late reply is in before the
+/// next step, or when it next reads a request (the worker was stalled).
+#[derive(Debug)]
+struct Slow {
+    inner: LocalBackend,
+    /// The update that times out: the one for this base version, the first time it comes.
+    base: u64,
+    applies: Applies,
+    stalled: std::sync::atomic::AtomicBool,
+    /// The update taken and not yet applied.
+    held: std::sync::Mutex<Option<(Vec<f32>, u32)>>,
+}
+
+/// When a [`Slow`] replica applies the update it did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Applies {
+    AtOnce,
+    BeforeItsNextRequest,
+}
+
+impl Slow {
+    fn new(name: &str, base: u64, applies: Applies) -> Slow {
+        Slow {
+            inner: LocalBackend::new(
+                name,
+                SpikingEngine::from_seed(1, Params::default()).unwrap(),
+            ),
+            base,
+            applies,
+            stalled: false.into(),
+            held: None.into(),
+        }
+    }
+
+    /// Applies the held update, as a worker reads its requests in order.
+    fn catch_up_on_held(&self) {
+        if let Some((encoding, label)) = self.held.lock().unwrap().take() {
+            self.inner.learn(&encoding, label).unwrap();
+        }
+    }
+}
+
+impl Backend for Slow {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.inner.describe()
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        self.catch_up_on_held();
+        self.inner.reason(encoding, budget)
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.catch_up_on_held();
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        self.catch_up_on_held();
+        use std::sync::atomic::Ordering;
+        if base_version == self.base && !self.stalled.swap(true, Ordering::Relaxed) {
+            match self.applies {
+                Applies::AtOnce => {
+                    self.inner.learn_at(encoding, label, base_version).unwrap();
+                }
+                Applies::BeforeItsNextRequest => {
+                    *self.held.lock().unwrap() = Some((encoding.to_vec(), label));
+                }
+            }
+            let engine = self.name().to_string();
+            return Box::pin(
+                async move { Err(qnllm_router::BackendError::Timeout { engine, budget }) },
+            );
+        }
+        Backend::learn(&self.inner, encoding, label, base_version, budget)
+    }
+}
+
+#[tokio::test]
+async fn an_update_a_replica_answers_late_is_kept_and_learning_goes_on() {
+    let steps: Vec<Vec<f32>> = NormalInputs::new(7, 768).take(6).collect();
+    let reference = LocalBackend::new(
+        "ref",
+        SpikingEngine::from_seed(1, Params::default()).unwrap(),
+    );
+    for (i, x) in steps.iter().enumerate() {
+        reference.learn(x, i as u32 % 10).unwrap();
+    }
+    let want = reference.model_state();
+    for applies in [Applies::AtOnce, Applies::BeforeItsNextRequest] {
+        // The timed-out update is the third; alone, nobody answers it in time; second, one
+        // replica does.
+        for with_one_on_time in [false, true] {
+            let slow = Arc::new(Slow::new("slow", 2, applies));
+            let on_time = Arc::new(LocalBackend::new(
+                "on-time",
+                SpikingEngine::from_seed(1, Params::default()).unwrap(),
+            ));
+            let mut students: Vec<Arc<dyn Backend>> = vec![slow.clone()];
+            if with_one_on_time {
+                students.insert(0, on_time.clone());
+            }
+            let coordinator = Coordinator::new(vec![], students);
+            let case = format!("{applies:?}, with one on time: {with_one_on_time}");
+            for (i, x) in steps.iter().enumerate() {
+                let got = coordinator.learn(x, i as u32 % 10, BUDGET).await;
+                if i == 2 {
+                    let err = got.unwrap_err();
+                    assert!(
+                        format!("{err:?}").starts_with("DeadlineExceeded"),
+                        "{case}: {err:?}"
+                    );
+                } else {
+                    let state = got.unwrap_or_else(|e| panic!("{case}, step {i}: {e}"));
+                    assert_eq!(state.unwrap().version, i as u64 + 1, "{case}");
+                }
+            }
+            // Every replica applied every update, the late one included, once and in order.
+            assert_eq!(slow.model_state(), want, "{case}");
+            if with_one_on_time {
+                assert_eq!(on_time.model_state(), want, "{case}");
+            }
+        }
     }
 }
