@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use qnllm_engine::Digest;
 use qnllm_protocol::{
     encode_batch_frame, encode_frame, encode_reason_frame, Deadline, ErrorCode, Frame, Learn,
-    Message, Register,
+    Message, MessageKind, Register,
 };
 use qnllm_router::{Answer, Backend, BackendError, BackendFuture, EngineInfo, ModelState};
 use tokio::sync::oneshot;
@@ -144,13 +144,48 @@ impl RemoteBackend {
             }
             Reply::Late(waiter) => {
                 drop(pending);
+                self.take_late_update(&frame);
                 let _ = waiter.send(None);
             }
             Reply::Unmatched { never_sent: true } => {
                 tracing::debug!(engine = %self.name, request = id, "reply to a request never sent");
             }
-            Reply::Unmatched { never_sent: false } | Reply::Stream(()) => {}
+            Reply::Unmatched { never_sent: false } => {
+                drop(pending);
+                self.take_late_update(&frame);
+            }
+            Reply::Stream(()) => {}
         }
+    }
+
+    /// A `learned` nobody waits for any more still says where the worker's model is now: a
+    /// `learn` is never taken back, so the update the coordinator gave up on has been
+    /// applied. Without this the hub would see the worker behind for good, and it could
+    /// neither be routed to nor caught up. Versions only move on.
+    fn take_late_update(&self, frame: &Frame) {
+        if frame.header.kind != MessageKind::Learned as u8 {
+            return;
+        }
+        if let Ok(Message::Learned(learned)) = frame.message() {
+            let state = ModelState {
+                version: learned.model_version,
+                digest: Digest(learned.model_digest),
+            };
+            if state.version > self.state.load().version {
+                self.set_state(state);
+            }
+        }
+    }
+
+    /// The model the worker has after an update.
+    fn set_state(&self, state: ModelState) {
+        let mut info = self
+            .info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        info.model_version = state.version;
+        info.model_digest = state.digest;
+        self.state.store(Arc::new(state));
     }
 
     /// Fails every waiting request with `Gone` and refuses new ones.
@@ -314,13 +349,7 @@ impl Backend for RemoteBackend {
                         version: learned.model_version,
                         digest: Digest(learned.model_digest),
                     };
-                    let mut info = self
-                        .info
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    info.model_version = state.version;
-                    info.model_digest = state.digest;
-                    self.state.store(Arc::new(state));
+                    self.set_state(state);
                     Ok(state)
                 }
                 _ => Err(self.failure(&frame)),

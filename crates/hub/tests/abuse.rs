@@ -320,6 +320,80 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_a_worker_answers_after_its_deadline_is_taken_and_learning_goes_on() {
+    let (running, stop) = start_without_heartbeats().await;
+    let mut slow = registered_worker(addr(&running), "slow").await;
+    let model = engine("slow");
+    let mut client = Peer::hello(addr(&running), "client", "teacher").await;
+    let mut inputs = NormalInputs::new(3, 768);
+    // The worker answers the first update in time, the second after the client's deadline,
+    // and the third in time again; in between it answers what it reads, in order.
+    for (id, answer_late) in [(1, false), (2, true), (3, false)] {
+        let learn = Message::Learn(Learn {
+            label: id as u32,
+            base_version: id - 1,
+            encoding: inputs.next().unwrap().to_vec().into(),
+        });
+        let deadline = Deadline::from_remaining(Duration::from_millis(300));
+        client.send_with(&learn, id, deadline).await;
+        let (update, update_id) = tokio::select! {
+            update = answer_reasons_until_a_learn(&mut slow, &model) => update,
+            reply = client.recv() => panic!("update {id}: the hub answered {reply:?} and sent the worker nothing"),
+        };
+        if answer_late {
+            match within(client.recv()).await {
+                Some((2, Message::Error(e))) => {
+                    assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let state = model
+            .learn_at(
+                update.encoding.as_slice(),
+                update.label,
+                update.base_version,
+            )
+            .unwrap();
+        let learned = Message::Learned(qnllm_protocol::Learned {
+            model_version: state.version,
+            model_digest: state.digest.0,
+        });
+        slow.send(&learned, update_id).await;
+        if !answer_late {
+            match within(client.recv()).await {
+                Some((got, Message::Learned(l))) if got == id => {
+                    assert_eq!(l.model_version, id, "update {id}")
+                }
+                other => panic!("update {id}: {other:?}"),
+            }
+        }
+    }
+    drop(slow);
+    stop.cancel();
+}
+
+/// Answers the hub's `reason`s to `worker` with `model` until a `learn` comes, and returns it
+/// with its id, unanswered.
+async fn answer_reasons_until_a_learn(
+    worker: &mut Peer,
+    model: &qnllm_router::LocalBackend,
+) -> (Learn, u64) {
+    loop {
+        match within(worker.recv()).await {
+            Some((id, Message::Reason(encoding))) => {
+                let answer = model.reason_now(encoding.as_slice()).unwrap();
+                let reply = Message::Result(qnllm_hub::convert::result_body(&answer));
+                worker.send(&reply, id).await;
+            }
+            Some((id, Message::Learn(learn))) => return (learn, id),
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    }
+}
+
 /// A hub whose workers need send no heartbeats: a scripted worker stays listed for the
 /// whole test.
 async fn start_without_heartbeats() -> (qnllm_hub::RunningHub, tokio_util::sync::CancellationToken)
