@@ -321,57 +321,78 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_a_worker_answers_after_its_deadline_is_taken_and_learning_goes_on() {
-    let (running, stop) = start_without_heartbeats().await;
-    let mut slow = registered_worker(addr(&running), "slow").await;
-    let model = engine("slow");
-    let mut client = Peer::hello(addr(&running), "client", "teacher").await;
-    let mut inputs = NormalInputs::new(3, 768);
-    // The worker answers the first update in time, the second after the client's deadline,
-    // and the third in time again; in between it answers what it reads, in order.
-    for (id, answer_late) in [(1, false), (2, true), (3, false)] {
-        let learn = Message::Learn(Learn {
-            label: id as u32,
-            base_version: id - 1,
-            encoding: inputs.next().unwrap().to_vec().into(),
-        });
-        let deadline = Deadline::from_remaining(Duration::from_millis(300));
-        client.send_with(&learn, id, deadline).await;
-        let (update, update_id) = tokio::select! {
-            update = answer_reasons_until_a_learn(&mut slow, &model) => update,
-            reply = client.recv() => panic!("update {id}: the hub answered {reply:?} and sent the worker nothing"),
-        };
-        if answer_late {
-            match within(client.recv()).await {
-                Some((2, Message::Error(e))) => {
-                    assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message)
+async fn an_update_a_worker_answers_after_its_client_gave_up_is_taken_and_learning_goes_on() {
+    for gave_up in [GaveUp::Deadline, GaveUp::Cancel] {
+        let (running, stop) = start_without_heartbeats().await;
+        let mut slow = registered_worker(addr(&running), "slow").await;
+        let model = engine("slow");
+        let mut client = Peer::hello(addr(&running), "client", "teacher").await;
+        let mut inputs = NormalInputs::new(3, 768);
+        // The worker answers the first update in time, the second after its client gave up,
+        // and the third in time again; in between it answers what it reads, in order.
+        for (id, answer_late) in [(1, false), (2, true), (3, false)] {
+            let learn = Message::Learn(Learn {
+                label: id as u32,
+                base_version: id - 1,
+                encoding: inputs.next().unwrap().to_vec().into(),
+            });
+            let budget = match gave_up {
+                GaveUp::Deadline if answer_late => Duration::from_millis(300),
+                _ => WAIT,
+            };
+            client
+                .send_with(&learn, id, Deadline::from_remaining(budget))
+                .await;
+            let (update, update_id) = tokio::select! {
+                update = answer_reasons_until_a_learn(&mut slow, &model) => update,
+                reply = client.recv() => {
+                    panic!("{gave_up:?}, update {id}: the hub answered {reply:?} and sent the worker nothing")
                 }
-                other => panic!("{other:?}"),
+            };
+            if answer_late {
+                if gave_up == GaveUp::Cancel {
+                    client.send(&Message::Cancel, id).await;
+                }
+                let want = match gave_up {
+                    GaveUp::Deadline => ErrorCode::DeadlineExceeded,
+                    GaveUp::Cancel => ErrorCode::Cancelled,
+                };
+                match within(client.recv()).await {
+                    Some((2, Message::Error(e))) => assert_eq!(e.code, want, "{}", e.message),
+                    other => panic!("{gave_up:?}: {other:?}"),
+                }
+            }
+            let state = model
+                .learn_at(
+                    update.encoding.as_slice(),
+                    update.label,
+                    update.base_version,
+                )
+                .unwrap();
+            let learned = Message::Learned(qnllm_protocol::Learned {
+                model_version: state.version,
+                model_digest: state.digest.0,
+            });
+            slow.send(&learned, update_id).await;
+            if !answer_late {
+                match within(client.recv()).await {
+                    Some((got, Message::Learned(l))) if got == id => {
+                        assert_eq!(l.model_version, id, "{gave_up:?}, update {id}")
+                    }
+                    other => panic!("{gave_up:?}, update {id}: {other:?}"),
+                }
             }
         }
-        let state = model
-            .learn_at(
-                update.encoding.as_slice(),
-                update.label,
-                update.base_version,
-            )
-            .unwrap();
-        let learned = Message::Learned(qnllm_protocol::Learned {
-            model_version: state.version,
-            model_digest: state.digest.0,
-        });
-        slow.send(&learned, update_id).await;
-        if !answer_late {
-            match within(client.recv()).await {
-                Some((got, Message::Learned(l))) if got == id => {
-                    assert_eq!(l.model_version, id, "update {id}")
-                }
-                other => panic!("update {id}: {other:?}"),
-            }
-        }
+        drop(slow);
+        stop.cancel();
     }
-    drop(slow);
-    stop.cancel();
+}
+
+/// How a client stops waiting for its `learn`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GaveUp {
+    Deadline,
+    Cancel,
 }
 
 /// Answers the hub's `reason`s to `worker` with `model` until a `learn` comes, and returns it

@@ -141,13 +141,14 @@ struct StudentLog {
     updates: std::collections::VecDeque<Update>,
     window_agreed: u64,
     window_steps: u64,
-    /// The last update no replica answered in time. Replicas never take a `learn` back, so
-    /// they may apply it yet: the first replica seen one version on from its base says what
-    /// it made of the model, and it is recorded then.
+    /// The last update sent that no replica answered: in time, or at all, because the
+    /// caller stopped waiting. Replicas never take a `learn` back, so they may apply it
+    /// yet: the first replica seen one version on from its base says what it made of the
+    /// model, and it is recorded then.
     unanswered: Option<Unanswered>,
 }
 
-/// An update sent to every replica that none answered within the budget.
+/// An update sent to every replica that none has answered.
 #[derive(Debug)]
 struct Unanswered {
     before: ModelState,
@@ -599,6 +600,16 @@ impl Coordinator {
         if base.is_some_and(|b| b != version) {
             return Ok(Taught::Stale { current: version });
         }
+        // Held as unanswered until the replicas answer, so that if this future is dropped
+        // meanwhile (a client's cancel, the grace period's end), the next update still learns
+        // where the replicas went: they apply an update once it is sent.
+        if !ordered_elsewhere {
+            log.unanswered = Some(Unanswered {
+                before: before_state,
+                encoding: encoding.to_vec(),
+                label,
+            });
+        }
         let states = futures::future::join_all(
             students
                 .iter()
@@ -641,12 +652,9 @@ impl Coordinator {
             }
         }
         let Some(state) = agreed else {
-            if timed_out && !ordered_elsewhere {
-                log.unanswered = Some(Unanswered {
-                    before: before_state,
-                    encoding: encoding.to_vec(),
-                    label,
-                });
+            // Refused everywhere: nothing to wait for. Timed out: a replica may apply it yet.
+            if !timed_out {
+                log.unanswered = None;
             }
             return Err(failed.unwrap_or_else(|| RouterError::NoEngineAvailable {
                 reason: "every student engine left during the update".into(),

@@ -681,6 +681,8 @@ struct Slow {
     /// The update that times out: the one for this base version, the first time it comes.
     base: u64,
     applies: Applies,
+    /// Whether it says it timed out, or never answers (the caller gives up first).
+    says_timeout: bool,
     stalled: std::sync::atomic::AtomicBool,
     /// The update taken and not yet applied.
     held: std::sync::Mutex<Option<(Vec<f32>, u32)>>,
@@ -694,8 +696,9 @@ enum Applies {
 }
 
 impl Slow {
-    fn new(name: &str, base: u64, applies: Applies) -> Slow {
+    fn new(name: &str, base: u64, applies: Applies, says_timeout: bool) -> Slow {
         Slow {
+            says_timeout,
             inner: LocalBackend::new(
                 name,
                 SpikingEngine::from_seed(1, Params::default()).unwrap(),
@@ -762,6 +765,9 @@ impl Backend for Slow {
                     *self.held.lock().unwrap() = Some((encoding.to_vec(), label));
                 }
             }
+            if !self.says_timeout {
+                return Box::pin(std::future::pending());
+            }
             let engine = self.name().to_string();
             return Box::pin(
                 async move { Err(qnllm_router::BackendError::Timeout { engine, budget }) },
@@ -772,7 +778,7 @@ impl Backend for Slow {
 }
 
 #[tokio::test]
-async fn an_update_a_replica_answers_late_is_kept_and_learning_goes_on() {
+async fn an_update_a_replica_answers_late_or_never_is_kept_and_learning_goes_on() {
     let steps: Vec<Vec<f32>> = NormalInputs::new(7, 768).take(6).collect();
     let reference = LocalBackend::new(
         "ref",
@@ -783,10 +789,13 @@ async fn an_update_a_replica_answers_late_is_kept_and_learning_goes_on() {
     }
     let want = reference.model_state();
     for applies in [Applies::AtOnce, Applies::BeforeItsNextRequest] {
-        // The timed-out update is the third; alone, nobody answers it in time; second, one
-        // replica does.
-        for with_one_on_time in [false, true] {
-            let slow = Arc::new(Slow::new("slow", 2, applies));
+        // The update that is late is the third; alone, nobody answers it in time; second,
+        // one replica does. It times out, or its caller drops the call first (a client's
+        // cancel, the end of the hub's grace period).
+        for (with_one_on_time, says_timeout) in
+            [(false, true), (true, true), (false, false), (true, false)]
+        {
+            let slow = Arc::new(Slow::new("slow", 2, applies, says_timeout));
             let on_time = Arc::new(LocalBackend::new(
                 "on-time",
                 SpikingEngine::from_seed(1, Params::default()).unwrap(),
@@ -796,9 +805,18 @@ async fn an_update_a_replica_answers_late_is_kept_and_learning_goes_on() {
                 students.insert(0, on_time.clone());
             }
             let coordinator = Coordinator::new(vec![], students);
-            let case = format!("{applies:?}, with one on time: {with_one_on_time}");
+            let case = format!(
+                "{applies:?}, with one on time: {with_one_on_time}, says it timed out: {says_timeout}"
+            );
             for (i, x) in steps.iter().enumerate() {
-                let got = coordinator.learn(x, i as u32 % 10, BUDGET).await;
+                let mut learn = Box::pin(coordinator.learn(x, i as u32 % 10, BUDGET));
+                if i == 2 && !says_timeout {
+                    // Every replica has been sent the update when the one poll is done.
+                    assert!(futures::poll!(learn.as_mut()).is_pending(), "{case}");
+                    drop(learn);
+                    continue;
+                }
+                let got = learn.await;
                 if i == 2 {
                     let err = got.unwrap_err();
                     assert!(
