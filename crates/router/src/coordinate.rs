@@ -390,6 +390,7 @@ impl Coordinator {
         learn: bool,
         budget: Duration,
     ) -> Result<Coordination, RouterError> {
+        let budget = Budget::starting_now(budget);
         let teachers = self.teachers();
         let k = if k == 0 {
             teachers.len()
@@ -399,9 +400,9 @@ impl Coordinator {
         let asked = &teachers[..k];
         let policy = self.policy();
         let peers = policy.uses_peer_reliability();
+        let left = budget.left()?;
         let answers =
-            futures::future::join_all(asked.iter().map(|t| t.backend.reason(encoding, budget)))
-                .await;
+            futures::future::join_all(asked.iter().map(|t| t.backend.reason(encoding, left))).await;
         let mut votes = Vec::new();
         let mut voters = Vec::new();
         for (teacher, answer) in asked.iter().zip(answers) {
@@ -457,7 +458,7 @@ impl Coordinator {
         }
         let taught = learn && verdict.teach;
         let (student_label, learned) = if taught {
-            match self.teach(encoding, consensus, budget).await? {
+            match self.teach(encoding, consensus, &budget).await? {
                 Some((label, state)) => {
                     self.taught.fetch_add(1, Ordering::Relaxed);
                     (Some(label), Some(state))
@@ -497,7 +498,10 @@ impl Coordinator {
         label: u32,
         budget: Duration,
     ) -> Result<Option<ModelState>, RouterError> {
-        match self.teach(encoding, label, budget).await? {
+        match self
+            .teach(encoding, label, &Budget::starting_now(budget))
+            .await?
+        {
             Some((_, state)) => Ok(Some(state)),
             None => Err(RouterError::NoEngineAvailable {
                 reason: "no student engine to learn".into(),
@@ -521,7 +525,12 @@ impl Coordinator {
         budget: Duration,
     ) -> Result<ModelState, LearnError> {
         match self
-            .teach_at(encoding, label, Some(base_version), budget)
+            .teach_at(
+                encoding,
+                label,
+                Some(base_version),
+                &Budget::starting_now(budget),
+            )
             .await?
         {
             Taught::Applied(_, state) => Ok(state),
@@ -539,7 +548,7 @@ impl Coordinator {
         &self,
         encoding: &[f32],
         label: u32,
-        budget: Duration,
+        budget: &Budget,
     ) -> Result<Option<(u32, ModelState)>, RouterError> {
         Ok(match self.teach_at(encoding, label, None, budget).await? {
             Taught::Applied(before, state) => Some((before, state)),
@@ -557,7 +566,7 @@ impl Coordinator {
         encoding: &[f32],
         label: u32,
         base: Option<u64>,
-        budget: Duration,
+        budget: &Budget,
     ) -> Result<Taught, RouterError> {
         let mut log = self.student.lock().await;
         let students = lock(&self.students).snapshot();
@@ -585,12 +594,15 @@ impl Coordinator {
                 }
             }
         }
-        let before = first.reason(encoding, budget).await.map_err(|e| match e {
-            BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-            other => replica_error(other, budget, |e| RouterError::NoEngineAvailable {
-                reason: e.to_string(),
-            }),
-        })?;
+        let before = first
+            .reason(encoding, budget.left()?)
+            .await
+            .map_err(|e| match e {
+                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
+                other => replica_error(other, budget, |e| RouterError::NoEngineAvailable {
+                    reason: e.to_string(),
+                }),
+            })?;
         // A replica answers in the order it reads, so an update it had not answered is
         // applied by now if it ever will be before this one.
         log.settle(&students);
@@ -600,6 +612,8 @@ impl Coordinator {
         if base.is_some_and(|b| b != version) {
             return Ok(Taught::Stale { current: version });
         }
+        // Nothing is sent once the budget is spent: an update sent cannot be taken back.
+        let left = budget.left()?;
         // Held as unanswered until the replicas answer, so that if this future is dropped
         // meanwhile (a client's cancel, the grace period's end), the next update still learns
         // where the replicas went: they apply an update once it is sent.
@@ -613,7 +627,7 @@ impl Coordinator {
         let states = futures::future::join_all(
             students
                 .iter()
-                .map(|s| s.learn(encoding, label, version, budget)),
+                .map(|s| s.learn(encoding, label, version, left)),
         )
         .await;
         // Replicas that applied the update must agree. Those that did not are reported, but
@@ -709,12 +723,49 @@ impl Coordinator {
 /// `otherwise` makes of it.
 fn replica_error(
     err: BackendError,
-    budget: Duration,
+    budget: &Budget,
     otherwise: impl FnOnce(BackendError) -> RouterError,
 ) -> RouterError {
     match err {
-        BackendError::Timeout { .. } => RouterError::DeadlineExceeded { budget, tried: 1 },
+        BackendError::Timeout { .. } => budget.exceeded(),
         other => otherwise(other),
+    }
+}
+
+/// One call's time: every step (catching up, the prediction, the update) gets what the steps
+/// before it left, so the call ends within the budget its caller gave, as the caller's own
+/// wait does.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    whole: Duration,
+    until: tokio::time::Instant,
+}
+
+impl Budget {
+    fn starting_now(whole: Duration) -> Budget {
+        Budget {
+            whole,
+            until: tokio::time::Instant::now() + whole,
+        }
+    }
+
+    /// What is left of it, or `DeadlineExceeded` when nothing is.
+    fn left(&self) -> Result<Duration, RouterError> {
+        let left = self
+            .until
+            .saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            Err(self.exceeded())
+        } else {
+            Ok(left)
+        }
+    }
+
+    fn exceeded(&self) -> RouterError {
+        RouterError::DeadlineExceeded {
+            budget: self.whole,
+            tried: 1,
+        }
     }
 }
 
@@ -723,7 +774,7 @@ fn replica_error(
 async fn catch_up(
     log: &StudentLog,
     student: &dyn Backend,
-    budget: Duration,
+    budget: &Budget,
 ) -> Result<(), RouterError> {
     let info = student.describe();
     let at = ModelState {
@@ -745,7 +796,7 @@ async fn catch_up(
     for update in missed {
         let base = update.after.version.saturating_sub(1);
         let state = match student
-            .learn(&update.encoding, update.label, base, budget)
+            .learn(&update.encoding, update.label, base, budget.left()?)
             .await
         {
             Ok(state) => state,

@@ -836,3 +836,96 @@ async fn an_update_a_replica_answers_late_or_never_is_kept_and_learning_goes_on(
         }
     }
 }
+
+/// A student replica that takes `each` to answer anything, and gives up as a remote one does
+/// when its budget is shorter.
+#[derive(Debug)]
+struct Sluggish {
+    inner: LocalBackend,
+    each: Duration,
+}
+
+impl Sluggish {
+    /// Waits `each`, or the whole `budget` and then says it timed out.
+    async fn wait(&self, budget: Duration) -> Result<(), qnllm_router::BackendError> {
+        tokio::time::sleep(self.each.min(budget)).await;
+        if self.each > budget {
+            let engine = self.inner.name().to_string();
+            return Err(qnllm_router::BackendError::Timeout { engine, budget });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Sluggish {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn describe(&self) -> qnllm_router::EngineInfo {
+        self.inner.describe()
+    }
+    fn reason<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
+    {
+        Box::pin(async move {
+            self.wait(budget).await?;
+            self.inner.reason_now(encoding)
+        })
+    }
+    fn reason_batch<'a>(
+        &'a self,
+        values: &'a [f32],
+        dim: usize,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<
+        'a,
+        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+    > {
+        self.inner.reason_batch(values, dim, budget)
+    }
+    fn learn<'a>(
+        &'a self,
+        encoding: &'a [f32],
+        label: u32,
+        base_version: u64,
+        budget: Duration,
+    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::ModelState, qnllm_router::BackendError>>
+    {
+        Box::pin(async move {
+            self.wait(budget).await?;
+            self.inner.learn_at(encoding, label, base_version)
+        })
+    }
+}
+
+/// On tokio's paused clock, so the times are exact and no test waits for them.
+#[tokio::test(start_paused = true)]
+async fn a_learn_ends_within_its_budget_however_many_steps_it_takes() {
+    let x = NormalInputs::new(6, 768).next().unwrap();
+    // Each of the two steps (the prediction, the update) takes 60 % of the budget.
+    let student = Sluggish {
+        inner: LocalBackend::new(
+            "sluggish",
+            SpikingEngine::from_seed(1, Params::default()).unwrap(),
+        ),
+        each: BUDGET * 6 / 10,
+    };
+    let coordinator = Coordinator::new(vec![], vec![Arc::new(student) as Arc<dyn Backend>]);
+    let started = tokio::time::Instant::now();
+    let err = coordinator.learn(&x, 1, BUDGET).await.unwrap_err();
+    assert!(
+        format!("{err:?}").starts_with("DeadlineExceeded"),
+        "{err:?}"
+    );
+    assert_eq!(
+        started.elapsed(),
+        BUDGET,
+        "the call took longer than its budget"
+    );
+    // With the budget for both, it learns.
+    let state = coordinator.learn(&x, 1, BUDGET * 13 / 10).await.unwrap();
+    assert_eq!(state.unwrap().version, 1);
+}
