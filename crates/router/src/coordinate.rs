@@ -802,6 +802,8 @@ async fn catch_up(
             Ok(state) => state,
             // It had the update already: the one it did not answer in time, answered since.
             Err(_) if student.model_state() == update.after => update.after,
+            // It left: no student any more, and the update goes on without it.
+            Err(BackendError::Gone { .. }) => return Ok(()),
             Err(e) => {
                 return Err(replica_error(e, budget, |e| RouterError::Disagreement {
                     detail: format!("student {} catching up: {e}", student.name()),

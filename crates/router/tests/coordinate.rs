@@ -664,6 +664,9 @@ async fn a_student_that_leaves_during_an_update_is_no_student_and_the_others_lea
     let coordinator = Coordinator::new(vec![], vec![local("stays", 1), gone()]);
     let state = coordinator.learn(&x, 1, BUDGET).await.unwrap().unwrap();
     assert_eq!(state.version, 1);
+    // Still listed at the next update, it is behind: catching it up finds it gone too.
+    let state = coordinator.learn(&x, 2, BUDGET).await.unwrap().unwrap();
+    assert_eq!(state.version, 2);
     let alone = Coordinator::new(vec![], vec![gone()]);
     let err = alone.learn(&x, 1, BUDGET).await.unwrap_err();
     assert!(
