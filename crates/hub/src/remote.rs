@@ -38,6 +38,9 @@ pub(crate) struct RemoteBackend {
     state: ArcSwap<ModelState>,
     sender: FrameSender,
     pending: Mutex<Pending>,
+    /// Requests sent on this engine and not yet given up or answered, whoever sent them
+    /// (the router, the coordinator): the router reads it on every request, without a lock.
+    holding: AtomicU64,
     last_heard: Mutex<Instant>,
     pub(crate) served: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl RemoteBackend {
             }),
             sender,
             pending: Mutex::new(Pending::default()),
+            holding: AtomicU64::new(0),
             last_heard: Mutex::new(Instant::now()),
             served: AtomicU64::new(0),
         })
@@ -232,6 +236,7 @@ impl RemoteBackend {
         })?;
         // Forget the request however this future ends: answered, timed out or dropped (the
         // hub's alarm at the client's deadline, a hedge that lost).
+        self.holding.fetch_add(1, Ordering::Relaxed);
         let _forget = Forget {
             engine: self,
             id,
@@ -309,6 +314,7 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
+        self.engine.holding.fetch_sub(1, Ordering::Relaxed);
         // A request already answered needs no cancel. The cancel is best effort, and never a
         // wait: a stalled worker's full queue must not hold the caller past its deadline.
         let unanswered = self.engine.pending().forget(self.id);
@@ -375,6 +381,10 @@ impl Backend for RemoteBackend {
 
     fn max_in_flight(&self) -> Option<u32> {
         (self.max_in_flight > 0).then_some(self.max_in_flight)
+    }
+
+    fn in_flight(&self) -> Option<u64> {
+        Some(self.holding.load(Ordering::Relaxed))
     }
 
     fn describe(&self) -> EngineInfo {

@@ -395,6 +395,68 @@ enum GaveUp {
     Cancel,
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holding_its_limit_for_the_coordinator_is_sent_no_client_reason() {
+    let (running, stop) = start_without_heartbeats().await;
+    // The first engine in the rotation is the student the coordinator asks for its
+    // prediction; it takes one request at a time.
+    let mut full = Peer::worker_taking(addr(&running), "full", 1).await;
+    assert!(matches!(
+        within(full.recv()).await,
+        Some((_, Message::Registered(_)))
+    ));
+    let mut free = registered_worker(addr(&running), "free").await;
+    let model = engine("free");
+    let mut client = Peer::hello(addr(&running), "client", "teacher").await;
+    let learn = Message::Learn(Learn {
+        label: 1,
+        base_version: 0,
+        encoding: vec![0.3; 768].into(),
+    });
+    client
+        .send_with(&learn, 1, Deadline::from_remaining(WAIT))
+        .await;
+    // It holds the prediction: at its limit, through no request of the router's own.
+    loop {
+        match within(full.recv()).await {
+            Some((_, Message::Reason(_))) => break,
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    }
+    let mut inputs = NormalInputs::new(4, 768);
+    for id in 10..30 {
+        let x = inputs.next().unwrap().to_vec();
+        client.send(&Message::Reason(x.into()), id).await;
+        let (sent, encoding) = tokio::select! {
+            got = next_reason(&mut free) => got,
+            (sent, _) = next_reason(&mut full) => {
+                panic!("reason {id} went to the worker at its limit (its request {sent})")
+            }
+        };
+        let answer = model.reason_now(encoding.as_slice()).unwrap();
+        let reply = Message::Result(qnllm_hub::convert::result_body(&answer));
+        free.send(&reply, sent).await;
+        match within(client.recv()).await {
+            Some((got, Message::Result(_))) if got == id => {}
+            other => panic!("reason {id}: {other:?}"),
+        }
+    }
+    drop((full, free));
+    stop.cancel();
+}
+
+/// The next `reason` the hub sends `worker`, with its id.
+async fn next_reason(worker: &mut Peer) -> (u64, qnllm_protocol::Encoding) {
+    loop {
+        match within(worker.recv()).await {
+            Some((id, Message::Reason(encoding))) => return (id, encoding),
+            Some(_) => {}
+            None => panic!("the hub closed the worker"),
+        }
+    }
+}
+
 /// Answers the hub's `reason`s to `worker` with `model` until a `learn` comes, and returns it
 /// with its id, unanswered.
 async fn answer_reasons_until_a_learn(
@@ -445,13 +507,7 @@ async fn within<T>(step: impl std::future::Future<Output = T>) -> T {
 
 /// The id of the next `reason` the hub sends this worker.
 async fn next_request(worker: &mut Peer) -> u64 {
-    loop {
-        match worker.recv().await {
-            Some((id, Message::Reason(_))) => return id,
-            Some(_) => {}
-            None => panic!("the hub closed the worker"),
-        }
-    }
+    next_reason(worker).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,11 @@ impl Peer {
 
     /// Connects as a worker offering the default engine, and registers.
     pub(crate) async fn worker(addr: SocketAddr, name: &str) -> Peer {
+        Peer::worker_taking(addr, name, 64).await
+    }
+
+    /// A worker that registers `max_in_flight`, the requests it takes at once.
+    pub(crate) async fn worker_taking(addr: SocketAddr, name: &str, max_in_flight: u32) -> Peer {
         let mut peer = Peer::hello(addr, "worker", name).await;
         let info = engine(name).info();
         let register = qnllm_protocol::Register {
@@ -133,7 +138,7 @@ impl Peer {
             model_version: info.version,
             input_size: info.params.inputs,
             labels: info.params.labels,
-            max_in_flight: 64,
+            max_in_flight,
             role: qnllm_protocol::EngineRole::Engine,
         };
         peer.send(&qnllm_protocol::Message::Register(register), 0)
