@@ -284,18 +284,7 @@ async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
         .await;
     // The coordinator asks the student for its prediction first (the margin rule): that is
     // answered, as the model would; the update itself never is.
-    let first = loop {
-        match within(slow.recv()).await {
-            Some((id, Message::Reason(encoding))) => {
-                let answer = model.reason_now(encoding.as_slice()).unwrap();
-                let reply = Message::Result(qnllm_hub::convert::result_body(&answer));
-                slow.send(&reply, id).await;
-            }
-            Some((id, Message::Learn(_))) => break id,
-            Some(_) => {}
-            None => panic!("the hub closed the worker"),
-        }
-    };
+    let (_, first) = answer_reasons_until_a_learn(&mut slow, &model).await;
     match within(client.recv()).await {
         Some((1, Message::Error(e))) => {
             assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{}", e.message)
@@ -400,11 +389,7 @@ async fn a_worker_holding_its_limit_for_the_coordinator_is_sent_no_client_reason
     let (running, stop) = start_without_heartbeats().await;
     // The first engine in the rotation is the student the coordinator asks for its
     // prediction; it takes one request at a time.
-    let mut full = Peer::worker_taking(addr(&running), "full", 1).await;
-    assert!(matches!(
-        within(full.recv()).await,
-        Some((_, Message::Registered(_)))
-    ));
+    let mut full = registered_worker_taking(addr(&running), "full", 1).await;
     let mut free = registered_worker(addr(&running), "free").await;
     let model = engine("free");
     let mut client = Peer::hello(addr(&running), "client", "teacher").await;
@@ -417,13 +402,7 @@ async fn a_worker_holding_its_limit_for_the_coordinator_is_sent_no_client_reason
         .send_with(&learn, 1, Deadline::from_remaining(WAIT))
         .await;
     // It holds the prediction: at its limit, through no request of the router's own.
-    loop {
-        match within(full.recv()).await {
-            Some((_, Message::Reason(_))) => break,
-            Some(_) => {}
-            None => panic!("the hub closed the worker"),
-        }
-    }
+    next_reason(&mut full).await;
     let mut inputs = NormalInputs::new(4, 768);
     for id in 10..30 {
         let x = inputs.next().unwrap().to_vec();
@@ -490,7 +469,16 @@ async fn start_without_heartbeats() -> (qnllm_hub::RunningHub, tokio_util::sync:
 
 /// A scripted worker, once the hub has said `registered`.
 async fn registered_worker(addr: std::net::SocketAddr, name: &str) -> Peer {
-    let mut worker = Peer::worker(addr, name).await;
+    registered_worker_taking(addr, name, 64).await
+}
+
+/// A scripted worker that takes `max_in_flight` requests at once, once registered.
+async fn registered_worker_taking(
+    addr: std::net::SocketAddr,
+    name: &str,
+    max_in_flight: u32,
+) -> Peer {
+    let mut worker = Peer::worker_taking(addr, name, max_in_flight).await;
     assert!(matches!(
         worker.recv().await,
         Some((_, Message::Registered(_)))
