@@ -11,6 +11,48 @@ use qnllm_router::{Backend, Coordinator, LocalBackend};
 
 const BUDGET: Duration = Duration::from_secs(5);
 
+/// `Backend` methods a mock replica passes on unchanged to its real engine, `self.inner`.
+macro_rules! passed_on {
+    (name) => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+    };
+    (describe) => {
+        fn describe(&self) -> qnllm_router::EngineInfo {
+            self.inner.describe()
+        }
+    };
+    (reason) => {
+        fn reason<'a>(
+            &'a self,
+            encoding: &'a [f32],
+            budget: Duration,
+        ) -> qnllm_router::BackendFuture<
+            'a,
+            Result<qnllm_router::Answer, qnllm_router::BackendError>,
+        > {
+            self.inner.reason(encoding, budget)
+        }
+    };
+    (reason_batch) => {
+        fn reason_batch<'a>(
+            &'a self,
+            values: &'a [f32],
+            dim: usize,
+            budget: Duration,
+        ) -> qnllm_router::BackendFuture<
+            'a,
+            Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
+        > {
+            self.inner.reason_batch(values, dim, budget)
+        }
+    };
+    ($($method:ident),+) => {
+        $(passed_on!($method);)+
+    };
+}
+
 fn local(name: &str, seed: u64) -> Arc<dyn Backend> {
     Arc::new(LocalBackend::new(
         name,
@@ -144,31 +186,7 @@ struct Pausing {
 }
 
 impl Backend for Pausing {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn describe(&self) -> qnllm_router::EngineInfo {
-        self.inner.describe()
-    }
-    fn reason<'a>(
-        &'a self,
-        encoding: &'a [f32],
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
-    {
-        self.inner.reason(encoding, budget)
-    }
-    fn reason_batch<'a>(
-        &'a self,
-        values: &'a [f32],
-        dim: usize,
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<
-        'a,
-        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
-    > {
-        self.inner.reason_batch(values, dim, budget)
-    }
+    passed_on!(name, describe, reason, reason_batch);
     fn learn<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -460,33 +478,12 @@ impl Following {
 }
 
 impl Backend for Following {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+    passed_on!(name, reason, reason_batch);
     fn describe(&self) -> qnllm_router::EngineInfo {
         self.shown.lock().unwrap().clone()
     }
     fn follows_update_log(&self) -> bool {
         true
-    }
-    fn reason<'a>(
-        &'a self,
-        encoding: &'a [f32],
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<'a, Result<qnllm_router::Answer, qnllm_router::BackendError>>
-    {
-        self.inner.reason(encoding, budget)
-    }
-    fn reason_batch<'a>(
-        &'a self,
-        values: &'a [f32],
-        dim: usize,
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<
-        'a,
-        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
-    > {
-        self.inner.reason_batch(values, dim, budget)
     }
     fn learn<'a>(
         &'a self,
@@ -572,12 +569,7 @@ impl Late {
 }
 
 impl Backend for Late {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn describe(&self) -> qnllm_router::EngineInfo {
-        self.inner.describe()
-    }
+    passed_on!(name, describe, reason_batch);
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -589,17 +581,6 @@ impl Backend for Late {
             return Box::pin(async move { Err(fault) });
         }
         self.inner.reason(encoding, budget)
-    }
-    fn reason_batch<'a>(
-        &'a self,
-        values: &'a [f32],
-        dim: usize,
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<
-        'a,
-        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
-    > {
-        self.inner.reason_batch(values, dim, budget)
     }
     fn learn<'a>(
         &'a self,
@@ -722,12 +703,7 @@ impl Slow {
 }
 
 impl Backend for Slow {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn describe(&self) -> qnllm_router::EngineInfo {
-        self.inner.describe()
-    }
+    passed_on!(name, describe);
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -861,12 +837,7 @@ impl Sluggish {
 }
 
 impl Backend for Sluggish {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn describe(&self) -> qnllm_router::EngineInfo {
-        self.inner.describe()
-    }
+    passed_on!(name, describe, reason_batch);
     fn reason<'a>(
         &'a self,
         encoding: &'a [f32],
@@ -877,17 +848,6 @@ impl Backend for Sluggish {
             self.wait(budget).await?;
             self.inner.reason_now(encoding)
         })
-    }
-    fn reason_batch<'a>(
-        &'a self,
-        values: &'a [f32],
-        dim: usize,
-        budget: Duration,
-    ) -> qnllm_router::BackendFuture<
-        'a,
-        Result<Vec<qnllm_router::Answer>, qnllm_router::BackendError>,
-    > {
-        self.inner.reason_batch(values, dim, budget)
     }
     fn learn<'a>(
         &'a self,
