@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, BackendError, ModelState};
+use crate::backend::{Answer, Backend, BackendError, ModelState};
 use crate::consensus::{Ballot, ConsensusPolicy};
 use crate::router::{Router, RouterError};
 
@@ -141,19 +141,29 @@ struct StudentLog {
     updates: std::collections::VecDeque<Update>,
     window_agreed: u64,
     window_steps: u64,
-    /// The last update sent that no replica answered: in time, or at all, because the
-    /// caller stopped waiting. Replicas never take a `learn` back, so they may apply it
-    /// yet: the first replica seen one version on from its base says what it made of the
-    /// model, and it is recorded then.
+    /// The last update sent that no replica has answered, in time or at all (its caller
+    /// stopped waiting). Replicas never take a `learn` back, so any of them may have applied
+    /// it: the next update asks them first ([`settle`]).
     unanswered: Option<Unanswered>,
 }
 
-/// An update sent to every replica that none has answered.
+/// An update sent to the replicas that none has answered.
 #[derive(Debug)]
 struct Unanswered {
+    /// The model it was sent to change.
     before: ModelState,
     encoding: Vec<f32>,
     label: u32,
+    /// The replicas it was sent to: only they can have applied it.
+    sent_to: Vec<std::sync::Weak<dyn Backend>>,
+}
+
+impl Unanswered {
+    fn was_sent_to(&self, student: &Arc<dyn Backend>) -> bool {
+        self.sent_to
+            .iter()
+            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(student)))
+    }
 }
 
 impl StudentLog {
@@ -181,24 +191,9 @@ impl StudentLog {
         self.unanswered = None;
     }
 
-    /// Records the unanswered update once a replica shows it applied.
-    fn settle(&mut self, students: &[Arc<dyn Backend>]) {
-        let Some(next) = self
-            .unanswered
-            .as_ref()
-            .and_then(|u| u.before.version.checked_add(1))
-        else {
-            return;
-        };
-        let applied = students
-            .iter()
-            .map(|s| s.model_state())
-            .find(|s| s.version == next);
-        if let Some(after) = applied {
-            if let Some(u) = self.unanswered.take() {
-                self.record(u.before, &u.encoding, u.label, after);
-            }
-        }
+    /// The model the last recorded update made, when the record holds one.
+    fn current(&self) -> Option<ModelState> {
+        self.updates.back().map(|u| u.after).or(self.base)
     }
 
     fn record(&mut self, before: ModelState, encoding: &[f32], label: u32, after: ModelState) {
@@ -568,7 +563,10 @@ impl Coordinator {
         base: Option<u64>,
         budget: &Budget,
     ) -> Result<Taught, RouterError> {
-        let mut log = self.student.lock().await;
+        // Updates wait for one another here; that wait is part of the budget too.
+        let mut log = tokio::time::timeout(budget.left()?, self.student.lock())
+            .await
+            .map_err(|_| budget.exceeded())?;
         let students = lock(&self.students).snapshot();
         let Some(first) = students.first() else {
             return Ok(Taught::NoStudent);
@@ -586,7 +584,7 @@ impl Coordinator {
         if ordered_elsewhere {
             log.forget();
         }
-        log.settle(&students);
+        settle(&mut log, &students, encoding, budget).await?;
         if let Some(version) = log.version {
             for student in &students {
                 if student.describe().model_version != version {
@@ -594,19 +592,8 @@ impl Coordinator {
                 }
             }
         }
-        let before = first
-            .reason(encoding, budget.left()?)
-            .await
-            .map_err(|e| match e {
-                BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-                other => replica_error(other, budget, |e| RouterError::NoEngineAvailable {
-                    reason: e.to_string(),
-                }),
-            })?;
-        // A replica answers in the order it reads, so an update it had not answered is
-        // applied by now if it ever will be before this one.
-        log.settle(&students);
-        let before_state = first.model_state();
+        let (first, before) = predict(&students, encoding, budget).await?;
+        let before_state = log.current().unwrap_or_else(|| first.model_state());
         // The answer comes from the replica itself: fresher than a description that may lag.
         let version = log.version.unwrap_or(before.reasoning.model_version);
         if base.is_some_and(|b| b != version) {
@@ -614,14 +601,15 @@ impl Coordinator {
         }
         // Nothing is sent once the budget is spent: an update sent cannot be taken back.
         let left = budget.left()?;
-        // Held as unanswered until the replicas answer, so that if this future is dropped
-        // meanwhile (a client's cancel, the grace period's end), the next update still learns
-        // where the replicas went: they apply an update once it is sent.
+        // Held as unanswered until a replica answers, so that if this future is dropped
+        // meanwhile (a client's cancel, the grace period's end), the next update still finds
+        // out where the replicas went.
         if !ordered_elsewhere {
             log.unanswered = Some(Unanswered {
                 before: before_state,
                 encoding: encoding.to_vec(),
                 label,
+                sent_to: students.iter().map(Arc::downgrade).collect(),
             });
         }
         let states = futures::future::join_all(
@@ -635,13 +623,14 @@ impl Coordinator {
         // back, and one left behind catches up from the record at the next update.
         let mut agreed: Option<ModelState> = None;
         let mut failed: Option<RouterError> = None;
-        let mut timed_out = false;
         for (student, state) in students.iter().zip(states) {
             match state {
                 Ok(state) => match agreed {
                     None => agreed = Some(state),
                     Some(s) if s == state => {}
                     Some(s) => {
+                        // Split: neither side is recorded, and the next update says so.
+                        log.unanswered = None;
                         let detail = format!(
                             "student replicas diverged: {} at {} vs {}",
                             student.name(),
@@ -653,23 +642,20 @@ impl Coordinator {
                 },
                 // A replica that left is no student any more; if none is left, say so.
                 Err(BackendError::Gone { .. }) => {}
-                Err(e) => {
-                    timed_out |= matches!(e, BackendError::Timeout { .. });
-                    let err = match e {
-                        BackendError::InvalidInput(why) => RouterError::InvalidInput(why),
-                        other => replica_error(other, budget, |e| RouterError::Disagreement {
+                Err(BackendError::InvalidInput(why)) => {
+                    failed.get_or_insert(RouterError::InvalidInput(why));
+                }
+                Err(other) => {
+                    failed.get_or_insert(replica_error(other, budget, |e| {
+                        RouterError::Disagreement {
                             detail: format!("student {}: {e}", student.name()),
-                        }),
-                    };
-                    failed.get_or_insert(err);
+                        }
+                    }));
                 }
             }
         }
+        // None applied it in time: it stays unanswered, for the next update to settle.
         let Some(state) = agreed else {
-            // Refused everywhere: nothing to wait for. Timed out: a replica may apply it yet.
-            if !timed_out {
-                log.unanswered = None;
-            }
             return Err(failed.unwrap_or_else(|| RouterError::NoEngineAvailable {
                 reason: "every student engine left during the update".into(),
             }));
@@ -743,10 +729,12 @@ struct Budget {
 
 impl Budget {
     fn starting_now(whole: Duration) -> Budget {
-        Budget {
-            whole,
-            until: tokio::time::Instant::now() + whole,
-        }
+        let now = tokio::time::Instant::now();
+        // A budget too large to add is as good as none: a year.
+        let until = now
+            .checked_add(whole)
+            .unwrap_or(now + Duration::from_secs(365 * 86_400));
+        Budget { whole, until }
     }
 
     /// What is left of it, or `DeadlineExceeded` when nothing is.
@@ -767,6 +755,94 @@ impl Budget {
             tried: 1,
         }
     }
+}
+
+/// Finds out what became of the update no replica answered, if there is one. Each replica
+/// it was sent to that is still here is asked a `reason` first: a replica answers in the
+/// order it reads, so once that answer is in, the update's answer is in too, if it applied
+/// it. Those one version on must agree, and their model is recorded as the update's; when
+/// none is, none applied it.
+async fn settle(
+    log: &mut StudentLog,
+    students: &[Arc<dyn Backend>],
+    encoding: &[f32],
+    budget: &Budget,
+) -> Result<(), RouterError> {
+    let Some(unanswered) = &log.unanswered else {
+        return Ok(());
+    };
+    let sent: Vec<&Arc<dyn Backend>> = students
+        .iter()
+        .filter(|s| unanswered.was_sent_to(s))
+        .collect();
+    for student in &sent {
+        match student.reason(encoding, budget.left()?).await {
+            Ok(_) | Err(BackendError::Gone { .. }) => {}
+            Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
+            Err(other) => {
+                return Err(replica_error(other, budget, |e| {
+                    RouterError::NoEngineAvailable {
+                        reason: format!(
+                            "student {} did not answer after an update it had not answered: {e}",
+                            student.name()
+                        ),
+                    }
+                }))
+            }
+        }
+    }
+    let next = unanswered.before.version.checked_add(1);
+    let mut applied: Option<ModelState> = None;
+    for state in sent.iter().map(|s| s.model_state()) {
+        if Some(state.version) != next {
+            continue;
+        }
+        match applied {
+            None => applied = Some(state),
+            Some(a) if a == state => {}
+            Some(a) => {
+                log.unanswered = None;
+                let detail = format!(
+                    "student replicas diverged on an update they answered late: {} vs {}",
+                    state.digest.short(),
+                    a.digest.short()
+                );
+                return Err(RouterError::Disagreement { detail });
+            }
+        }
+    }
+    if let Some(u) = log.unanswered.take() {
+        if let Some(after) = applied {
+            log.record(u.before, &u.encoding, u.label, after);
+        }
+    }
+    Ok(())
+}
+
+/// The student's prediction for `encoding`, from the first replica still here, and that
+/// replica.
+async fn predict<'a>(
+    students: &'a [Arc<dyn Backend>],
+    encoding: &[f32],
+    budget: &Budget,
+) -> Result<(&'a Arc<dyn Backend>, Answer), RouterError> {
+    for student in students {
+        match student.reason(encoding, budget.left()?).await {
+            Ok(answer) => return Ok((student, answer)),
+            Err(BackendError::Gone { .. }) => {}
+            Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
+            Err(other) => {
+                return Err(replica_error(other, budget, |e| {
+                    RouterError::NoEngineAvailable {
+                        reason: e.to_string(),
+                    }
+                }))
+            }
+        }
+    }
+    Err(RouterError::NoEngineAvailable {
+        reason: "every student engine left before the update".into(),
+    })
 }
 
 /// Brings `student` from the model it reports to the current one by replaying, in order, the

@@ -677,6 +677,8 @@ struct Slow {
 enum Applies {
     AtOnce,
     BeforeItsNextRequest,
+    /// Not at all: it refuses the update, at once (it takes the next one it is sent).
+    Never,
 }
 
 impl Slow {
@@ -742,6 +744,13 @@ impl Backend for Slow {
                 }
                 Applies::BeforeItsNextRequest => {
                     *self.held.lock().unwrap() = Some((encoding.to_vec(), label));
+                }
+                Applies::Never => {
+                    let engine = self.name().to_string();
+                    let reason = "out of memory".into();
+                    return Box::pin(async move {
+                        Err(qnllm_router::BackendError::Failed { engine, reason })
+                    });
                 }
             }
             if !self.says_timeout {
@@ -816,6 +825,35 @@ async fn an_update_a_replica_answers_late_or_never_is_kept_and_learning_goes_on(
     }
 }
 
+#[tokio::test]
+async fn an_update_one_replica_refuses_and_another_answers_late_is_settled_before_the_next() {
+    let steps: Vec<Vec<f32>> = NormalInputs::new(7, 768).take(6).collect();
+    let reference = LocalBackend::new(
+        "ref",
+        SpikingEngine::from_seed(1, Params::default()).unwrap(),
+    );
+    for (i, x) in steps.iter().enumerate() {
+        reference.learn(x, i as u32 % 10).unwrap();
+    }
+    // The third update: the first replica refuses it, the second applies it only before its
+    // next request. The next update must not be sent before that is known, or the two split.
+    let refuses = Arc::new(Slow::new("refuses", 2, Applies::Never, true));
+    let late = Arc::new(Slow::new("late", 2, Applies::BeforeItsNextRequest, true));
+    let students: Vec<Arc<dyn Backend>> = vec![refuses.clone(), late.clone()];
+    let coordinator = Coordinator::new(vec![], students);
+    for (i, x) in steps.iter().enumerate() {
+        let got = coordinator.learn(x, i as u32 % 10, BUDGET).await;
+        if i == 2 {
+            assert!(got.is_err(), "step 2: {got:?}");
+        } else {
+            let state = got.unwrap_or_else(|e| panic!("step {i}: {e}"));
+            assert_eq!(state.unwrap().version, i as u64 + 1);
+        }
+    }
+    assert_eq!(late.model_state(), reference.model_state());
+    assert_eq!(refuses.model_state(), reference.model_state());
+}
+
 /// A student replica that takes `each` to answer anything, and gives up as a remote one does
 /// when its budget is shorter.
 #[derive(Debug)]
@@ -888,7 +926,33 @@ async fn a_learn_ends_within_its_budget_however_many_steps_it_takes() {
         BUDGET,
         "the call took longer than its budget"
     );
-    // With the budget for both, it learns.
-    let state = coordinator.learn(&x, 1, BUDGET * 13 / 10).await.unwrap();
+    // The next call first asks the replica what became of that update (a third step): with
+    // the budget for all three, it learns.
+    let state = coordinator.learn(&x, 1, BUDGET * 19 / 10).await.unwrap();
     assert_eq!(state.unwrap().version, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_learn_waiting_behind_one_that_hangs_ends_at_its_deadline() {
+    let x = NormalInputs::new(6, 768).next().unwrap();
+    // This replica never answers the first update, and its caller never gives up.
+    let hangs = Arc::new(Slow::new("hangs", 0, Applies::AtOnce, false));
+    let coordinator = Arc::new(Coordinator::new(vec![], vec![hangs as Arc<dyn Backend>]));
+    let first = tokio::spawn({
+        let coordinator = coordinator.clone();
+        let x = x.clone();
+        async move { coordinator.learn(&x, 1, Duration::MAX).await }
+    });
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let second = tokio::time::timeout(BUDGET * 2, coordinator.learn(&x, 2, BUDGET)).await;
+    let err = second
+        .expect("the second learn waited past its deadline")
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").starts_with("DeadlineExceeded"),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), BUDGET);
+    first.abort();
 }
