@@ -267,7 +267,7 @@ impl Registry {
                     "labels": info.labels,
                     "model_version": info.model_version,
                     "model_digest": info.model_digest,
-                    "in_flight": remote.map(|r| r.in_flight() as u64).or(counted.map(|a| a.in_flight)),
+                    "in_flight": remote.map(|r| r.pending_count() as u64).or(counted.map(|a| a.in_flight)),
                     "served": remote.map(|r| r.served.load(Ordering::Relaxed)).or(counted.map(|a| a.served)),
                     "last_heard_ms": remote.map(|r| r.silence().as_millis() as u64).or(counted.map(|a| a.last_heard_ms)),
                 })
@@ -290,7 +290,7 @@ impl Registry {
                 "labels": info.labels,
                 "model_version": info.model_version,
                 "model_digest": info.model_digest,
-                "in_flight": remote.in_flight(),
+                "in_flight": remote.pending_count(),
                 "served": remote.served.load(Ordering::Relaxed),
                 "last_heard_ms": remote.silence().as_millis() as u64,
             })

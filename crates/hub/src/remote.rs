@@ -130,8 +130,8 @@ impl RemoteBackend {
         self.pending().drained()
     }
 
-    /// Requests sent and not yet answered.
-    pub(crate) fn in_flight(&self) -> usize {
+    /// Requests in its table of those sent and not yet answered, for listings.
+    pub(crate) fn pending_count(&self) -> usize {
         self.pending().in_flight()
     }
 
@@ -144,11 +144,13 @@ impl RemoteBackend {
         match reply {
             Reply::Answer(waiter) => {
                 drop(pending);
+                // Before the waiter has it: its caller may be dropped before it reads it.
+                self.take_update(&frame);
                 let _ = waiter.send(Some(frame));
             }
             Reply::Late(waiter) => {
                 drop(pending);
-                self.take_late_update(&frame);
+                self.take_update(&frame);
                 let _ = waiter.send(None);
             }
             Reply::Unmatched { never_sent: true } => {
@@ -156,17 +158,18 @@ impl RemoteBackend {
             }
             Reply::Unmatched { never_sent: false } => {
                 drop(pending);
-                self.take_late_update(&frame);
+                self.take_update(&frame);
             }
             Reply::Stream(()) => {}
         }
     }
 
-    /// A `learned` nobody waits for any more still says where the worker's model is now: a
-    /// `learn` is never taken back, so the update the coordinator gave up on has been
-    /// applied. Without this the hub would see the worker behind for good, and it could
-    /// neither be routed to nor caught up. Versions only move on.
-    fn take_late_update(&self, frame: &Frame) {
+    /// A `learned` says where the worker's model is now, whether or not anybody still waits
+    /// for it: a `learn` is never taken back, so an update the coordinator gave up on, or
+    /// whose caller left, has been applied. Without this the hub would see the worker
+    /// behind for good, and it could neither be routed to nor caught up. Versions only move
+    /// on.
+    fn take_update(&self, frame: &Frame) {
         if frame.header.kind != MessageKind::Learned as u8 {
             return;
         }
@@ -350,14 +353,11 @@ impl Backend for RemoteBackend {
                 )
                 .await?;
             match frame.message() {
-                Ok(Message::Learned(learned)) => {
-                    let state = ModelState {
-                        version: learned.model_version,
-                        digest: Digest(learned.model_digest),
-                    };
-                    self.set_state(state);
-                    Ok(state)
-                }
+                // `complete` has set the engine's model from it already.
+                Ok(Message::Learned(learned)) => Ok(ModelState {
+                    version: learned.model_version,
+                    digest: Digest(learned.model_digest),
+                }),
                 _ => Err(self.failure(&frame)),
             }
         })

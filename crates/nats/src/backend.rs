@@ -312,13 +312,13 @@ impl Backend for NatsBackend {
         self.lock().0.model_digest
     }
 
-    /// Counted here, by this hub, as the hub counts a socket worker's: its requests in
-    /// flight from this hub, the encodings it answered this hub, and the time since this
-    /// hub last heard from it (a reply or an announcement).
     fn in_flight(&self) -> Option<u64> {
         Some(self.in_flight.load(Ordering::Relaxed))
     }
 
+    /// Counted here, by this hub, as the hub counts a socket worker's: its requests in
+    /// flight from this hub, the encodings it answered this hub, and the time since this
+    /// hub last heard from it (a reply or an announcement).
     fn activity(&self) -> Option<Activity> {
         let silence = self
             .last_heard
