@@ -41,6 +41,21 @@ class Process:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def freeze(self):
+        """SIGSTOP, then waits until the kernel shows every thread stopped.
+
+        `kill` returns before the stop takes hold: one thread is woken to take the signal,
+        and until it runs, the others go on and can still answer a request sent meanwhile.
+        """
+        self.signal(signal.SIGSTOP)
+        pid = self.proc.pid
+        for _ in range(2_000):
+            threads = os.listdir(f"/proc/{pid}/task")
+            if all(thread_state(pid, tid) in ("T", "t", None) for tid in threads):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"process {pid} did not stop")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -98,6 +113,16 @@ def bare_server():
     s = Server(local=0)
     yield s
     s.stop()
+
+
+def thread_state(pid, tid):
+    """The state letter of one thread from /proc (`T`: stopped), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            # The name, in parentheses, may hold spaces; the state follows its last ")".
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def wait_until(predicate, what, attempts=600):
