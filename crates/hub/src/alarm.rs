@@ -1,5 +1,8 @@
 //! `Alarms`: wakes a task at an instant to within the scheduler's slack (tens of µs), for
-//! request deadlines; tokio's timer rounds every sleep up to a whole millisecond.
+//! request deadlines; tokio's timer rounds every sleep up to a whole millisecond. An alarm
+//! can also run an action on its own thread at that instant, before the task is woken:
+//! a saturated runtime can take milliseconds to poll the woken task, and a deadline's
+//! answer should not wait for that.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,10 +26,28 @@ struct Inner {
     changed: Condvar,
 }
 
+/// What the thread does at one alarm's instant.
+#[derive(Default)]
+struct Entry {
+    /// Run first, on the alarm thread; it must not block.
+    action: Option<Box<dyn FnOnce() + Send>>,
+    /// The task to wake, once one has polled the alarm.
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("action", &self.action.is_some())
+            .field("waker", &self.waker)
+            .finish()
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// The tasks to wake, soonest first; the key tells apart alarms of one instant.
-    due: BTreeMap<(Instant, u64), Waker>,
+    /// What to do, soonest first; the key tells apart alarms of one instant.
+    due: BTreeMap<(Instant, u64), Entry>,
     next_key: u64,
     stopped: bool,
     /// When the thread wakes by itself next (`None`: only when told). An alarm no sooner
@@ -45,16 +66,32 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sleeps until the soonest alarm, wakes every task that is due, until stopped.
+    /// Sleeps until the soonest alarm, rings every one that is due, until stopped.
     fn run(&self) {
         let mut state = self.lock();
+        let mut rung = Vec::new();
         while !state.stopped {
             let now = Instant::now();
             while let Some(entry) = state.due.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
-                entry.remove().wake();
+                rung.push(entry.remove());
+            }
+            if !rung.is_empty() {
+                // Outside the lock: an action writes to a socket, and new alarms need not
+                // wait for that.
+                drop(state);
+                for entry in rung.drain(..) {
+                    if let Some(action) = entry.action {
+                        action();
+                    }
+                    if let Some(waker) = entry.waker {
+                        waker.wake();
+                    }
+                }
+                state = self.lock();
+                continue;
             }
             // With none due, it still sleeps until the instant it was told last: the next
             // request's alarm, as late or later, then needs no wake-up either.
@@ -82,6 +119,22 @@ impl Inner {
             };
         }
     }
+
+    /// Adds `entry` at `at` under a new key; whether the thread must be told, because it
+    /// sleeps until later (then the caller notifies `changed` once the lock is released).
+    fn register(state: &mut State, at: Instant, entry: Entry) -> (u64, bool) {
+        let key = state.next_key;
+        state.next_key += 1;
+        // The thread holds the lock except while it waits, so it is waiting now, to wake
+        // at `wakes_at`; only a sooner alarm has to wake it.
+        let sooner = state.wakes_at.is_none_or(|wakes| at < wakes);
+        if sooner {
+            state.wakes_at = Some(at);
+            state.told += 1;
+        }
+        state.due.insert((at, key), entry);
+        (key, sooner)
+    }
 }
 
 impl Alarms {
@@ -98,12 +151,35 @@ impl Alarms {
         })
     }
 
-    /// A future that is ready at `at` (at once if `at` has passed).
+    /// A future that is ready at `at` (at once if `at` has passed), registered when first
+    /// polled. The hub uses [`Alarms::answer_at`]; this one is for the tests.
+    #[cfg(test)]
     pub(crate) fn at(&self, at: Instant) -> Alarm {
         Alarm {
             inner: self.inner.clone(),
             at,
             key: None,
+        }
+    }
+
+    /// [`Alarms::at`] that also runs `action` on the alarm thread at `at`, before it wakes
+    /// the task that polls the alarm; registered now, so it runs at its instant even if
+    /// no task polls the alarm before. A task that polls the alarm at or after `at`, before
+    /// the thread got to it, finds it ready and takes it: `action` then never runs, and
+    /// neither does it if the alarm is dropped first.
+    pub(crate) fn answer_at(&self, at: Instant, action: impl FnOnce() + Send + 'static) -> Alarm {
+        let entry = Entry {
+            action: Some(Box::new(action)),
+            waker: None,
+        };
+        let (key, sooner) = Inner::register(&mut self.inner.lock(), at, entry);
+        if sooner {
+            self.inner.changed.notify_one();
+        }
+        Alarm {
+            inner: self.inner.clone(),
+            at,
+            key: Some(key),
         }
     }
 }
@@ -112,15 +188,16 @@ impl Drop for Alarms {
     fn drop(&mut self) {
         self.inner.lock().stopped = true;
         self.inner.changed.notify_one();
-        // The thread only wakes tasks (it never runs them), so it ends at once: a hub that
-        // stopped leaves no thread behind.
+        // The thread only wakes tasks (it never runs them) and runs actions that do not
+        // block, so it ends at once: a hub that stopped leaves no thread behind.
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// Ready at its instant; see [`Alarms::at`]. Dropping it cancels it.
+/// Ready at its instant; see [`Alarms::at`] and [`Alarms::answer_at`]. Dropping it cancels
+/// it.
 #[derive(Debug)]
 pub(crate) struct Alarm {
     inner: Arc<Inner>,
@@ -142,31 +219,24 @@ impl Future for Alarm {
             return Poll::Ready(());
         }
         if let Some(key) = this.key {
-            // Polled again (its task woke for something else): the thread still holds it,
-            // and only a waker for another task needs storing.
-            if let Some(waker) = state.due.get_mut(&(this.at, key)) {
-                // A no-op when it is the same task's (`clone_from` checks `will_wake`).
-                waker.clone_from(cx.waker());
+            // Polled again (its task woke for something else), or first polled after
+            // `answer_at` registered it: the thread still holds it, and only a waker for
+            // another task needs storing.
+            if let Some(entry) = state.due.get_mut(&(this.at, key)) {
+                match &mut entry.waker {
+                    // A no-op when it is the same task's (`clone_from` checks `will_wake`).
+                    Some(waker) => waker.clone_from(cx.waker()),
+                    None => entry.waker = Some(cx.waker().clone()),
+                }
                 return Poll::Pending;
             }
         }
-        let key = match this.key {
-            Some(key) => key,
-            None => {
-                let key = state.next_key;
-                state.next_key += 1;
-                this.key = Some(key);
-                key
-            }
+        let entry = Entry {
+            action: None,
+            waker: Some(cx.waker().clone()),
         };
-        // The thread holds the lock except while it waits, so it is waiting now, to wake
-        // at `wakes_at`; only a sooner alarm has to wake it.
-        let sooner = state.wakes_at.is_none_or(|wakes| this.at < wakes);
-        if sooner {
-            state.wakes_at = Some(this.at);
-            state.told += 1;
-        }
-        state.due.insert((this.at, key), cx.waker().clone());
+        let (key, sooner) = Inner::register(&mut state, this.at, entry);
+        this.key = Some(key);
         drop(state);
         if sooner {
             this.inner.changed.notify_one();
@@ -292,6 +362,77 @@ mod tests {
         );
         drop((first, second));
         // Both wakers are gone and the thread rang once: nothing else was sent.
+        assert_eq!(rx.iter().collect::<Vec<_>>(), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_answering_alarm_runs_its_action_at_its_instant_unpolled_then_wakes_its_task() {
+        let alarms = Alarms::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_millis(5);
+        let unpolled = {
+            let tx = tx.clone();
+            alarms.answer_at(at, move || tx.send(("unpolled", Instant::now())).unwrap())
+        };
+        let mut polled = {
+            let tx = tx.clone();
+            Box::pin(alarms.answer_at(at, move || tx.send(("action", Instant::now())).unwrap()))
+        };
+        let (woken_tx, woken) = std::sync::mpsc::channel();
+        let waker = Waker::from(Arc::new(Named("woken", woken_tx)));
+        let poll = polled.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(poll.is_pending(), "polled before its instant");
+        drop(tx);
+        // Bounded: the thread rings both within milliseconds; a minute means it never did.
+        let wait = Duration::from_secs(60);
+        let mut rang: Vec<_> = (0..2).map(|_| rx.recv_timeout(wait).unwrap()).collect();
+        rang.sort_by_key(|(name, _)| *name);
+        assert_eq!(
+            rang.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            ["action", "unpolled"]
+        );
+        assert!(
+            rang.iter().all(|(_, when)| *when >= at),
+            "rang early: {rang:?}"
+        );
+        // The task is woken after its action ran, and then finds the alarm ready.
+        assert_eq!(woken.recv_timeout(wait).unwrap(), "woken");
+        let poll = polled.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(poll, Poll::Ready(())));
+        drop(unpolled);
+        assert!(
+            alarms.inner.lock().due.is_empty(),
+            "an alarm was left behind"
+        );
+    }
+
+    #[test]
+    fn an_answering_alarm_its_task_takes_first_or_drops_never_runs_its_action() {
+        let mut alarms = Alarms::start().unwrap();
+        // The thread is stopped, so the task is first to see the instant pass.
+        alarms.inner.lock().stopped = true;
+        alarms.inner.changed.notify_one();
+        alarms.thread.take().unwrap().join().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<&str>();
+        let passed = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .unwrap();
+        let mut taken = {
+            let tx = tx.clone();
+            Box::pin(alarms.answer_at(passed, move || tx.send("taken").unwrap()))
+        };
+        let later = Instant::now() + Duration::from_secs(60);
+        let dropped = alarms.answer_at(later, move || tx.send("dropped").unwrap());
+        assert!(futures::executor::block_on(futures::future::poll_fn(
+            |cx| { Poll::Ready(taken.as_mut().poll(cx).is_ready()) }
+        )));
+        drop(dropped);
+        assert!(
+            alarms.inner.lock().due.is_empty(),
+            "an alarm was left behind"
+        );
+        // Both actions are gone with their senders, and neither ran.
         assert_eq!(rx.iter().collect::<Vec<_>>(), Vec::<&str>::new());
     }
 

@@ -306,6 +306,37 @@ impl Outbox {
         self.flush.notify_one();
         Offer::Sent
     }
+
+    /// Queues `frame` behind what is queued or being gathered, then writes the queue now, as
+    /// far as the socket takes it, by direct syscalls from the calling thread; the writer
+    /// task gets the rest. Order is kept: a gatherer finds its frames already written.
+    fn push_now(&self, frame: &[u8]) -> Offer {
+        let mut state = self.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        if state.queued.len() >= QUEUE_BYTES {
+            return Offer::Full;
+        }
+        state.queued.extend_from_slice(frame);
+        while !state.queued.is_empty() {
+            match self.io.write_now(&state.queued) {
+                Ok(n) => state.queued.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.flush.notify_one();
+                    return Offer::Sent;
+                }
+                Err(_) => {
+                    state.closed = true;
+                    self.flush.notify_one();
+                    return Offer::Closed;
+                }
+            }
+        }
+        self.room.notify_waiters();
+        Offer::Sent
+    }
 }
 
 impl FrameSender {
@@ -334,6 +365,21 @@ impl FrameSender {
     pub(crate) async fn fail(&self, request_id: u64, code: ErrorCode, message: impl Into<String>) {
         let error = Message::Error(WireError::new(code, message));
         self.send(&error, request_id, Deadline::NONE).await;
+    }
+
+    /// Sends an `error` reply for `request_id` now, from any thread, without the runtime:
+    /// for an answer that must not wait for a busy runtime to poll a task (a deadline).
+    /// `false` if the queue is at its bound or the connection is gone; then nothing was
+    /// sent.
+    pub(crate) fn fail_now(
+        &self,
+        request_id: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> bool {
+        let error = Message::Error(WireError::new(code, message));
+        let frame = encode(&error, request_id, Deadline::NONE);
+        matches!(self.handle.outbox.push_now(&frame), Offer::Sent)
     }
 
     /// Sends several replies (message, request id) in one write, in order.

@@ -86,6 +86,23 @@ impl WriteHalf {
         }
     }
 
+    /// Writes what the socket accepts now by a direct `send`, from any thread. Unlike
+    /// [`WriteHalf::try_write`], it does not first consult tokio's record of readiness,
+    /// which only the runtime's driver updates: on a runtime too busy to run it, that record
+    /// can say "not writable" long after the socket drained. Never raises SIGPIPE.
+    pub(crate) fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let flags = libc::MSG_NOSIGNAL;
+        #[cfg(not(target_os = "linux"))]
+        let flags = 0;
+        let socket = match self {
+            WriteHalf::Tcp(w) => socket2::SockRef::from(w.as_ref()),
+            #[cfg(unix)]
+            WriteHalf::Unix(w) => socket2::SockRef::from(w.as_ref()),
+        };
+        socket.send_with_flags(bytes, flags)
+    }
+
     /// Tells the peer nothing more is coming (shutdown of the write direction), even while
     /// other holders keep the socket open.
     pub(crate) fn shutdown(&self) {

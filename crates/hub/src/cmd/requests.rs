@@ -2,7 +2,7 @@
 //! runs in, cancel by id, and what is cut when the connection ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qnllm_protocol::ErrorCode;
@@ -15,11 +15,24 @@ use crate::config::HubConfig;
 use crate::connection::FrameSender;
 use crate::stats::{ConnectionStats, Counters};
 
+/// The requests in flight on one connection by id: a token that tells apart requests that
+/// used one id in turn, and the request's task.
+type InFlight = Arc<Mutex<HashMap<u64, (u64, AbortHandle)>>>;
+
+fn lock(in_flight: &InFlight) -> MutexGuard<'_, HashMap<u64, (u64, AbortHandle)>> {
+    // Single inserts and removes only: a poisoned map is still consistent.
+    in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Per-connection state of a client: where replies go, what is in flight, when it ends.
 #[derive(Debug)]
 pub(crate) struct ClientSession {
     pub(crate) sender: FrameSender,
-    in_flight: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    in_flight: InFlight,
+    /// The token the next request gets.
+    next_token: AtomicU64,
     stats: Arc<ConnectionStats>,
     /// Request bytes (frame payloads) of the requests in flight.
     bytes: Arc<AtomicUsize>,
@@ -49,6 +62,7 @@ impl ClientSession {
         ClientSession {
             sender,
             in_flight: Arc::default(),
+            next_token: AtomicU64::new(0),
             stats,
             bytes: Arc::default(),
             freed: Arc::default(),
@@ -63,11 +77,8 @@ impl ClientSession {
         }
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
-        // Single inserts and removes only: a poisoned map is still consistent.
-        self.in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, (u64, AbortHandle)>> {
+        lock(&self.in_flight)
     }
 
     fn full(&self) -> bool {
@@ -114,40 +125,46 @@ impl ClientSession {
         self.stats.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// Runs `work` as a tracked request task that a `cancel` with the same id can abort;
-    /// `cost` request bytes count against the connection's byte budget until it ends. A
-    /// request id already in flight on this connection is refused with
-    /// `DuplicateRequestId`, so each reply names one request.
-    pub(crate) fn spawn_costing(
+    /// Runs the future `work` makes as a tracked request task that a `cancel` with the same
+    /// id can abort; `cost` request bytes count against the connection's byte budget until
+    /// it ends. A request id already in flight on this connection is refused with
+    /// `DuplicateRequestId`, so each reply names one request. `work` gets the request's
+    /// [`ReplyRight`]; a task that does not take it is out of the id table when it ends.
+    pub(crate) fn spawn_costing<Fut>(
         &self,
         request_id: u64,
         cost: usize,
-        work: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
+        work: impl FnOnce(ReplyRight) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         {
             // Insert under the lock the task needs to remove itself: the insert comes first
             // even if the task finishes at once.
             let mut map = self.in_flight();
             if !map.contains_key(&request_id) {
-                let (in_flight, stats) = (self.in_flight.clone(), self.stats.clone());
+                let right = ReplyRight {
+                    in_flight: self.in_flight.clone(),
+                    id: request_id,
+                    token: self.next_token.fetch_add(1, Ordering::Relaxed),
+                };
+                let token = right.token;
+                let stats = self.stats.clone();
                 stats.in_flight.fetch_add(1, Ordering::AcqRel);
                 self.bytes.fetch_add(cost, Ordering::AcqRel);
-                let done = InFlight {
+                let done = Counted {
                     stats,
                     bytes: self.bytes.clone(),
                     cost,
                     freed: self.freed.clone(),
                 };
-                let work = self.tasks.track_future(work);
+                let work = self.tasks.track_future(work(right.clone()));
                 let task = self.requests.spawn(async move {
                     let _done = done; // counts down however the task ends, abort included
                     work.await;
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&request_id);
+                    right.take();
                 });
-                map.insert(request_id, task.abort_handle());
+                map.insert(request_id, (token, task.abort_handle()));
                 return;
             }
         }
@@ -170,13 +187,18 @@ impl ClientSession {
         request_id: u64,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        self.spawn_costing(request_id, 0, work);
+        self.spawn_costing(request_id, 0, |_| work);
+    }
+
+    /// Every request task of the hub, for a reply sent from outside the runtime.
+    pub(crate) fn requests(&self) -> TaskTracker {
+        self.requests.clone()
     }
 
     /// Aborts the request `request_id`; whether it was still running.
     pub(crate) fn cancel(&self, request_id: u64) -> bool {
         match self.in_flight().remove(&request_id) {
-            Some(task) => {
+            Some((_, task)) => {
                 task.abort();
                 true
             }
@@ -193,12 +215,12 @@ impl ClientSession {
             .await
             .is_err()
         {
-            let cut: Vec<(u64, AbortHandle)> = self.in_flight().drain().collect();
+            let cut: Vec<(u64, (u64, AbortHandle))> = self.in_flight().drain().collect();
             tracing::warn!(
                 requests = cut.len(),
                 "grace period over: cutting requests in flight"
             );
-            for (id, task) in cut {
+            for (id, (_, task)) in cut {
                 task.abort();
                 let message = "the hub's grace period ended before this request finished";
                 self.sender.fail(id, ErrorCode::ShuttingDown, message).await;
@@ -208,15 +230,40 @@ impl ClientSession {
     }
 }
 
+/// The right to answer one request, held by its task and by whoever else may answer it.
+/// The first to take it answers: the task with its reply, the hub's alarm at the deadline;
+/// a `cancel` and the end of the grace period take it too, by removing the request.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplyRight {
+    in_flight: InFlight,
+    id: u64,
+    token: u64,
+}
+
+impl ReplyRight {
+    /// Whether the caller answers the request: `true` once, to the first. It also frees the
+    /// request's id, so the client may use it again once it has the answer.
+    pub(crate) fn take(&self) -> bool {
+        let mut map = lock(&self.in_flight);
+        let ours = map
+            .get(&self.id)
+            .is_some_and(|&(token, _)| token == self.token);
+        if ours {
+            map.remove(&self.id);
+        }
+        ours
+    }
+}
+
 /// Counts a request out of its connection's figures and budget when its task ends.
-struct InFlight {
+struct Counted {
     stats: Arc<ConnectionStats>,
     bytes: Arc<AtomicUsize>,
     cost: usize,
     freed: Arc<Notify>,
 }
 
-impl Drop for InFlight {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(self.cost, Ordering::AcqRel);
