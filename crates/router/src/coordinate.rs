@@ -621,39 +621,29 @@ impl Coordinator {
         // Replicas that applied the update must agree. Those that did not are reported, but
         // what the others applied is recorded all the same: a replica never takes an update
         // back, and one left behind catches up from the record at the next update.
-        let mut agreed: Option<ModelState> = None;
+        let mut applied = Vec::with_capacity(students.len());
         let mut failed: Option<RouterError> = None;
         for (student, state) in students.iter().zip(states) {
             match state {
-                Ok(state) => match agreed {
-                    None => agreed = Some(state),
-                    Some(s) if s == state => {}
-                    Some(s) => {
-                        // Split: neither side is recorded, and the next update says so.
-                        log.unanswered = None;
-                        let detail = format!(
-                            "student replicas diverged: {} at {} vs {}",
-                            student.name(),
-                            state.digest.short(),
-                            s.digest.short()
-                        );
-                        return Err(RouterError::Disagreement { detail });
+                Ok(state) => applied.push((student, state)),
+                Err(e) => {
+                    let err = failure(e, budget, |e| RouterError::Disagreement {
+                        detail: format!("student {}: {e}", student.name()),
+                    });
+                    // A replica that left is no student any more; if none is left, say so.
+                    if let Some(err) = err {
+                        failed.get_or_insert(err);
                     }
-                },
-                // A replica that left is no student any more; if none is left, say so.
-                Err(BackendError::Gone { .. }) => {}
-                Err(BackendError::InvalidInput(why)) => {
-                    failed.get_or_insert(RouterError::InvalidInput(why));
-                }
-                Err(other) => {
-                    failed.get_or_insert(replica_error(other, budget, |e| {
-                        RouterError::Disagreement {
-                            detail: format!("student {}: {e}", student.name()),
-                        }
-                    }));
                 }
             }
         }
+        let agreed = agreement(applied).map_err(|split| {
+            // Split: neither side is recorded, and the next update says so.
+            log.unanswered = None;
+            RouterError::Disagreement {
+                detail: format!("student replicas diverged: {split}"),
+            }
+        })?;
         // None applied it in time: it stays unanswered, for the next update to settle.
         let Some(state) = agreed else {
             return Err(failed.unwrap_or_else(|| RouterError::NoEngineAvailable {
@@ -701,6 +691,45 @@ impl Coordinator {
                 .collect(),
             student_agreement: lock(&self.windows).clone(),
         }
+    }
+}
+
+/// The one model the replicas that applied an update are at (`None` when none did); when
+/// two are at different models, `Err` names them.
+fn agreement<'a>(
+    applied: impl IntoIterator<Item = (&'a Arc<dyn Backend>, ModelState)>,
+) -> Result<Option<ModelState>, String> {
+    let mut agreed: Option<(&Arc<dyn Backend>, ModelState)> = None;
+    for (student, state) in applied {
+        match agreed {
+            None => agreed = Some((student, state)),
+            Some((_, a)) if a == state => {}
+            Some((other, a)) => {
+                return Err(format!(
+                    "{} at {} vs {} at {}",
+                    student.name(),
+                    state.digest.short(),
+                    other.name(),
+                    a.digest.short()
+                ))
+            }
+        }
+    }
+    Ok(agreed.map(|(_, state)| state))
+}
+
+/// What a student replica's failure means for the call: `None` when it left (it is no
+/// student any more, and the call goes on without it), `InvalidInput` as it is, and
+/// otherwise [`replica_error`].
+fn failure(
+    err: BackendError,
+    budget: &Budget,
+    otherwise: impl FnOnce(BackendError) -> RouterError,
+) -> Option<RouterError> {
+    match err {
+        BackendError::Gone { .. } => None,
+        BackendError::InvalidInput(why) => Some(RouterError::InvalidInput(why)),
+        other => Some(replica_error(other, budget, otherwise)),
     }
 }
 
@@ -776,41 +805,29 @@ async fn settle(
         .filter(|s| unanswered.was_sent_to(s))
         .collect();
     for student in &sent {
-        match student.reason(encoding, budget.left()?).await {
-            Ok(_) | Err(BackendError::Gone { .. }) => {}
-            Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
-            Err(other) => {
-                return Err(replica_error(other, budget, |e| {
-                    RouterError::NoEngineAvailable {
-                        reason: format!(
-                            "student {} did not answer after an update it had not answered: {e}",
-                            student.name()
-                        ),
-                    }
-                }))
+        if let Err(e) = student.reason(encoding, budget.left()?).await {
+            let err = failure(e, budget, |e| RouterError::NoEngineAvailable {
+                reason: format!(
+                    "student {} did not answer after an update it had not answered: {e}",
+                    student.name()
+                ),
+            });
+            if let Some(err) = err {
+                return Err(err);
             }
         }
     }
     let next = unanswered.before.version.checked_add(1);
-    let mut applied: Option<ModelState> = None;
-    for state in sent.iter().map(|s| s.model_state()) {
-        if Some(state.version) != next {
-            continue;
+    let on = sent
+        .iter()
+        .map(|s| (*s, s.model_state()))
+        .filter(|(_, state)| Some(state.version) == next);
+    let applied = agreement(on).map_err(|split| {
+        log.unanswered = None;
+        RouterError::Disagreement {
+            detail: format!("student replicas diverged on an update they answered late: {split}"),
         }
-        match applied {
-            None => applied = Some(state),
-            Some(a) if a == state => {}
-            Some(a) => {
-                log.unanswered = None;
-                let detail = format!(
-                    "student replicas diverged on an update they answered late: {} vs {}",
-                    state.digest.short(),
-                    a.digest.short()
-                );
-                return Err(RouterError::Disagreement { detail });
-            }
-        }
-    }
+    })?;
     if let Some(u) = log.unanswered.take() {
         if let Some(after) = applied {
             log.record(u.before, &u.encoding, u.label, after);
@@ -829,14 +846,13 @@ async fn predict<'a>(
     for student in students {
         match student.reason(encoding, budget.left()?).await {
             Ok(answer) => return Ok((student, answer)),
-            Err(BackendError::Gone { .. }) => {}
-            Err(BackendError::InvalidInput(why)) => return Err(RouterError::InvalidInput(why)),
-            Err(other) => {
-                return Err(replica_error(other, budget, |e| {
-                    RouterError::NoEngineAvailable {
-                        reason: e.to_string(),
-                    }
-                }))
+            Err(e) => {
+                let err = failure(e, budget, |e| RouterError::NoEngineAvailable {
+                    reason: e.to_string(),
+                });
+                if let Some(err) = err {
+                    return Err(err);
+                }
             }
         }
     }
