@@ -268,17 +268,22 @@ async fn a_request_the_hub_answers_at_its_deadline_is_cancelled_at_the_worker() 
     stop.cancel();
 }
 
+/// An update a fresh student takes: label 1 on model version 0.
+fn first_update() -> Message {
+    Message::Learn(Learn {
+        label: 1,
+        base_version: 0,
+        encoding: vec![0.3; 768].into(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learn_the_hub_gives_up_on_is_never_cancelled_at_the_worker() {
     let (running, stop) = start_without_heartbeats().await;
     let mut slow = registered_worker(addr(&running), "slow").await;
     let model = engine("slow");
     let mut client = Peer::hello(addr(&running), "client", "teacher").await;
-    let learn = Message::Learn(Learn {
-        label: 1,
-        base_version: 0,
-        encoding: vec![0.3; 768].into(),
-    });
+    let learn = first_update();
     client
         .send_with(&learn, 1, Deadline::from_remaining(Duration::from_secs(1)))
         .await;
@@ -393,11 +398,7 @@ async fn a_worker_holding_its_limit_for_the_coordinator_is_sent_no_client_reason
     let mut free = registered_worker(addr(&running), "free").await;
     let model = engine("free");
     let mut client = Peer::hello(addr(&running), "client", "teacher").await;
-    let learn = Message::Learn(Learn {
-        label: 1,
-        base_version: 0,
-        encoding: vec![0.3; 768].into(),
-    });
+    let learn = first_update();
     client
         .send_with(&learn, 1, Deadline::from_remaining(WAIT))
         .await;
